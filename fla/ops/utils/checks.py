@@ -1,0 +1,95 @@
+"""Input checks shared by every public op. Each raises `ValueError` naming the argument, what was wrong and the fix.
+
+The kernels index with explicit strides of the `[B, T, H, K]` layout, so a layout mistake (for example a head-first
+`[B, H, T, K]` tensor transposed into place) would otherwise give silently wrong numbers: we refuse it instead.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+INDEX_DTYPES = (torch.int32, torch.int64)
+
+
+def _shape_str(shape: Sequence[int | None]) -> str:
+    return "[" + ", ".join("*" if s is None else str(s) for s in shape) + "]"
+
+
+def check_tensor(
+    name: str,
+    x: object,
+    layout: str,
+    shape: Sequence[int | None] | None = None,
+    dtypes: Sequence[torch.dtype] = FLOAT_DTYPES,
+    device: torch.device | None = None,
+    contiguous: bool = True,
+) -> torch.Tensor:
+    """Check one input: a tensor of rank/shape `shape` (None = any size) in `layout` (e.g. "[B, T, H, K]"),
+    one of `dtypes`, on `device`, contiguous. Returns it."""
+    if not isinstance(x, torch.Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor of shape {layout} (got {type(x).__name__})")
+    if shape is not None:
+        if x.dim() != len(shape):
+            raise ValueError(
+                f"{name} must have {len(shape)} dims {layout} (got shape {list(x.shape)}); "
+                "the layout is batch, time, heads, features"
+            )
+        for got, want in zip(x.shape, shape):
+            if want is not None and got != want:
+                raise ValueError(f"{name} must have shape {layout} = {_shape_str(shape)} (got {list(x.shape)})")
+    if x.dtype not in dtypes:
+        names = ", ".join(str(d).replace("torch.", "") for d in dtypes)
+        raise ValueError(f"{name} must have dtype {names} (got {str(x.dtype).replace('torch.', '')}); cast it first")
+    if device is not None and x.device != device:
+        raise ValueError(f"{name} is on {x.device} but the other inputs are on {device}; move it with .to({str(device)!r})")
+    if contiguous and not x.is_contiguous():
+        raise ValueError(
+            f"{name} is not contiguous (shape {list(x.shape)}, strides {list(x.stride())}); the kernels need the "
+            f"{layout} layout in memory: call .contiguous() on it (a head-first tensor needs .transpose(1, 2) first)"
+        )
+    return x
+
+
+def check_cu_seqlens(cu_seqlens: object, batch_size: int, num_tokens: int) -> int:
+    """Check packed-sequence boundaries `[N + 1]`; returns N."""
+    if not isinstance(cu_seqlens, torch.Tensor):
+        raise ValueError(f"cu_seqlens must be a 1-D integer torch.Tensor (got {type(cu_seqlens).__name__})")
+    if cu_seqlens.dtype not in INDEX_DTYPES:
+        raise ValueError(f"cu_seqlens must have dtype int32 or int64 (got {str(cu_seqlens.dtype).replace('torch.', '')})")
+    if cu_seqlens.dim() != 1 or cu_seqlens.numel() < 2:
+        raise ValueError(f"cu_seqlens must be 1-D with N + 1 >= 2 entries (got shape {list(cu_seqlens.shape)})")
+    if batch_size != 1:
+        raise ValueError(
+            f"with cu_seqlens the batch size must be 1 (got {batch_size}): pack the sequences along the time axis, "
+            "e.g. x.view(1, -1, *x.shape[2:]), and put every boundary in cu_seqlens"
+        )
+    bounds = cu_seqlens.tolist()
+    if bounds[0] != 0:
+        raise ValueError(f"cu_seqlens must start at 0 (got {bounds[0]})")
+    if any(b < a for a, b in zip(bounds[:-1], bounds[1:])):
+        raise ValueError(f"cu_seqlens must be non-decreasing (got {bounds})")
+    if bounds[-1] != num_tokens:
+        raise ValueError(f"cu_seqlens must end at the number of tokens (got {bounds[-1]}, expected {num_tokens})")
+    return len(bounds) - 1
+
+
+def check_initial_state(initial_state: object, num_states: int, shape: Sequence[int], layout: str, device) -> None:
+    """`initial_state` must be float32 `[N, *shape]` where N is the batch size, or the number of sequences under
+    cu_seqlens."""
+    if initial_state is None:
+        return
+    full = (num_states, *shape)
+    check_tensor("initial_state", initial_state, layout, full, (torch.float32,), device, contiguous=False)
+
+
+def check_scale(scale: object) -> None:
+    if scale is not None and not isinstance(scale, (int, float)):
+        raise ValueError(f"scale must be a Python float or None (got {type(scale).__name__})")
+
+
+def check_head_dim(name: str, size: int, max_size: int = 256) -> None:
+    """Feature sizes need not be powers of two (kernels mask the padding), but one block must hold them."""
+    if size < 1 or size > max_size:
+        raise ValueError(f"{name} head dim must be in [1, {max_size}] (got {size}); split the heads further")

@@ -1,0 +1,51 @@
+"""The `cu_seqlens -> (sequence, chunk)` index for packed variable-length input.
+
+Packed input is `[1, T_total, H, *]` with `cu_seqlens = [0, l_0, l_0 + l_1, ..., T_total]`. A chunk kernel launches one
+program per (sequence, chunk) pair; `chunk_indices[i] = (n, c)` says program i handles chunk c of sequence n, and
+`chunk_offsets[n]` is the index of sequence n's first chunk in the flat list (where its chunk states live).
+"""
+from __future__ import annotations
+
+import torch
+import triton
+
+
+def prepare_lens(cu_seqlens: torch.Tensor) -> torch.Tensor:
+    """[N + 1] -> [N] sequence lengths."""
+    return cu_seqlens[1:] - cu_seqlens[:-1]
+
+
+def prepare_num_chunks(cu_seqlens: torch.Tensor, chunk_size: int) -> torch.Tensor:
+    """[N + 1] -> [N] number of chunks per sequence (a length-0 sequence has none)."""
+    return triton.cdiv(prepare_lens(cu_seqlens), chunk_size)
+
+
+def prepare_chunk_offsets(cu_seqlens: torch.Tensor, chunk_size: int) -> torch.Tensor:
+    """[N + 1] -> [N + 1] int64: index of each sequence's first chunk; the last entry is the total chunk count."""
+    num_chunks = prepare_num_chunks(cu_seqlens, chunk_size)
+    return torch.cat([num_chunks.new_zeros(1), num_chunks.cumsum(0)]).to(torch.int64)
+
+
+def prepare_chunk_indices(cu_seqlens: torch.Tensor, chunk_size: int) -> torch.Tensor:
+    """[N + 1] -> [NT_total, 2] int32 rows of (sequence index, chunk index within that sequence)."""
+    num_chunks = prepare_num_chunks(cu_seqlens, chunk_size)
+    seq = torch.repeat_interleave(torch.arange(len(num_chunks), device=cu_seqlens.device), num_chunks)
+    first = torch.repeat_interleave(prepare_chunk_offsets(cu_seqlens, chunk_size)[:-1], num_chunks)
+    chunk = torch.arange(len(seq), device=cu_seqlens.device) - first
+    return torch.stack([seq, chunk], 1).to(torch.int32)
+
+
+def prepare_token_indices(cu_seqlens: torch.Tensor) -> torch.Tensor:
+    """[N + 1] -> [T_total, 2] int32 rows of (sequence index, position within that sequence)."""
+    lens = prepare_lens(cu_seqlens)
+    seq = torch.repeat_interleave(torch.arange(len(lens), device=cu_seqlens.device), lens)
+    pos = torch.arange(len(seq), device=cu_seqlens.device) - cu_seqlens[:-1].long()[seq]
+    return torch.stack([seq, pos], 1).to(torch.int32)
+
+
+def sequence_spans(cu_seqlens: torch.Tensor | None, batch_size: int, seq_len: int) -> list[tuple[int, int, int]]:
+    """(batch row, start, end) of every sequence, for the PyTorch twins that loop over sequences on the host."""
+    if cu_seqlens is None:
+        return [(b, 0, seq_len) for b in range(batch_size)]
+    bounds = cu_seqlens.tolist()
+    return [(0, bos, eos) for bos, eos in zip(bounds[:-1], bounds[1:])]

@@ -1,0 +1,53 @@
+"""Shared test helpers: relative-error comparison, seeding, NaN poisoning, devices."""
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator
+
+import torch
+
+
+def device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def rel_err(got: torch.Tensor, want: torch.Tensor) -> float:
+    """||got - want|| / ||want|| in float64 (0 when both are zero)."""
+    got, want = got.detach().double(), want.detach().double()
+    denom = want.norm().item()
+    diff = (got - want).norm().item()
+    return diff if denom == 0 else diff / denom
+
+
+def assert_close(name: str, got: torch.Tensor, want: torch.Tensor, rel: float) -> None:
+    """Relative error bound ||got - want|| / ||want|| <= rel; prints the error so every run shows its margin."""
+    assert got.shape == want.shape, f"{name}: shape {list(got.shape)} != expected {list(want.shape)}"
+    assert torch.isfinite(got).all(), f"{name}: non-finite values (a kernel left poisoned or unwritten outputs)"
+    err = rel_err(got, want)
+    print(f"{name:>8s}: rel err {err:.2e} (bound {rel:.0e})")
+    assert err <= rel, f"{name}: relative error {err:.3e} exceeds {rel:.0e}"
+
+
+def seed(*case: object) -> None:
+    """Fresh random inputs per test case, reproducible from the case's parameters."""
+    torch.manual_seed(hash(tuple(str(c) for c in case)) % (2**31))
+
+
+@contextlib.contextmanager
+def poisoned_empty() -> Iterator[None]:
+    """Inside the block torch.empty/empty_like/new_empty return NaN-filled tensors (floats), so an output a kernel
+    forgets to write shows up as NaN instead of as stale memory that happens to look right."""
+    originals = (torch.empty, torch.empty_like, torch.Tensor.new_empty)
+
+    def fill(t: torch.Tensor) -> torch.Tensor:
+        if t.is_floating_point():
+            t.fill_(float("nan"))
+        return t
+
+    torch.empty = lambda *a, **k: fill(originals[0](*a, **k))
+    torch.empty_like = lambda *a, **k: fill(originals[1](*a, **k))
+    torch.Tensor.new_empty = lambda self, *a, **k: fill(originals[2](self, *a, **k))
+    try:
+        yield
+    finally:
+        torch.empty, torch.empty_like, torch.Tensor.new_empty = originals
