@@ -1,0 +1,259 @@
+"""The intra-chunk output of gated linear attention with a scalar gate per head, and its gradients.
+
+Per head, with chunk-local cumulative log gates G (see `cumsum.py`; G = 0 when there is no gate), h[c] the state
+entering chunk c and dh[c] the gradient of the state leaving it (see `chunk_h.py`), for t, s in the same chunk:
+    o_t  = scale * ( (q_t exp(G_t)) h[c] + sum_{s <= t} (q_t . k_s) exp(G_t - G_s) v_s )
+and the state leaving the chunk is h[c+1] = exp(G_last) h[c] + sum_s exp(G_last - G_s) k_s^T v_s.
+
+Gradients (the loss seen through o and through h[c+1] via dh[c]); with D_ts = exp(G_t - G_s) [s <= t]:
+    dv_s = scale * sum_{t >= s} (q_t . k_s) D_ts do_t                + exp(G_last - G_s) k_s dh
+    dq_t = scale * sum_{s <= t} (do_t . v_s) D_ts k_s                + scale * exp(G_t) do_t h^T
+    dk_s = scale * sum_{t >= s} (do_t . v_s) D_ts q_t                + exp(G_last - G_s) v_s dh^T
+    dG_t = q_t . dq_t - k_t . dk_t + [t = last] ( exp(G_last) <h, dh> + sum_s exp(G_last - G_s) (k_s dh) . v_s )
+The dG line follows from collecting the terms: every D_ts contributes +1 to row t and -1 to column s, the state
+term exp(G_t) q_t h contributes to q_t . dq_t, and G_last appears in every term of h[c+1]. It is the gradient w.r.t.
+the cumsum G; families turn it into the gradient of the raw gate with a reverse chunk-local cumsum.
+
+Delta-rule branch: when the values fed to the state were v = u - w h[c], the helper passes w and the full gradient dv
+of those values, and gets back dw_t = -(dv_t h[c]^T) as well.
+
+Layouts: q, k, w [B, T, H, K]; v, do, dv, o [B, T, H, V]; g/G and dg float32 [B, T, H]; h, dh [B, NT, H, K, V]
+(or [1, NT_total, H, K, V] under cu_seqlens, chunks of sequence n from `prepare_chunk_offsets(...)[n]`).
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from fla.ops.utils.dispatch import autotune, dispatch
+from fla.ops.utils.index import prepare_chunk_indices, prepare_chunk_offsets, sequence_spans
+
+# ----------------------------------------------------------------------------------------------------------------------
+# PyTorch twins: the formulas above on whole chunks ([B, NT, BT, H, *] views), one sequence at a time under varlen.
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def _chunked(x: torch.Tensor, chunk_size: int, edge: bool = False) -> torch.Tensor:
+    """[B, T, H, *] -> float32 [B, NT, BT, H, *], padded with zeros (or with the last row when `edge`: for the gate
+    cumsum, so that padded rows hold G_last and no exp(G_t - G_s) involving them can overflow)."""
+    B, T = x.shape[:2]
+    NT = triton.cdiv(T, chunk_size)
+    x = x.float()
+    pad = NT * chunk_size - T
+    if pad:
+        fill = x[:, -1:].expand(B, pad, *x.shape[2:]) if edge else x.new_zeros(B, pad, *x.shape[2:])
+        x = torch.cat([x, fill], 1)
+    return x.view(B, NT, chunk_size, *x.shape[2:])
+
+
+def _unchunked(x: torch.Tensor, T: int) -> torch.Tensor:
+    """[B, NT, BT, H, *] -> [B, T, H, *]."""
+    return x.flatten(1, 2)[:, :T]
+
+
+def _decay(G: torch.Tensor | None, chunk_size: int, device) -> torch.Tensor:
+    """[B, NT, H, BT(t), BT(s)] exp(G_t - G_s) on s <= t, else 0 (the causal mask alone without a gate)."""
+    causal = torch.ones(chunk_size, chunk_size, dtype=torch.bool, device=device).tril()
+    if G is None:
+        return causal.float()
+    Gh = G.transpose(2, 3)  # [B, NT, H, BT]
+    diff = Gh[..., :, None] - Gh[..., None, :]
+    return torch.where(causal, diff, float("-inf")).exp()
+
+
+def _per_sequence(fn, cu_seqlens, chunk_size, tensors, states, outs):
+    """Run `fn(*token_slices, *state_slices) -> tuple` on every sequence (the batch at once without cu_seqlens) and
+    write its results into `outs` ([B, T, H, *] tensors)."""
+    if cu_seqlens is None:
+        results = fn(*tensors, *states)
+        for out, r in zip(outs, results):
+            if out is not None:
+                out.copy_(r)
+        return
+    offsets = prepare_chunk_offsets(cu_seqlens, chunk_size).tolist()
+    for i, (_, bos, eos) in enumerate(sequence_spans(cu_seqlens, 1, 0)):
+        if eos == bos:
+            continue
+        results = fn(*[None if x is None else x[:, bos:eos] for x in tensors],
+                     *[None if s is None else s[:, offsets[i]:offsets[i + 1]] for s in states])
+        for out, r in zip(outs, results):
+            if out is not None:
+                out[:, bos:eos] = r
+
+
+def _chunk_fwd_o_torch(q, k, v, h, g=None, scale=1.0, cu_seqlens=None, chunk_size=64):
+    o = torch.empty_like(v)
+
+    def one(q, k, v, g, h):
+        T = q.shape[1]
+        qc, kc, vc = (_chunked(x, chunk_size) for x in (q, k, v))
+        G = _chunked(g, chunk_size, edge=True) if g is not None else None
+        A = torch.einsum("bnthk,bnshk->bnhts", qc, kc) * _decay(G, chunk_size, q.device)
+        qh = qc * G.exp()[..., None] if G is not None else qc
+        out = torch.einsum("bnhts,bnshv->bnthv", A, vc) + torch.einsum("bnthk,bnhkv->bnthv", qh, h.float())
+        return (_unchunked(out * scale, T),)
+
+    _per_sequence(one, cu_seqlens, chunk_size, (q, k, v, g), (h,), (o,))
+    return o
+
+
+def _chunk_bwd_dv_torch(q, k, do, dh=None, g=None, scale=1.0, cu_seqlens=None, chunk_size=64):
+    dv = torch.empty_like(do)
+
+    def one(q, k, do, g, dh):
+        T = q.shape[1]
+        qc, kc, doc = (_chunked(x, chunk_size) for x in (q, k, do))
+        G = _chunked(g, chunk_size, edge=True) if g is not None else None
+        A = torch.einsum("bnthk,bnshk->bnhts", qc, kc) * _decay(G, chunk_size, q.device) * scale
+        out = torch.einsum("bnhts,bnthv->bnshv", A, doc)
+        if dh is not None:
+            kg = kc * (G[:, :, -1:] - G).exp()[..., None] if G is not None else kc
+            out = out + torch.einsum("bnshk,bnhkv->bnshv", kg, dh.float())
+        return (_unchunked(out, T),)
+
+    _per_sequence(one, cu_seqlens, chunk_size, (q, k, do, g), (dh,), (dv,))
+    return dv
+
+
+def _chunk_bwd_dv_local_torch(q, k, do, g=None, scale=1.0, cu_seqlens=None, chunk_size=64):
+    return _chunk_bwd_dv_torch(q, k, do, None, g, scale, cu_seqlens, chunk_size)
+
+
+def _chunk_bwd_dqkwg_torch(q, k, v, do, h, dh, g=None, w=None, dv=None, scale=1.0, cu_seqlens=None, chunk_size=64):
+    dq, dk = torch.empty_like(q), torch.empty_like(k)
+    dg = torch.empty_like(g, dtype=torch.float32) if g is not None else None
+    dw = torch.empty_like(w) if w is not None and dv is not None else None
+
+    def one(q, k, v, do, g, dv, h, dh):
+        T = q.shape[1]
+        qc, kc, vc, doc = (_chunked(x, chunk_size) for x in (q, k, v, do))
+        hf, dhf = h.float(), dh.float()
+        G = _chunked(g, chunk_size, edge=True) if g is not None else None
+        dA = torch.einsum("bnthv,bnshv->bnhts", doc, vc) * _decay(G, chunk_size, q.device) * scale
+        dq_inter = torch.einsum("bnthv,bnhkv->bnthk", doc, hf) * scale
+        dk_inter = torch.einsum("bnshv,bnhkv->bnshk", vc, dhf)
+        if G is not None:
+            dq_inter = dq_inter * G.exp()[..., None]
+            dk_inter = dk_inter * (G[:, :, -1:] - G).exp()[..., None]
+        dqc = torch.einsum("bnhts,bnshk->bnthk", dA, kc) + dq_inter
+        dkc = torch.einsum("bnhts,bnthk->bnshk", dA, qc) + dk_inter
+        dgc = None
+        if G is not None:
+            dgc = (qc * dqc).sum(-1) - (kc * dkc).sum(-1)
+            # G_last is in every term of the state leaving the chunk. With edge padding, the padded rows are copies
+            # of the last real row: putting the term on the last padded row and folding the pad back below is the
+            # chain rule through that copy.
+            last = G[:, :, -1].exp() * (hf * dhf).sum((-1, -2)) + (kc * dk_inter).sum((2, -1))
+            dgc[:, :, -1] += last
+            dgc = dgc.flatten(1, 2)
+            dgc = torch.cat([dgc[:, :T - 1], dgc[:, T - 1:].sum(1, keepdim=True)], 1)
+        dwc = None
+        if dv is not None:
+            dwc = -_unchunked(torch.einsum("bnthv,bnhkv->bnthk", _chunked(dv, chunk_size), hf), T)
+        return _unchunked(dqc, T), _unchunked(dkc, T), dwc, dgc
+
+    _per_sequence(one, cu_seqlens, chunk_size, (q, k, v, do, g, dv), (h, dh), (dq, dk, dw, dg))
+    return dq, dk, dw, dg
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Public launchers. Triton kernels follow; until they land, the twins run on every path.
+# ----------------------------------------------------------------------------------------------------------------------
+
+_chunk_fwd_o = dispatch(_chunk_fwd_o_torch, _chunk_fwd_o_torch)
+_chunk_bwd_dv = dispatch(_chunk_bwd_dv_torch, _chunk_bwd_dv_torch)
+_chunk_bwd_dv_local = dispatch(_chunk_bwd_dv_local_torch, _chunk_bwd_dv_local_torch)
+_chunk_bwd_dqkwg = dispatch(_chunk_bwd_dqkwg_torch, _chunk_bwd_dqkwg_torch)
+
+
+def chunk_fwd_o(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    h: torch.Tensor,
+    g: torch.Tensor | None = None,
+    scale: float = 1.0,
+    cu_seqlens: torch.Tensor | None = None,
+    chunk_size: int = 64,
+) -> torch.Tensor:
+    """Outputs from the chunk states and the intra-chunk causal attention.
+
+    Args:
+        q, k: [B, T, H, K]; v: [B, T, H, V]
+        h: [B, NT, H, K, V]   states entering each chunk (`chunk_fwd_h`)
+        g: [B, T, H] float32   chunk-local cumsum of the log gate, or None (no decay)
+        cu_seqlens: [N + 1] packed sequences (B == 1)
+    Returns:
+        o: [B, T, H, V] in v's dtype
+    """
+    return _chunk_fwd_o(q, k, v, h, g, scale, cu_seqlens, chunk_size)
+
+
+def chunk_bwd_dv_local(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    do: torch.Tensor,
+    g: torch.Tensor | None = None,
+    scale: float = 1.0,
+    cu_seqlens: torch.Tensor | None = None,
+    chunk_size: int = 64,
+) -> torch.Tensor:
+    """The intra-chunk part of the value gradient: dv_s = scale * sum_{t >= s in chunk} (q_t . k_s) exp(G_t - G_s) do_t.
+
+    Args:
+        q, k: [B, T, H, K]; do: [B, T, H, V]; g: [B, T, H] float32 cumsum or None
+    Returns:
+        dv: [B, T, H, V] in do's dtype
+    """
+    return _chunk_bwd_dv_local(q, k, do, g, scale, cu_seqlens, chunk_size)
+
+
+def chunk_bwd_dv(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    do: torch.Tensor,
+    dh: torch.Tensor,
+    g: torch.Tensor | None = None,
+    scale: float = 1.0,
+    cu_seqlens: torch.Tensor | None = None,
+    chunk_size: int = 64,
+) -> torch.Tensor:
+    """The full value gradient: the intra-chunk part plus (k_s exp(G_last - G_s)) dh[c].
+
+    Args:
+        q, k: [B, T, H, K]; do: [B, T, H, V]
+        dh: [B, NT, H, K, V]   gradients of the states leaving each chunk (`chunk_bwd_dh`)
+        g: [B, T, H] float32 cumsum or None
+    Returns:
+        dv: [B, T, H, V] in do's dtype
+    """
+    return _chunk_bwd_dv(q, k, do, dh, g, scale, cu_seqlens, chunk_size)
+
+
+def chunk_bwd_dqkwg(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    do: torch.Tensor,
+    h: torch.Tensor,
+    dh: torch.Tensor,
+    g: torch.Tensor | None = None,
+    w: torch.Tensor | None = None,
+    dv: torch.Tensor | None = None,
+    scale: float = 1.0,
+    cu_seqlens: torch.Tensor | None = None,
+    chunk_size: int = 64,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """Gradients of queries, keys, the delta-rule w and the gate cumsum.
+
+    Args:
+        q, k: [B, T, H, K]; v, do: [B, T, H, V]
+        h, dh: [B, NT, H, K, V]   states entering / gradients of states leaving each chunk
+        g: [B, T, H] float32 cumsum or None
+        w: [B, T, H, K] and dv: [B, T, H, V]   delta rule only (values v = u - w h[c]; dv their full gradient)
+    Returns:
+        dq: [B, T, H, K]; dk: [B, T, H, K]; dw: [B, T, H, K] or None;
+        dg: [B, T, H] float32 gradient w.r.t. the cumsum g, or None without g
+    """
+    return _chunk_bwd_dqkwg(q, k, v, do, h, dh, g, w, dv, scale, cu_seqlens, chunk_size)
