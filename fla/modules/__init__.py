@@ -1,4 +1,9 @@
 """Fused building blocks shared by the layers and models: norms, losses, short convolution, rotary, MLP."""
+from fla.modules.fused_cross_entropy import FusedCrossEntropyLoss, fused_cross_entropy
+from fla.modules.fused_linear_cross_entropy import FusedLinearCrossEntropyLoss, fused_linear_cross_entropy
 from fla.modules.layernorm import FusedRMSNormGated, RMSNorm, rms_norm, rms_norm_gated
 
-__all__ = ["FusedRMSNormGated", "RMSNorm", "rms_norm", "rms_norm_gated"]
+__all__ = [
+    "FusedCrossEntropyLoss", "FusedLinearCrossEntropyLoss", "FusedRMSNormGated", "RMSNorm",
+    "fused_cross_entropy", "fused_linear_cross_entropy", "rms_norm", "rms_norm_gated",
+]

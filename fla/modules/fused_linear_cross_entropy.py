@@ -1,0 +1,160 @@
+"""The language-model head and its cross entropy in chunks of tokens, never holding the full [N, V] logits.
+
+Forward walks the tokens `chunk_size` at a time: logits = h_c @ W.T (+ b), the cross-entropy kernel writes the
+chunk's loss and, over the same buffer, its logits gradient; then dh_c = dlogits @ W and dW += dlogits.T @ h_c
+(float32 accumulator). Backward only multiplies the stored dh, dW, db by the incoming scalar gradient. Peak memory is
+one chunk of logits plus the gradients of the inputs, instead of two or three [N, V] tensors.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from fla.modules.fused_cross_entropy import (
+    check_loss_options,
+    check_targets,
+    cross_entropy_loss_and_grad,
+    grad_scale_and_count,
+)
+
+REDUCTIONS = ("mean", "sum")
+
+
+def default_chunk_size(num_tokens: int, hidden_size: int, vocab_size: int) -> int:
+    """Rows per chunk such that a chunk of logits is about as large as the hidden states (a multiple of 64)."""
+    rows = -(-num_tokens // max(1, -(-vocab_size // hidden_size)))
+    return max(64, -(-rows // 64) * 64)
+
+
+def _accumulate(acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
+    """acc (float32) += a @ b without a float32 copy of a or b."""
+    if a.dtype == torch.float32:
+        acc.addmm_(a, b)
+    else:
+        acc += a @ b
+
+
+class FusedLinearCrossEntropyFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, hidden, target, weight, bias, ignore_index, label_smoothing, reduction, chunk_size):
+        N, D = hidden.shape
+        V = weight.shape[0]
+        grad_scale, count = grad_scale_and_count(target, ignore_index, reduction)
+        need_dh, need_dw = hidden.requires_grad, weight.requires_grad
+        need_db = bias is not None and bias.requires_grad
+        need_grad = need_dh or need_dw or need_db
+        dh = torch.empty_like(hidden) if need_dh else None
+        dw = torch.zeros(V, D, dtype=torch.float32, device=hidden.device) if need_dw else None
+        db = torch.zeros(V, dtype=torch.float32, device=hidden.device) if need_db else None
+        total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        for start in range(0, N, chunk_size):
+            h_c = hidden[start:start + chunk_size]
+            logits = F.linear(h_c, weight, bias).contiguous()
+            loss = cross_entropy_loss_and_grad(
+                logits, target[start:start + chunk_size], grad_scale, ignore_index, label_smoothing,
+                logits if need_grad else None,
+            )
+            total += loss.sum()
+            if need_dh:
+                torch.mm(logits, weight, out=dh[start:start + chunk_size])
+            if need_dw:
+                _accumulate(dw, logits.t(), h_c)
+            if need_db:
+                db += logits.sum(0, dtype=torch.float32)
+            del logits
+        ctx.save_for_backward(dh, dw, db)
+        ctx.dtypes = (weight.dtype, None if bias is None else bias.dtype)
+        return total / count if reduction == "mean" else total  # mean: nan when every row is ignored, as PyTorch
+
+    @staticmethod
+    def backward(ctx, dloss):
+        dh, dw, db = ctx.saved_tensors
+        if getattr(ctx, "used", False):
+            raise RuntimeError("fused linear cross entropy scales its saved gradients in place: backward runs once")
+        ctx.used = True
+        w_dtype, b_dtype = ctx.dtypes
+        # The gradients were computed for dloss = 1 during forward: scale them in place.
+        if dh is not None:
+            dh = dh.mul_(dloss)
+        if dw is not None:
+            dw = dw.mul_(dloss).to(w_dtype)
+        if db is not None:
+            db = db.mul_(dloss).to(b_dtype)
+        return dh, None, dw, db, None, None, None, None
+
+
+def fused_linear_cross_entropy(
+    hidden: torch.Tensor,
+    target: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    ignore_index: int = -100,
+    label_smoothing: float = 0.0,
+    reduction: str = "mean",
+    chunk_size: int | None = None,
+    num_chunks: int | None = None,
+) -> torch.Tensor:
+    """`F.cross_entropy(F.linear(hidden, weight, bias), target)` without the full logits.
+
+    Args:
+        hidden: [..., D] hidden states (leading dims are flattened to N tokens)
+        target: [...] int class indices, `ignore_index` for tokens that don't count
+        weight: [V, D]; bias: [V] or None
+        reduction: "mean" (over counted tokens) or "sum"
+        chunk_size: tokens per chunk (default: a chunk of logits about the size of `hidden`), or give num_chunks
+    Returns:
+        the loss, a float32 scalar. Backward must run only once (the saved gradients are scaled in place).
+    """
+    check_loss_options(label_smoothing, reduction, REDUCTIONS)
+    if not isinstance(hidden, torch.Tensor) or hidden.dim() < 2 or not hidden.is_floating_point():
+        got = list(hidden.shape) if isinstance(hidden, torch.Tensor) else type(hidden).__name__
+        raise ValueError(f"hidden must be a floating-point [N, D] (or [B, T, D]) tensor (got {got})")
+    D = hidden.shape[-1]
+    hidden = hidden.reshape(-1, D).contiguous()
+    N = hidden.shape[0]
+    check_targets(target, N)
+    if not isinstance(weight, torch.Tensor) or weight.dim() != 2 or weight.shape[1] != D:
+        got = list(weight.shape) if isinstance(weight, torch.Tensor) else type(weight).__name__
+        raise ValueError(f"weight must be [V, D] with D = {D}, the last dim of hidden (got {got})")
+    if weight.dtype != hidden.dtype:
+        raise ValueError(f"weight dtype {weight.dtype} differs from hidden dtype {hidden.dtype}; cast one of them")
+    V = weight.shape[0]
+    if bias is not None and (not isinstance(bias, torch.Tensor) or bias.shape != (V,)):
+        raise ValueError(f"bias must be [V] = [{V}] or None (got {getattr(bias, 'shape', bias)})")
+    if chunk_size is not None and num_chunks is not None:
+        raise ValueError("give chunk_size or num_chunks, not both")
+    if num_chunks is not None:
+        if num_chunks < 1:
+            raise ValueError(f"num_chunks must be >= 1 (got {num_chunks})")
+        chunk_size = max(1, -(-N // num_chunks))
+    if chunk_size is None:
+        chunk_size = default_chunk_size(N, D, V)
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1 (got {chunk_size})")
+    return FusedLinearCrossEntropyFunction.apply(
+        hidden, target.reshape(-1), weight.contiguous(), bias, ignore_index, label_smoothing, reduction, chunk_size,
+    )
+
+
+class FusedLinearCrossEntropyLoss(nn.Module):
+    """`forward(hidden, target, weight, bias=None)` -> the cross entropy of `hidden @ weight.T + bias`, computed in
+    chunks of tokens (see `fused_linear_cross_entropy`)."""
+
+    def __init__(
+        self, ignore_index: int = -100, label_smoothing: float = 0.0, reduction: str = "mean",
+        chunk_size: int | None = None, num_chunks: int | None = None,
+    ):
+        super().__init__()
+        check_loss_options(label_smoothing, reduction, REDUCTIONS)
+        self.ignore_index, self.label_smoothing, self.reduction = ignore_index, label_smoothing, reduction
+        self.chunk_size, self.num_chunks = chunk_size, num_chunks
+
+    def extra_repr(self) -> str:
+        return f"ignore_index={self.ignore_index}, label_smoothing={self.label_smoothing}, reduction={self.reduction!r}"
+
+    def forward(self, hidden, target, weight, bias=None):
+        return fused_linear_cross_entropy(
+            hidden, target, weight, bias, self.ignore_index, self.label_smoothing, self.reduction,
+            self.chunk_size, self.num_chunks,
+        )

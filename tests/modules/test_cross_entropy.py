@@ -1,0 +1,112 @@
+"""Fused cross entropy and fused linear cross entropy against PyTorch's cross_entropy (float64), both paths."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from fla.modules import FusedCrossEntropyLoss, FusedLinearCrossEntropyLoss, fused_linear_cross_entropy
+from fla.ops.utils.dispatch import use_backend
+from tests.helpers import assert_close, poisoned_empty, seed
+
+
+def targets(N, V, num_ignored):
+    t = torch.randint(0, V, (N,))
+    t[torch.randperm(N)[:num_ignored]] = -100
+    return t
+
+
+@pytest.mark.parametrize("backend", ["triton", "torch"])
+@pytest.mark.parametrize(
+    "N, V, smoothing, reduction",
+    [(24, 5000, 0.0, "mean"), (24, 5000, 0.1, "sum"), (17, 300, 0.2, "none"), (33, 129, 0.0, "sum")],
+)
+def test_cross_entropy_matches_torch(backend, N, V, smoothing, reduction):
+    seed(backend, N, V, smoothing, reduction)
+    logits = (2 * torch.randn(N, V)).requires_grad_()
+    target = targets(N, V, 5)
+    with use_backend(backend), poisoned_empty():
+        loss = FusedCrossEntropyLoss(label_smoothing=smoothing, reduction=reduction)(logits, target)
+        dloss = torch.randn_like(loss)
+        (dlogits,) = torch.autograd.grad(loss, logits, dloss)
+    ref = F.cross_entropy(logits.double(), target, label_smoothing=smoothing, reduction=reduction)
+    (dref,) = torch.autograd.grad(ref, logits, dloss.double())
+    assert_close("loss", loss, ref, 1e-6)
+    assert_close("dlogits", dlogits, dref, 1e-6)
+    assert dlogits[target == -100].abs().max() == 0
+
+
+@pytest.mark.parametrize("backend", ["triton", "torch"])
+def test_cross_entropy_half_logits(backend):
+    seed(backend)
+    logits = torch.randn(16, 1000, dtype=torch.float16, requires_grad=True)
+    target = targets(16, 1000, 2)
+    with use_backend(backend):
+        loss = FusedCrossEntropyLoss()(logits, target)
+        loss.backward()
+    assert logits.grad.dtype == torch.float16
+    ref = F.cross_entropy(logits.double(), target)
+    (dref,) = torch.autograd.grad(ref, logits)
+    assert_close("loss", loss, ref, 1e-5)
+    assert_close("dlogits", logits.grad, dref, 2e-3)
+
+
+@pytest.mark.parametrize("backend", ["triton", "torch"])
+@pytest.mark.parametrize(
+    "N, D, V, chunk_size, smoothing, reduction, has_bias",
+    [
+        (50, 32, 300, 16, 0.0, "mean", False),  # 50 is not a multiple of the chunk
+        (50, 32, 300, 16, 0.1, "sum", True),
+        (37, 48, 130, None, 0.1, "mean", True),
+        (20, 16, 64, 7, 0.0, "sum", False),
+    ],
+)
+def test_linear_cross_entropy_matches_lm_head(backend, N, D, V, chunk_size, smoothing, reduction, has_bias):
+    seed(backend, N, D, V, chunk_size, smoothing, reduction, has_bias)
+    hidden = torch.randn(N, D, requires_grad=True)
+    weight = (torch.randn(V, D) / D**0.5).requires_grad_()
+    bias = torch.randn(V, requires_grad=True) if has_bias else None
+    target = targets(N, V, 6)
+    inputs = [t for t in (hidden, weight, bias) if t is not None]
+    loss_fn = FusedLinearCrossEntropyLoss(label_smoothing=smoothing, reduction=reduction, chunk_size=chunk_size)
+    with use_backend(backend), poisoned_empty():
+        loss = loss_fn(hidden, target, weight, bias)
+        grads = torch.autograd.grad(2.5 * loss, inputs)
+    logits = F.linear(hidden.double(), weight.double(), None if bias is None else bias.double())
+    ref = F.cross_entropy(logits, target, label_smoothing=smoothing, reduction=reduction)
+    grads_ref = torch.autograd.grad(2.5 * ref, inputs)
+    assert_close("loss", loss, ref, 1e-6)
+    for name, got, want in zip(["dhidden", "dweight", "dbias"], grads, grads_ref):
+        assert_close(name, got, want, 1e-5)
+
+
+@pytest.mark.parametrize("backend", ["triton", "torch"])
+def test_linear_cross_entropy_batched_input_and_num_chunks(backend):
+    seed(backend)
+    hidden = torch.randn(2, 13, 16, requires_grad=True)
+    weight = torch.randn(100, 16, requires_grad=True)
+    target = targets(26, 100, 3).view(2, 13)
+    with use_backend(backend):
+        loss = fused_linear_cross_entropy(hidden, target, weight, num_chunks=3)
+        loss.backward()
+    ref = F.cross_entropy(F.linear(hidden.double(), weight.double()).flatten(0, 1), target.flatten())
+    dh, dw = torch.autograd.grad(ref, (hidden, weight))
+    assert_close("loss", loss, ref, 1e-6)
+    assert_close("dhidden", hidden.grad, dh, 1e-5)
+    assert_close("dweight", weight.grad, dw, 1e-5)
+
+
+def test_losses_reject_bad_inputs():
+    h, w, t = torch.randn(4, 8), torch.randn(10, 8), torch.randint(0, 10, (4,))
+    with pytest.raises(ValueError, match="reduction must be one of"):
+        FusedLinearCrossEntropyLoss(reduction="none")
+    with pytest.raises(ValueError, match="label_smoothing must be in"):
+        FusedCrossEntropyLoss(label_smoothing=1.5)
+    with pytest.raises(ValueError, match="weight must be \\[V, D\\] with D = 8"):
+        fused_linear_cross_entropy(h, t, torch.randn(10, 6))
+    with pytest.raises(ValueError, match="one class index per row: 4"):
+        fused_linear_cross_entropy(h, t[:3], w)
+    with pytest.raises(ValueError, match="target must be an int64 or int32"):
+        FusedCrossEntropyLoss()(torch.randn(4, 10), t.float())
+    with pytest.raises(ValueError, match="logits must be a floating-point \\[N, V\\]"):
+        FusedCrossEntropyLoss()(torch.randn(2, 4, 10), t)
+    with pytest.raises(ValueError, match="chunk_size or num_chunks, not both"):
+        fused_linear_cross_entropy(h, t, w, chunk_size=2, num_chunks=2)
