@@ -1,0 +1,4 @@
+from fla.ops.delta_rule.fused_recurrent import fused_recurrent_delta_rule
+from fla.ops.delta_rule.naive import naive_recurrent_delta_rule
+
+__all__ = ["fused_recurrent_delta_rule", "naive_recurrent_delta_rule"]

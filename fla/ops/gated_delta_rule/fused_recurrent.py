@@ -1,0 +1,368 @@
+"""The gated delta rule walked token by token with the state in registers (inference path), forward and backward.
+
+Per value head, with the state S [K, V] (see `naive.py`):
+    S'_t = exp(g_t) S_{t-1};   u_t = v_t - k_t S'_t;   S_t = S'_t + k_t^T (beta_t * u_t);   o_t = scale * q_t S_t
+The value channels of S never mix, so one program owns a [K, BV] column tile of one head's state.
+
+Backward. With D_t = dL/dS_t (including scale * q_t^T do_t) walked backwards:
+    dvn_t = D_t^T k_t (vn_t = beta_t u_t),  du_t = beta_t dvn_t = dv_t,  dbeta_t = dvn_t . u_t,
+    dk_t  = D_t vn_t - S'_t du_t,  dq_t = scale * S_t do_t,  D_{t-1} = exp(g_t) (D_t - k_t^T du_t).
+The gate gradient dg_t = <dL/dS'_t, S'_t> needs no stored state: expanding it gives the running sum
+    dg_t = dg_{t+1} + do_t . o_t - dvn_t . vn_t - (v_t - u_t) . du_t,   dg_{T+1} = <dL/dS_T, S_T> from the final state.
+So the backward is a reverse sweep (D, dv, dbeta, dg, the D vn part of dk) followed by a forward sweep that rebuilds
+S' and S for dq and the -S' du part of dk. u is saved by the forward.
+
+Grouped values: q/k have H heads, v/g/beta/state HV; value head j reads q/k head j // (HV // H).
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from fla.ops.gated_delta_rule.naive import naive_recurrent_gated_delta_rule
+from fla.ops.utils.checks import (check_cu_seqlens, check_head_dim, check_initial_state, check_scale,
+                                  check_tensor)
+from fla.ops.utils.dispatch import autotune, dispatch
+from fla.ops.utils.l2norm import l2_norm
+
+_CONFIGS = [triton.Config({}, num_warps=w, num_stages=s) for w in (2, 4, 1, 8) for s in (2, 3, 1)]
+_KEY = ["H", "HV", "K", "V", "BV", "USE_G", "BETA_PER_CHANNEL"]
+
+
+@triton.heuristics({
+    "USE_G": lambda args: args["g"] is not None,
+    "USE_INITIAL_STATE": lambda args: args["h0"] is not None,
+    "STORE_FINAL_STATE": lambda args: args["ht"] is not None,
+    "STORE_U": lambda args: args["u"] is not None,
+    "IS_VARLEN": lambda args: args["cu_seqlens"] is not None,
+})
+@autotune(_CONFIGS, key=_KEY)
+@triton.jit
+def fused_recurrent_gdr_fwd_kernel(
+    q, k, v, g, beta, o, u, h0, ht, cu_seqlens, scale,
+    T, H: tl.constexpr, HV: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+    USE_G: tl.constexpr, BETA_PER_CHANNEL: tl.constexpr, USE_INITIAL_STATE: tl.constexpr,
+    STORE_FINAL_STATE: tl.constexpr, STORE_U: tl.constexpr, IS_VARLEN: tl.constexpr,
+):
+    # grid (NV, N * HV). Layouts: q, k [B, T, H, K]; v, o, u [B, T, HV, V]; g [B, T, HV]; beta [B, T, HV] or
+    # [B, T, HV, V]; h0, ht [N, HV, K, V]. One program: value head i_hv, state columns [i_v*BV, i_v*BV + BV).
+    i_v, i_nh = tl.program_id(0), tl.program_id(1)
+    i_n, i_hv = i_nh // HV, i_nh % HV
+    i_h = i_hv // (HV // H)
+    if IS_VARLEN:
+        bos, eos = tl.load(cu_seqlens + i_n).to(tl.int64), tl.load(cu_seqlens + i_n + 1).to(tl.int64)
+        T = (eos - bos).to(tl.int32)
+    else:
+        bos = (i_n * T).to(tl.int64)
+    o_k = tl.arange(0, BK)
+    o_v = i_v * BV + tl.arange(0, BV)
+    m_k, m_v = o_k < K, o_v < V
+    m_kv = m_k[:, None] & m_v[None, :]
+    o_kv = o_k[:, None] * V + o_v[None, :]
+
+    b_h = tl.zeros([BK, BV], dtype=tl.float32)
+    if USE_INITIAL_STATE:
+        b_h += tl.load(h0 + i_nh * K * V + o_kv, mask=m_kv, other=0.)
+    for i_t in range(T):
+        row = bos + i_t
+        b_q = tl.load(q + (row * H + i_h) * K + o_k, mask=m_k, other=0.).to(tl.float32)
+        b_k = tl.load(k + (row * H + i_h) * K + o_k, mask=m_k, other=0.).to(tl.float32)
+        b_v = tl.load(v + (row * HV + i_hv) * V + o_v, mask=m_v, other=0.).to(tl.float32)
+        if BETA_PER_CHANNEL:
+            b_beta = tl.load(beta + (row * HV + i_hv) * V + o_v, mask=m_v, other=0.).to(tl.float32)
+        else:
+            b_beta = tl.load(beta + row * HV + i_hv).to(tl.float32)
+        if USE_G:
+            b_h *= tl.exp(tl.load(g + row * HV + i_hv).to(tl.float32))
+        b_u = b_v - tl.sum(b_h * b_k[:, None], axis=0)
+        b_h += b_k[:, None] * (b_beta * b_u)[None, :]
+        b_o = scale * tl.sum(b_h * b_q[:, None], axis=0)
+        tl.store(o + (row * HV + i_hv) * V + o_v, b_o.to(o.dtype.element_ty), mask=m_v)
+        if STORE_U:
+            tl.store(u + (row * HV + i_hv) * V + o_v, b_u, mask=m_v)
+    if STORE_FINAL_STATE:
+        tl.store(ht + i_nh * K * V + o_kv, b_h, mask=m_kv)
+
+
+@triton.heuristics({
+    "USE_G": lambda args: args["g"] is not None,
+    "USE_INITIAL_STATE": lambda args: args["dh0"] is not None,
+    "USE_FINAL_STATE_GRADIENT": lambda args: args["dht"] is not None,
+    "IS_VARLEN": lambda args: args["cu_seqlens"] is not None,
+})
+@autotune(_CONFIGS, key=_KEY)
+@triton.jit
+def fused_recurrent_gdr_bwd_reverse_kernel(
+    q, k, v, g, beta, o, u, do, dht, ht, dk, dv, dbeta, dg, dh0, cu_seqlens, scale,
+    T, B: tl.constexpr, H: tl.constexpr, HV: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+    BK: tl.constexpr, BV: tl.constexpr,
+    USE_G: tl.constexpr, BETA_PER_CHANNEL: tl.constexpr, USE_INITIAL_STATE: tl.constexpr,
+    USE_FINAL_STATE_GRADIENT: tl.constexpr, IS_VARLEN: tl.constexpr,
+):
+    # Reverse sweep. Partial sums over this program's value columns go to per-tile buffers, summed on the host:
+    # dk [NV, B, T, HV, K], dg [NV, B, T, HV], dbeta [NV, B, T, HV] (per-channel beta: [B, T, HV, V] directly).
+    # dv [B, T, HV, V] is complete (columns do not mix).
+    i_v, i_nh = tl.program_id(0), tl.program_id(1)
+    i_n, i_hv = i_nh // HV, i_nh % HV
+    i_h = i_hv // (HV // H)
+    T_all = T
+    if IS_VARLEN:
+        bos, eos = tl.load(cu_seqlens + i_n).to(tl.int64), tl.load(cu_seqlens + i_n + 1).to(tl.int64)
+        T = (eos - bos).to(tl.int32)
+    else:
+        bos = (i_n * T).to(tl.int64)
+    tile = (i_v * B * T_all).to(tl.int64)  # this tile's slice of the [NV, B*T, ...] partial buffers
+    o_k = tl.arange(0, BK)
+    o_v = i_v * BV + tl.arange(0, BV)
+    m_k, m_v = o_k < K, o_v < V
+    m_kv = m_k[:, None] & m_v[None, :]
+    o_kv = o_k[:, None] * V + o_v[None, :]
+
+    b_dh = tl.zeros([BK, BV], dtype=tl.float32)
+    b_dg = tl.zeros([BV], dtype=tl.float32)  # per-column running sum; reduced at each store
+    if USE_FINAL_STATE_GRADIENT:
+        b_dh += tl.load(dht + i_nh * K * V + o_kv, mask=m_kv, other=0.)
+        b_dg += tl.sum(b_dh * tl.load(ht + i_nh * K * V + o_kv, mask=m_kv, other=0.), axis=0)
+    for i_r in range(T):
+        row = bos + T - 1 - i_r
+        b_q = tl.load(q + (row * H + i_h) * K + o_k, mask=m_k, other=0.).to(tl.float32)
+        b_k = tl.load(k + (row * H + i_h) * K + o_k, mask=m_k, other=0.).to(tl.float32)
+        b_v = tl.load(v + (row * HV + i_hv) * V + o_v, mask=m_v, other=0.).to(tl.float32)
+        b_o = tl.load(o + (row * HV + i_hv) * V + o_v, mask=m_v, other=0.).to(tl.float32)
+        b_do = tl.load(do + (row * HV + i_hv) * V + o_v, mask=m_v, other=0.).to(tl.float32)
+        b_u = tl.load(u + (row * HV + i_hv) * V + o_v, mask=m_v, other=0.)
+        if BETA_PER_CHANNEL:
+            b_beta = tl.load(beta + (row * HV + i_hv) * V + o_v, mask=m_v, other=0.).to(tl.float32)
+        else:
+            b_beta = tl.load(beta + row * HV + i_hv).to(tl.float32)
+        b_dh += scale * b_q[:, None] * b_do[None, :]
+        b_vn = b_beta * b_u
+        b_dvn = tl.sum(b_dh * b_k[:, None], axis=0)
+        b_du = b_beta * b_dvn
+        b_dk = tl.sum(b_dh * b_vn[None, :], axis=1)
+        tl.store(dk + ((tile + row) * HV + i_hv) * K + o_k, b_dk, mask=m_k)
+        tl.store(dv + (row * HV + i_hv) * V + o_v, b_du.to(dv.dtype.element_ty), mask=m_v)
+        if BETA_PER_CHANNEL:
+            tl.store(dbeta + (row * HV + i_hv) * V + o_v, (b_dvn * b_u).to(dbeta.dtype.element_ty), mask=m_v)
+        else:
+            tl.store(dbeta + (tile + row) * HV + i_hv, tl.sum(b_dvn * b_u, axis=0))
+        if USE_G:
+            b_dg += b_do * b_o - b_dvn * b_vn - (b_v - b_u) * b_du
+            tl.store(dg + (tile + row) * HV + i_hv, tl.sum(b_dg, axis=0))
+        b_dh -= b_k[:, None] * b_du[None, :]
+        if USE_G:
+            b_dh *= tl.exp(tl.load(g + row * HV + i_hv).to(tl.float32))
+    if USE_INITIAL_STATE:
+        tl.store(dh0 + i_nh * K * V + o_kv, b_dh, mask=m_kv)
+
+
+@triton.heuristics({
+    "USE_G": lambda args: args["g"] is not None,
+    "USE_INITIAL_STATE": lambda args: args["h0"] is not None,
+    "IS_VARLEN": lambda args: args["cu_seqlens"] is not None,
+})
+@autotune(_CONFIGS, key=_KEY)
+@triton.jit
+def fused_recurrent_gdr_bwd_forward_kernel(
+    q, k, v, g, beta, do, dv, h0, dq, dk, cu_seqlens, scale,
+    T, B: tl.constexpr, H: tl.constexpr, HV: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+    BK: tl.constexpr, BV: tl.constexpr,
+    USE_G: tl.constexpr, BETA_PER_CHANNEL: tl.constexpr, USE_INITIAL_STATE: tl.constexpr, IS_VARLEN: tl.constexpr,
+):
+    # Forward sweep rebuilding the state: dq = scale * S_t do_t, and dk -= S'_t du_t added to the reverse sweep's
+    # partial (same [NV, B, T, HV, K] tile buffers; dv holds du).
+    i_v, i_nh = tl.program_id(0), tl.program_id(1)
+    i_n, i_hv = i_nh // HV, i_nh % HV
+    i_h = i_hv // (HV // H)
+    T_all = T
+    if IS_VARLEN:
+        bos, eos = tl.load(cu_seqlens + i_n).to(tl.int64), tl.load(cu_seqlens + i_n + 1).to(tl.int64)
+        T = (eos - bos).to(tl.int32)
+    else:
+        bos = (i_n * T).to(tl.int64)
+    tile = (i_v * B * T_all).to(tl.int64)
+    o_k = tl.arange(0, BK)
+    o_v = i_v * BV + tl.arange(0, BV)
+    m_k, m_v = o_k < K, o_v < V
+    m_kv = m_k[:, None] & m_v[None, :]
+    o_kv = o_k[:, None] * V + o_v[None, :]
+
+    b_h = tl.zeros([BK, BV], dtype=tl.float32)
+    if USE_INITIAL_STATE:
+        b_h += tl.load(h0 + i_nh * K * V + o_kv, mask=m_kv, other=0.)
+    for i_t in range(T):
+        row = bos + i_t
+        b_k = tl.load(k + (row * H + i_h) * K + o_k, mask=m_k, other=0.).to(tl.float32)
+        b_v = tl.load(v + (row * HV + i_hv) * V + o_v, mask=m_v, other=0.).to(tl.float32)
+        b_do = tl.load(do + (row * HV + i_hv) * V + o_v, mask=m_v, other=0.).to(tl.float32)
+        b_du = tl.load(dv + (row * HV + i_hv) * V + o_v, mask=m_v, other=0.).to(tl.float32)
+        if BETA_PER_CHANNEL:
+            b_beta = tl.load(beta + (row * HV + i_hv) * V + o_v, mask=m_v, other=0.).to(tl.float32)
+        else:
+            b_beta = tl.load(beta + row * HV + i_hv).to(tl.float32)
+        if USE_G:
+            b_h *= tl.exp(tl.load(g + row * HV + i_hv).to(tl.float32))
+        p_dk = dk + ((tile + row) * HV + i_hv) * K + o_k
+        tl.store(p_dk, tl.load(p_dk, mask=m_k, other=0.) - tl.sum(b_h * b_du[None, :], axis=1), mask=m_k)
+        b_u = b_v - tl.sum(b_h * b_k[:, None], axis=0)
+        b_h += b_k[:, None] * (b_beta * b_u)[None, :]
+        tl.store(dq + ((tile + row) * HV + i_hv) * K + o_k, scale * tl.sum(b_h * b_do[None, :], axis=1), mask=m_k)
+
+
+def _block_sizes(K: int, V: int) -> tuple[int, int]:
+    BK = max(16, triton.next_power_of_2(K))
+    # The whole key dim is one block (u_t = v_t - k_t S' sums over it); keep the [BK, BV] float32 tile <= 8K values.
+    BV = min(max(16, triton.next_power_of_2(V)), max(16, 8192 // BK))
+    return BK, BV
+
+
+def _num_states(B: int, cu_seqlens) -> int:
+    return B if cu_seqlens is None else len(cu_seqlens) - 1
+
+
+def _group_sum(x: torch.Tensor, H: int) -> torch.Tensor:
+    """[B, T, HV, K] gradient of the per-value-head copies -> [B, T, H, K]."""
+    B, T, HV, K = x.shape
+    return x.view(B, T, H, HV // H, K).sum(3) if HV != H else x
+
+
+def fused_recurrent_gdr_fwd(q, k, v, g, beta, scale, initial_state, output_final_state, cu_seqlens, save_u):
+    B, T, H, K = q.shape
+    HV, V = v.shape[2], v.shape[3]
+    N = _num_states(B, cu_seqlens)
+    BK, BV = _block_sizes(K, V)
+    o = torch.empty_like(v)
+    u = torch.empty(B, T, HV, V, device=v.device, dtype=torch.float32) if save_u else None
+    ht = q.new_empty(N, HV, K, V, dtype=torch.float32) if output_final_state else None
+    fused_recurrent_gdr_fwd_kernel[(triton.cdiv(V, BV), N * HV)](
+        q, k, v, g, beta, o, u, initial_state, ht, cu_seqlens, scale,
+        T=T, H=H, HV=HV, K=K, V=V, BK=BK, BV=BV, BETA_PER_CHANNEL=beta.dim() == 4,
+    )
+    return o, u, ht
+
+
+def fused_recurrent_gdr_bwd(q, k, v, g, beta, o, u, ht, do, dht, scale, initial_state, cu_seqlens):
+    B, T, H, K = q.shape
+    HV, V = v.shape[2], v.shape[3]
+    N = _num_states(B, cu_seqlens)
+    BK, BV = _block_sizes(K, V)
+    NV = triton.cdiv(V, BV)
+    per_channel = beta.dim() == 4
+    f32 = dict(device=q.device, dtype=torch.float32)
+    dq = torch.empty(NV, B, T, HV, K, **f32)
+    dk = torch.empty(NV, B, T, HV, K, **f32)
+    dv = torch.empty_like(v)
+    dbeta = torch.empty(B, T, HV, V, **f32) if per_channel else torch.empty(NV, B, T, HV, **f32)
+    dg = torch.empty(NV, B, T, HV, **f32) if g is not None else None
+    dh0 = torch.empty(N, HV, K, V, **f32) if initial_state is not None else None
+    grid = (NV, N * HV)
+    common = dict(T=T, B=B, H=H, HV=HV, K=K, V=V, BK=BK, BV=BV, BETA_PER_CHANNEL=per_channel)
+    fused_recurrent_gdr_bwd_reverse_kernel[grid](
+        q, k, v, g, beta, o, u, do, dht, ht, dk, dv, dbeta, dg, dh0, cu_seqlens, scale, **common)
+    fused_recurrent_gdr_bwd_forward_kernel[grid](
+        q, k, v, g, beta, do, dv, initial_state, dq, dk, cu_seqlens, scale, **common)
+    dq, dk = _group_sum(dq.sum(0), H).to(q.dtype), _group_sum(dk.sum(0), H).to(k.dtype)
+    dbeta = (dbeta if per_channel else dbeta.sum(0)).to(beta.dtype)
+    dg = dg.sum(0).to(g.dtype) if g is not None else None
+    return dq, dk, dv, dg, dbeta, dh0
+
+
+class FusedRecurrentGatedDeltaRuleFunction(torch.autograd.Function):
+
+    @staticmethod
+    def forward(ctx, q, k, v, g, beta, scale, initial_state, output_final_state, cu_seqlens):
+        save = any(ctx.needs_input_grad)
+        o, u, ht = fused_recurrent_gdr_fwd(q, k, v, g, beta, scale, initial_state, output_final_state or save,
+                                           cu_seqlens, save)
+        ctx.save_for_backward(q, k, v, g, beta, o, u, ht, initial_state, cu_seqlens)
+        ctx.scale = scale
+        return o, (ht if output_final_state else None)
+
+    @staticmethod
+    def backward(ctx, do, dht):
+        q, k, v, g, beta, o, u, ht, initial_state, cu_seqlens = ctx.saved_tensors
+        dq, dk, dv, dg, dbeta, dh0 = fused_recurrent_gdr_bwd(
+            q, k, v, g, beta, o, u, ht, do.contiguous(), dht.contiguous() if dht is not None else None, ctx.scale,
+            initial_state, cu_seqlens)
+        return dq, dk, dv, dg, dbeta, None, dh0, None, None
+
+
+def _fused_recurrent_triton(q, k, v, g, beta, scale, initial_state, output_final_state, use_qk_l2norm_in_kernel,
+                            cu_seqlens):
+    if use_qk_l2norm_in_kernel:
+        q, k = l2_norm(q), l2_norm(k)
+    return FusedRecurrentGatedDeltaRuleFunction.apply(q, k, v, g, beta, scale, initial_state, output_final_state,
+                                                      cu_seqlens)
+
+
+def _fused_recurrent_torch(q, k, v, g, beta, scale, initial_state, output_final_state, use_qk_l2norm_in_kernel,
+                           cu_seqlens):
+    if use_qk_l2norm_in_kernel:
+        q, k = l2_norm(q), l2_norm(k)
+    o, ht = naive_recurrent_gated_delta_rule(q, k, v, g, beta, scale, initial_state, output_final_state, False,
+                                             cu_seqlens)
+    return o, ht
+
+
+_fused_recurrent = dispatch(_fused_recurrent_triton, _fused_recurrent_torch)
+
+
+def check_delta_rule_inputs(q, k, v, g, beta, scale, initial_state, cu_seqlens, per_channel_beta: bool) -> None:
+    """The shared input checks of the delta-rule families (`g` None for the plain rule)."""
+    check_tensor("q", q, "[B, T, H, K]", (None, None, None, None))
+    B, T, H, K = q.shape
+    check_head_dim("q", K)
+    check_tensor("k", k, "[B, T, H, K]", (B, T, H, K), (q.dtype,), q.device)
+    check_tensor("v", v, "[B, T, HV, V]", (B, T, None, None), (q.dtype,), q.device)
+    HV, V = v.shape[2], v.shape[3]
+    check_head_dim("v", V)
+    if HV % H != 0:
+        raise ValueError(f"v's head count HV must be a multiple of q/k's H (got HV={HV}, H={H}); "
+                         "each group of HV // H value heads shares one q/k head")
+    if g is not None:
+        check_tensor("g", g, "[B, T, HV]", (B, T, HV), device=q.device)
+    if per_channel_beta and isinstance(beta, torch.Tensor) and beta.dim() == 4:
+        check_tensor("beta", beta, "[B, T, HV, V]", (B, T, HV, V), device=q.device)
+    else:
+        layout = "[B, T, HV] or [B, T, HV, V]" if per_channel_beta else "[B, T, HV]"
+        check_tensor("beta", beta, layout, (B, T, HV), device=q.device)
+    check_scale(scale)
+    N = B
+    if cu_seqlens is not None:
+        N = check_cu_seqlens(cu_seqlens, B, T)
+    check_initial_state(initial_state, N, (HV, K, V), "[N, HV, K, V]", q.device)
+
+
+def fused_recurrent_gated_delta_rule(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    g: torch.Tensor,
+    beta: torch.Tensor,
+    scale: float | None = None,
+    initial_state: torch.Tensor | None = None,
+    output_final_state: bool = False,
+    use_qk_l2norm_in_kernel: bool = False,
+    cu_seqlens: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The gated delta rule, token by token (decoding, short prompts); differentiable.
+
+    Args:
+        q, k: [B, T, H, K]; v: [B, T, HV, V] (HV a multiple of H: grouped values)
+        g: [B, T, HV] log decays (<= 0)
+        beta: [B, T, HV] or [B, T, HV, V] writing strengths in (0, 1)
+        scale: defaults to K ** -0.5
+        initial_state: [N, HV, K, V] float32 (N = B, or the number of sequences under cu_seqlens)
+        use_qk_l2norm_in_kernel: L2-normalize q and k first (differentiated through)
+        cu_seqlens: [N + 1] int, packed sequences, B must be 1
+    Returns:
+        o: [B, T, HV, V]; final_state: [N, HV, K, V] float32 or None
+    """
+    if g is None:
+        raise ValueError("g must be a [B, T, HV] tensor of log decays; use fused_recurrent_delta_rule for no gate")
+    check_delta_rule_inputs(q, k, v, g, beta, scale, initial_state, cu_seqlens, per_channel_beta=True)
+    scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
+    return _fused_recurrent(q.contiguous(), k.contiguous(), v.contiguous(), g.contiguous(), beta.contiguous(), scale,
+                            initial_state.contiguous() if initial_state is not None else None, output_final_state,
+                            use_qk_l2norm_in_kernel, cu_seqlens)
