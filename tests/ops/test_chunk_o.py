@@ -51,16 +51,21 @@ CASES = [
     # B, T, H, K, V, gated, cu_seqlens
     (2, 40, 2, 32, 16, True, None),
     (2, 33, 1, 48, 40, False, None),
-    (1, 45, 2, 20, 24, True, [0, 1, 17, 32, 45]),
+    (1, 45, 2, 20, 24, True, [0, 1, 17, 17, 32, 45]),  # lengths 1, 16, 0, 15, 13
+    (1, 37, 1, 80, 72, True, None),  # several key and value tiles: dg summed over key tiles
 ]
 
 
 @pytest.mark.parametrize("backend", ["triton", "torch"])
-@pytest.mark.parametrize("B,T,H,K,V,gated,cu", CASES)
-def test_chunk_o_matches_autograd(backend, B, T, H, K, V, gated, cu):
-    seed(B, T, H, K, V, gated, cu)
+@pytest.mark.parametrize("B,T,H,K,V,gated,cu,dtype", [c + ("float32",) for c in CASES] + [
+    (2, 40, 2, 32, 16, True, None, "float16"),
+])
+def test_chunk_o_matches_autograd(backend, B, T, H, K, V, gated, cu, dtype):
+    seed(B, T, H, K, V, gated, cu, dtype)
+    dtype = getattr(torch, dtype)
     cu_seqlens = torch.tensor(cu, dtype=torch.int32) if cu is not None else None
-    q, k, v, do, h, dh, G = make_inputs(B, T, H, K, V, gated, cu_seqlens)
+    q, k, v, do, h, dh, G = make_inputs(B, T, H, K, V, gated, cu_seqlens, dtype)
+    rel = 1e-5 if dtype == torch.float32 else 5e-3
     scale = K ** -0.5
     with use_backend(backend), poisoned_empty():
         o = chunk_fwd_o(q, k, v, h, G, scale, cu_seqlens, BT)
@@ -82,13 +87,15 @@ def test_chunk_o_matches_autograd(backend, B, T, H, K, V, gated, cu):
                                                    G.double() if gated else None, do.double(),
                                                    torch.zeros_like(dh, dtype=torch.float64), scale, cu_seqlens, BT),
                                        v_leaf)[0]
-    assert_close("o", o, o_ref, 1e-5)
-    assert_close("dv_local", dv_local, dv_local_ref, 1e-5)
-    assert_close("dq", dq, ref[0], 1e-5)
-    assert_close("dk", dk, ref[1], 1e-5)
-    assert_close("dv", dv, ref[2], 1e-5)
+    assert o.dtype == dv.dtype == dq.dtype == dk.dtype == dtype
+    assert_close("o", o, o_ref, rel)
+    assert_close("dv_local", dv_local, dv_local_ref, rel)
+    assert_close("dq", dq, ref[0], rel)
+    assert_close("dk", dk, ref[1], rel)
+    assert_close("dv", dv, ref[2], rel)
     if gated:
-        assert_close("dg", dg, ref[4], 1e-5)
+        assert dg.dtype == torch.float32
+        assert_close("dg", dg, ref[4], rel)
 
 
 @pytest.mark.parametrize("backend", ["triton", "torch"])

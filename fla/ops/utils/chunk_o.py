@@ -158,13 +158,269 @@ def _chunk_bwd_dqkwg_torch(q, k, v, do, h, dh, g=None, w=None, dv=None, scale=1.
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# Public launchers. Triton kernels follow; until they land, the twins run on every path.
+# Triton kernels. One program per (value or key tile, chunk, batch * head); under cu_seqlens the chunk axis is the flat
+# list of (sequence, chunk) pairs from `prepare_chunk_indices`, whose position is also the chunk's index into h / dh.
+# Layouts: q, k, w [B, T, H, K] (row stride H*K); v, do, dv, o [B, T, H, V] (row stride H*V); g [B, T, H];
+# h, dh [B, NT, H, K, V] with chunk (b, c) at flat index b * NT + c.
 # ----------------------------------------------------------------------------------------------------------------------
 
-_chunk_fwd_o = dispatch(_chunk_fwd_o_torch, _chunk_fwd_o_torch)
-_chunk_bwd_dv = dispatch(_chunk_bwd_dv_torch, _chunk_bwd_dv_torch)
-_chunk_bwd_dv_local = dispatch(_chunk_bwd_dv_local_torch, _chunk_bwd_dv_local_torch)
-_chunk_bwd_dqkwg = dispatch(_chunk_bwd_dqkwg_torch, _chunk_bwd_dqkwg_torch)
+_TILE_CONFIGS = [
+    triton.Config({"BK": BK, "BV": BV}, num_warps=num_warps, num_stages=num_stages)
+    for BK, BV in ((64, 64), (32, 64), (64, 32)) for num_warps in (4, 8) for num_stages in (2, 3)
+]
+_V_CONFIGS = [
+    triton.Config({"BV": BV}, num_warps=num_warps, num_stages=num_stages)
+    for BV in (64, 32) for num_warps in (4, 8) for num_stages in (2, 3)
+]
+_HEURISTICS = {
+    "USE_G": lambda args: args["g"] is not None,
+    "IS_VARLEN": lambda args: args["cu_seqlens"] is not None,
+}
+
+
+@triton.jit
+def _chunk_position(i_t, i_b, cu_seqlens, chunk_indices, T, BT: tl.constexpr, IS_VARLEN: tl.constexpr):
+    """(first token row of the sequence, chunk index within it, flat chunk index into h, sequence length)."""
+    if IS_VARLEN:
+        i_tg = i_t
+        i_n = tl.load(chunk_indices + i_t * 2).to(tl.int32)
+        i_t = tl.load(chunk_indices + i_t * 2 + 1).to(tl.int32)
+        bos = tl.load(cu_seqlens + i_n).to(tl.int64)
+        T = (tl.load(cu_seqlens + i_n + 1).to(tl.int64) - bos).to(tl.int32)
+    else:
+        i_tg = i_b * tl.cdiv(T, BT) + i_t
+        bos = (i_b * T).to(tl.int64)
+    return bos, i_t, i_tg.to(tl.int64), T
+
+
+@triton.heuristics(_HEURISTICS)
+@autotune(_TILE_CONFIGS, key=["H", "K", "V", "BT", "USE_G", "IS_VARLEN"])
+@triton.jit
+def chunk_fwd_o_kernel(
+    q, k, v, h, g, o, cu_seqlens, chunk_indices, scale,
+    T, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+    USE_G: tl.constexpr, IS_VARLEN: tl.constexpr,
+):
+    # grid: (V tiles, chunks, B * H). o[chunk, V tile] = scale * ((q * exp(G)) h + (q k^T * decay) v).
+    i_v, i_t, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    i_b, i_h = i_bh // H, i_bh % H
+    bos, i_t, i_tg, T = _chunk_position(i_t, i_b, cu_seqlens, chunk_indices, T, BT, IS_VARLEN)
+    o_t = i_t * BT + tl.arange(0, BT)
+    m_t = o_t < T
+    rows = bos + o_t
+    o_v = i_v * BV + tl.arange(0, BV)
+    m_v = o_v < V
+    p_h = h + (i_tg * H + i_h) * K * V
+
+    b_o = tl.zeros([BT, BV], dtype=tl.float32)
+    b_A = tl.zeros([BT, BT], dtype=tl.float32)
+    for i_k in range(tl.cdiv(K, BK)):
+        o_k = i_k * BK + tl.arange(0, BK)
+        m_k = o_k < K
+        b_q = tl.load(q + (rows[:, None] * H + i_h) * K + o_k[None, :], mask=m_t[:, None] & m_k[None, :], other=0.)
+        # k loaded transposed, [BK, BT], for q k^T as one dot.
+        b_k = tl.load(k + (rows[None, :] * H + i_h) * K + o_k[:, None], mask=m_k[:, None] & m_t[None, :], other=0.)
+        b_h = tl.load(p_h + o_k[:, None] * V + o_v[None, :], mask=m_k[:, None] & m_v[None, :], other=0.)
+        b_o += tl.dot(b_q, b_h.to(b_q.dtype))
+        b_A += tl.dot(b_q, b_k)
+
+    # Causal within the chunk; rows past the sequence end are never stored, and masking them keeps exp() finite.
+    m_A = (o_t[:, None] >= o_t[None, :]) & m_t[:, None]
+    if USE_G:
+        b_g = tl.load(g + rows * H + i_h, mask=m_t, other=0.)
+        b_o *= tl.exp(b_g)[:, None]
+        b_A *= tl.where(m_A, tl.exp(b_g[:, None] - b_g[None, :]), 0.)
+    else:
+        b_A = tl.where(m_A, b_A, 0.)
+    b_v = tl.load(v + (rows[:, None] * H + i_h) * V + o_v[None, :], mask=m_t[:, None] & m_v[None, :], other=0.)
+    b_o = (b_o + tl.dot(b_A.to(b_v.dtype), b_v)) * scale
+    tl.store(o + (rows[:, None] * H + i_h) * V + o_v[None, :], b_o.to(o.dtype.element_ty),
+             mask=m_t[:, None] & m_v[None, :])
+
+
+@triton.heuristics({**_HEURISTICS, "USE_DH": lambda args: args["dh"] is not None})
+@autotune(_TILE_CONFIGS, key=["H", "K", "V", "BT", "USE_G", "USE_DH", "IS_VARLEN"])
+@triton.jit
+def chunk_bwd_dv_kernel(
+    q, k, do, dh, g, dv, cu_seqlens, chunk_indices, scale,
+    T, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+    USE_G: tl.constexpr, USE_DH: tl.constexpr, IS_VARLEN: tl.constexpr,
+):
+    # grid: (V tiles, chunks, B * H). dv = scale * (k q^T * decay^T) do  [+ (k * exp(G_last - G)) dh].
+    i_v, i_t, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    i_b, i_h = i_bh // H, i_bh % H
+    bos, i_t, i_tg, T = _chunk_position(i_t, i_b, cu_seqlens, chunk_indices, T, BT, IS_VARLEN)
+    o_t = i_t * BT + tl.arange(0, BT)
+    m_t = o_t < T
+    rows = bos + o_t
+    o_v = i_v * BV + tl.arange(0, BV)
+    m_v = o_v < V
+
+    b_dv = tl.zeros([BT, BV], dtype=tl.float32)
+    b_At = tl.zeros([BT, BT], dtype=tl.float32)  # [s, t] = k_s . q_t
+    for i_k in range(tl.cdiv(K, BK)):
+        o_k = i_k * BK + tl.arange(0, BK)
+        m_k = o_k < K
+        b_k = tl.load(k + (rows[:, None] * H + i_h) * K + o_k[None, :], mask=m_t[:, None] & m_k[None, :], other=0.)
+        b_q = tl.load(q + (rows[None, :] * H + i_h) * K + o_k[:, None], mask=m_k[:, None] & m_t[None, :], other=0.)
+        b_At += tl.dot(b_k, b_q)
+        if USE_DH:
+            b_dh = tl.load(dh + (i_tg * H + i_h) * K * V + o_k[:, None] * V + o_v[None, :], mask=m_k[:, None] & m_v[None, :], other=0.)
+            b_dv += tl.dot(b_k, b_dh.to(b_k.dtype))
+
+    m_A = (o_t[:, None] <= o_t[None, :]) & m_t[None, :]
+    if USE_G:
+        b_g = tl.load(g + rows * H + i_h, mask=m_t, other=0.)
+        if USE_DH:
+            b_g_last = tl.load(g + (bos + tl.minimum(i_t * BT + BT, T) - 1) * H + i_h)
+            b_dv *= tl.where(m_t, tl.exp(b_g_last - b_g), 0.)[:, None]
+        b_At *= tl.where(m_A, tl.exp(b_g[None, :] - b_g[:, None]), 0.) * scale
+    else:
+        b_At = tl.where(m_A, b_At * scale, 0.)
+    b_do = tl.load(do + (rows[:, None] * H + i_h) * V + o_v[None, :], mask=m_t[:, None] & m_v[None, :], other=0.)
+    b_dv += tl.dot(b_At.to(b_do.dtype), b_do)
+    tl.store(dv + (rows[:, None] * H + i_h) * V + o_v[None, :], b_dv.to(dv.dtype.element_ty),
+             mask=m_t[:, None] & m_v[None, :])
+
+
+@triton.heuristics({**_HEURISTICS, "USE_DW": lambda args: args["dw"] is not None})
+@autotune(_V_CONFIGS, key=["H", "K", "V", "BT", "BK", "USE_G", "USE_DW", "IS_VARLEN"])
+@triton.jit
+def chunk_bwd_dqkwg_kernel(
+    q, k, v, do, h, dh, g, dv, dq, dk, dw, dg, cu_seqlens, chunk_indices, scale, num_rows,
+    T, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+    USE_G: tl.constexpr, USE_DW: tl.constexpr, IS_VARLEN: tl.constexpr,
+):
+    # grid: (K tiles, chunks, B * H). dg is written per K tile ([NK, B * T = num_rows, H]) and summed by the
+    # launcher: q . dq - k . dk needs every key channel.
+    i_k, i_t, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    i_b, i_h = i_bh // H, i_bh % H
+    bos, i_t, i_tg, T = _chunk_position(i_t, i_b, cu_seqlens, chunk_indices, T, BT, IS_VARLEN)
+    o_t = i_t * BT + tl.arange(0, BT)
+    m_t = o_t < T
+    rows = bos + o_t
+    o_k = i_k * BK + tl.arange(0, BK)
+    m_k = o_k < K
+    m_tk = m_t[:, None] & m_k[None, :]
+    p_h = h + (i_tg * H + i_h) * K * V
+    p_dh = dh + (i_tg * H + i_h) * K * V
+
+    b_dq = tl.zeros([BT, BK], dtype=tl.float32)
+    b_dk = tl.zeros([BT, BK], dtype=tl.float32)
+    b_dw = tl.zeros([BT, BK], dtype=tl.float32)
+    b_ds = tl.zeros([BT, BT], dtype=tl.float32)  # [t, s] = do_t . v_s
+    b_dg_last = tl.zeros([1], dtype=tl.float32)
+    for i_v in range(tl.cdiv(V, BV)):
+        o_v = i_v * BV + tl.arange(0, BV)
+        m_v = o_v < V
+        m_tv = m_t[:, None] & m_v[None, :]
+        b_v = tl.load(v + (rows[:, None] * H + i_h) * V + o_v[None, :], mask=m_tv, other=0.)
+        b_do = tl.load(do + (rows[:, None] * H + i_h) * V + o_v[None, :], mask=m_tv, other=0.)
+        # h and dh loaded transposed, [BV, BK].
+        b_h = tl.load(p_h + o_k[None, :] * V + o_v[:, None], mask=m_v[:, None] & m_k[None, :], other=0.)
+        b_dh = tl.load(p_dh + o_k[None, :] * V + o_v[:, None], mask=m_v[:, None] & m_k[None, :], other=0.)
+        b_dq += tl.dot(b_do, b_h.to(b_do.dtype))
+        b_dk += tl.dot(b_v, b_dh.to(b_v.dtype))
+        b_ds += tl.dot(b_do, tl.trans(b_v))
+        if USE_G:
+            b_dg_last += tl.sum(b_h.to(tl.float32) * b_dh.to(tl.float32))
+        if USE_DW:
+            b_dv = tl.load(dv + (rows[:, None] * H + i_h) * V + o_v[None, :], mask=m_tv, other=0.)
+            b_dw += tl.dot(b_dv, b_h.to(b_dv.dtype))
+
+    b_q = tl.load(q + (rows[:, None] * H + i_h) * K + o_k[None, :], mask=m_tk, other=0.)
+    b_k = tl.load(k + (rows[:, None] * H + i_h) * K + o_k[None, :], mask=m_tk, other=0.)
+    m_A = (o_t[:, None] >= o_t[None, :]) & m_t[:, None]
+    if USE_G:
+        last = tl.minimum(i_t * BT + BT, T) - 1
+        b_g = tl.load(g + rows * H + i_h, mask=m_t, other=0.)
+        b_g_last = tl.load(g + (bos + last) * H + i_h)
+        b_dq *= tl.exp(b_g)[:, None] * scale
+        b_dk *= tl.where(m_t, tl.exp(b_g_last - b_g), 0.)[:, None]
+        # G_last is in every term of the state leaving the chunk: exp(G_last) <h, dh> + sum_s k_s . dk_inter_s.
+        b_dg_last = b_dg_last * tl.exp(b_g_last) + tl.sum(b_k.to(tl.float32) * b_dk)
+        b_ds *= tl.where(m_A, tl.exp(b_g[:, None] - b_g[None, :]), 0.) * scale
+    else:
+        b_dq *= scale
+        b_ds = tl.where(m_A, b_ds * scale, 0.)
+    b_dq += tl.dot(b_ds.to(b_k.dtype), b_k)
+    b_dk += tl.dot(tl.trans(b_ds).to(b_q.dtype), b_q)
+    if USE_G:
+        b_dg = tl.sum(b_q.to(tl.float32) * b_dq, 1) - tl.sum(b_k.to(tl.float32) * b_dk, 1)
+        b_dg = tl.where(o_t == last, b_dg + b_dg_last, b_dg)
+        tl.store(dg + i_k * num_rows * H + rows * H + i_h, b_dg, mask=m_t)
+    tl.store(dq + (rows[:, None] * H + i_h) * K + o_k[None, :], b_dq.to(dq.dtype.element_ty), mask=m_tk)
+    tl.store(dk + (rows[:, None] * H + i_h) * K + o_k[None, :], b_dk.to(dk.dtype.element_ty), mask=m_tk)
+    if USE_DW:
+        tl.store(dw + (rows[:, None] * H + i_h) * K + o_k[None, :], (-b_dw).to(dw.dtype.element_ty), mask=m_tk)
+
+
+def _grid(cu_seqlens, chunk_size, B, T, H):
+    """(chunk_indices, number of chunk programs, batch * heads)."""
+    if cu_seqlens is None:
+        return None, triton.cdiv(T, chunk_size), B * H
+    chunk_indices = prepare_chunk_indices(cu_seqlens, chunk_size)
+    return chunk_indices, len(chunk_indices), H
+
+
+def _chunk_fwd_o_triton(q, k, v, h, g=None, scale=1.0, cu_seqlens=None, chunk_size=64):
+    B, T, H, K = q.shape
+    V = v.shape[-1]
+    o = torch.empty_like(v)
+    chunk_indices, NT, BH = _grid(cu_seqlens, chunk_size, B, T, H)
+    if NT > 0:
+        chunk_fwd_o_kernel[lambda meta: (triton.cdiv(V, meta["BV"]), NT, BH)](
+            q, k, v, h, g, o, cu_seqlens, chunk_indices, scale,
+            T=T, H=H, K=K, V=V, BT=chunk_size,
+        )
+    return o
+
+
+def _chunk_bwd_dv_triton(q, k, do, dh=None, g=None, scale=1.0, cu_seqlens=None, chunk_size=64):
+    B, T, H, K = q.shape
+    V = do.shape[-1]
+    dv = torch.empty_like(do)
+    chunk_indices, NT, BH = _grid(cu_seqlens, chunk_size, B, T, H)
+    if NT > 0:
+        chunk_bwd_dv_kernel[lambda meta: (triton.cdiv(V, meta["BV"]), NT, BH)](
+            q, k, do, dh, g, dv, cu_seqlens, chunk_indices, scale,
+            T=T, H=H, K=K, V=V, BT=chunk_size,
+        )
+    return dv
+
+
+def _chunk_bwd_dv_local_triton(q, k, do, g=None, scale=1.0, cu_seqlens=None, chunk_size=64):
+    return _chunk_bwd_dv_triton(q, k, do, None, g, scale, cu_seqlens, chunk_size)
+
+
+def _chunk_bwd_dqkwg_triton(q, k, v, do, h, dh, g=None, w=None, dv=None, scale=1.0, cu_seqlens=None, chunk_size=64):
+    B, T, H, K = q.shape
+    V = v.shape[-1]
+    # The key tile is fixed (not tuned): dg is written per key tile and summed here.
+    BK = min(64, max(16, triton.next_power_of_2(K)))
+    NK = triton.cdiv(K, BK)
+    dq, dk = torch.empty_like(q), torch.empty_like(k)
+    dw = torch.empty_like(w) if w is not None and dv is not None else None
+    dg = q.new_empty(NK, B, T, H, dtype=torch.float32) if g is not None else None
+    chunk_indices, NT, BH = _grid(cu_seqlens, chunk_size, B, T, H)
+    if NT > 0:
+        chunk_bwd_dqkwg_kernel[(NK, NT, BH)](
+            q, k, v, do, h, dh, g, dv if dw is not None else None, dq, dk, dw, dg, cu_seqlens, chunk_indices, scale, B * T,
+            T=T, H=H, K=K, V=V, BT=chunk_size, BK=BK,
+        )
+    if dg is not None:
+        dg = dg.sum(0)
+    return dq, dk, dw, dg
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Public launchers
+# ----------------------------------------------------------------------------------------------------------------------
+
+_chunk_fwd_o = dispatch(_chunk_fwd_o_triton, _chunk_fwd_o_torch)
+_chunk_bwd_dv = dispatch(_chunk_bwd_dv_triton, _chunk_bwd_dv_torch)
+_chunk_bwd_dv_local = dispatch(_chunk_bwd_dv_local_triton, _chunk_bwd_dv_local_torch)
+_chunk_bwd_dqkwg = dispatch(_chunk_bwd_dqkwg_triton, _chunk_bwd_dqkwg_torch)
 
 
 def chunk_fwd_o(
