@@ -1,0 +1,152 @@
+"""Softmax attention (`fla/ops/attn/`): the Triton kernels (interpreted on CPU) and the SDPA torch path against the
+naive float32 attention with an explicit mask; output and every gradient (q, k, v, g)."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from fla.ops.attn import naive_attn, parallel_attn
+from fla.ops.utils.dispatch import use_backend
+from tests.helpers import assert_close, device, poisoned_empty, seed
+
+REL = {"float32": 1e-5, "float16": 5e-3, "bfloat16": 2e-2}
+
+
+def make_inputs(B, T, HQ, H, K, V, gated, dtype):
+    dtype = getattr(torch, dtype)
+    q = torch.randn(B, T, HQ, K, dtype=dtype, device=device())
+    k = torch.randn(B, T, H, K, dtype=dtype, device=device())
+    v = torch.randn(B, T, H, V, dtype=dtype, device=device())
+    # log forget gates around log(sigmoid(2)): a decay that visibly reshapes the scores over tens of tokens
+    g = F.logsigmoid(torch.randn(B, T, HQ, device=device()) + 2).to(dtype) if gated else None
+    do = torch.randn(B, T, HQ, V, dtype=dtype, device=device())
+    return q, k, v, g, do
+
+
+def run(fn, q, k, v, g, do, **kwargs):
+    """Output and gradients (dq, dk, dv, dg) of sum(o * do)."""
+    leaves = [x.clone().requires_grad_() for x in (q, k, v)] + ([g.clone().requires_grad_()] if g is not None else [])
+    o = fn(*leaves[:3], leaves[3] if g is not None else None, **kwargs)
+    grads = torch.autograd.grad(o, leaves, do)
+    return (o, *grads)
+
+
+def check(got, want, rel):
+    for name, a, b in zip(("o", "dq", "dk", "dv", "dg"), got, want):
+        assert a.dtype == b.dtype, f"{name}: dtype {a.dtype} != {b.dtype}"
+        assert_close(name, a, b, rel)
+
+
+def check_against_naive(backend, q, k, v, g, do, rel, **kwargs):
+    with use_backend(backend), poisoned_empty():
+        got = run(parallel_attn, q, k, v, g, do, **kwargs)
+    want = run(naive_attn, *(x.float() if x is not None else None for x in (q, k, v, g)), do.float(), **kwargs)
+    check(got, [w.to(q.dtype) for w in want], rel)
+
+
+@pytest.mark.parametrize("backend", ["triton", "torch"])
+@pytest.mark.parametrize("B,T,HQ,H,K,V,gated,window,dtype", [
+    (2, 100, 4, 2, 32, 32, True, None, "float32"),    # GQA, gate, several query and key blocks
+    (2, 90, 2, 2, 48, 48, False, None, "float32"),    # HQ == H, non-power-of-two head dim
+    (2, 90, 4, 2, 32, 48, True, 20, "float32"),       # sliding window smaller than the sequence, K != V
+    (1, 77, 2, 1, 48, 32, False, 33, "float32"),      # window across a block edge, all query heads on one kv head
+    (2, 64, 4, 2, 32, 32, True, None, "float16"),
+])
+def test_parallel_matches_naive(backend, B, T, HQ, H, K, V, gated, window, dtype):
+    seed(backend, B, T, HQ, H, K, V, gated, window, dtype)
+    q, k, v, g, do = make_inputs(B, T, HQ, H, K, V, gated, dtype)
+    check_against_naive(backend, q, k, v, g, do, REL[dtype], window_size=window)
+
+
+@pytest.mark.parametrize("backend", ["triton", "torch"])
+@pytest.mark.parametrize("cu,HQ,H,gated,window", [
+    ([0, 1, 40, 77, 100], 4, 2, True, None),  # lengths 1, 39, 37, 23
+    ([0, 33, 33, 70, 71], 2, 2, True, 16),    # an empty sequence, a window shorter than the sequences
+    ([0, 50, 53, 90], 2, 1, False, 7),
+])
+def test_varlen_matches_naive_and_per_sequence(backend, cu, HQ, H, gated, window):
+    seed(backend, cu, HQ, H, gated, window)
+    T, K, V = cu[-1], 32, 32
+    q, k, v, g, do = make_inputs(1, T, HQ, H, K, V, gated, "float32")
+    cu_seqlens = torch.tensor(cu, dtype=torch.int32, device=device())
+    check_against_naive(backend, q, k, v, g, do, REL["float32"], window_size=window, cu_seqlens=cu_seqlens)
+
+    # packed == each sequence alone
+    with use_backend(backend), poisoned_empty():
+        packed = run(parallel_attn, q, k, v, g, do, window_size=window, cu_seqlens=cu_seqlens)
+        alone = [
+            run(parallel_attn, *(x[:, bos:eos] if x is not None else None for x in (q, k, v, g, do)), window_size=window)
+            for bos, eos in zip(cu[:-1], cu[1:]) if eos > bos
+        ]
+    check(packed, [torch.cat(parts, 1) for parts in zip(*alone)], REL["float32"])
+
+
+@pytest.mark.parametrize("backend", ["triton", "torch"])
+def test_window_covering_the_sequence_is_full_attention(backend):
+    seed("window", backend)
+    q, k, v, g, do = make_inputs(2, 70, 2, 1, 32, 32, True, "float32")
+    with use_backend(backend), poisoned_empty():
+        full = run(parallel_attn, q, k, v, g, do)
+        windowed = run(parallel_attn, q, k, v, g, do, window_size=70)
+    check(windowed, full, REL["float32"])
+
+
+def test_triton_and_torch_paths_agree():
+    seed("paths")
+    q, k, v, g, do = make_inputs(1, 60, 4, 2, 48, 40, True, "float32")
+    cu_seqlens = torch.tensor([0, 9, 60], device=device())
+    with poisoned_empty():
+        with use_backend("triton"):
+            a = run(parallel_attn, q, k, v, g, do, window_size=12, cu_seqlens=cu_seqlens, scale=0.3)
+        with use_backend("torch"):
+            b = run(parallel_attn, q, k, v, g, do, window_size=12, cu_seqlens=cu_seqlens, scale=0.3)
+    check(a, b, REL["float32"])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="bfloat16 tl.dot is wrong in the interpreter: GPU only")
+@pytest.mark.parametrize("K,window,gated", [(64, None, False), (128, 256, True), (96, None, True), (256, None, False)])
+def test_bfloat16_on_gpu(K, window, gated):
+    seed("bf16", K, window, gated)
+    q, k, v, g, do = make_inputs(2, 1000, 8, 2, K, K, gated, "bfloat16")
+    cu_seqlens = torch.tensor([0, 1, 333, 1000, 2000], device=device())
+    check_against_naive("triton", q, k, v, g, do, REL["bfloat16"], window_size=window)
+    flat = [x.reshape(1, -1, *x.shape[2:]) if x is not None else None for x in (q, k, v, g, do)]
+    check_against_naive("triton", *flat, REL["bfloat16"], window_size=window, cu_seqlens=cu_seqlens)
+
+
+def _bad_inputs():
+    B, T, HQ, H, K, V = 2, 8, 4, 2, 16, 16
+    q, k, v = torch.randn(B, T, HQ, K), torch.randn(B, T, H, K), torch.randn(B, T, H, V)
+    g = torch.randn(B, T, HQ)
+    return [
+        ("q as a list", dict(q=q.tolist()), "q must be a torch.Tensor"),
+        ("q rank", dict(q=q[0]), r"q must have 4 dims"),
+        ("k time", dict(k=k[:, :4]), r"k must have shape"),
+        ("k dim", dict(k=torch.randn(B, T, H, K + 1)), r"k must have shape"),
+        ("v heads", dict(v=torch.randn(B, T, H + 1, V)), r"v must have shape"),
+        ("heads not a multiple", dict(k=torch.randn(B, T, 3, K), v=torch.randn(B, T, 3, V)), "multiple"),
+        ("k dtype", dict(k=k.double()), r"k must have dtype float32"),
+        ("q int", dict(q=q.long(), k=k.long(), v=v.long()), r"q must have dtype"),
+        ("v not contiguous", dict(v=torch.randn(B, H, T, V).transpose(1, 2)), "v is not contiguous"),
+        ("head dim too large", dict(q=torch.randn(B, T, HQ, 300), k=torch.randn(B, T, H, 300)), "head dim"),
+        ("g shape", dict(g=g[..., :H]), r"g must have shape"),
+        ("g dtype", dict(g=g.long()), r"g must have dtype"),
+        ("scale", dict(scale=torch.tensor(0.5)), "scale must be a Python float"),
+        ("window zero", dict(window_size=0), "window_size must be a positive int"),
+        ("window float", dict(window_size=4.0), "window_size must be a positive int"),
+        ("window bool", dict(window_size=True), "window_size must be a positive int"),
+        ("cu_seqlens with B > 1", dict(cu_seqlens=torch.tensor([0, 8])), "batch size must be 1"),
+        ("cu_seqlens end", dict(q=q[:1], k=k[:1], v=v[:1], g=g[:1], cu_seqlens=torch.tensor([0, 3, 7])),
+         "must end at the number of tokens"),
+        ("cu_seqlens dtype", dict(q=q[:1], k=k[:1], v=v[:1], g=g[:1], cu_seqlens=torch.tensor([0., 8.])),
+         "cu_seqlens must have dtype"),
+    ], dict(q=q, k=k, v=v, g=g)
+
+
+@pytest.mark.parametrize("case", [c[0] for c in _bad_inputs()[0]])
+def test_rejects_bad_inputs(case):
+    cases, good = _bad_inputs()
+    _, change, match = next(c for c in cases if c[0] == case)
+    with pytest.raises(ValueError, match=match):
+        parallel_attn(**{**good, **change})
