@@ -1,0 +1,180 @@
+"""Rotary position embedding for q and k in the `[B, T, H, D]` layout.
+
+Feature pairs (x1, x2) are rotated by the angle `position * inv_freq[j]`, inv_freq[j] = base^(-2j / dim):
+    y1 = x1 cos - x2 sin,  y2 = x2 cos + x1 sin
+Pairs are (j, j + dim/2) by default (GPT-NeoX) or (2j, 2j + 1) when `interleaved` (GPT-J). Only the first `dim`
+features rotate; the rest pass through. Positions count from `seqlen_offset` and restart at every document under
+`cu_seqlens`. The kernel computes cos/sin from the positions, so there is no cache to outgrow; the backward is the
+rotation by the opposite angle.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import triton
+import triton.language as tl
+
+from fla.ops.utils.checks import check_cu_seqlens
+from fla.ops.utils.dispatch import dispatch
+from fla.ops.utils.index import prepare_token_indices
+
+
+@triton.jit
+def rotary_kernel(
+    x, positions, inv_freq, out, T, H, D, pos_stride,
+    R2: tl.constexpr, BT: tl.constexpr, BR: tl.constexpr, BP: tl.constexpr,
+    INTERLEAVED: tl.constexpr, INVERSE: tl.constexpr, HAS_PASS: tl.constexpr,
+):
+    # grid: (cdiv(T, BT), H, B); x/out [B, T, H, D] contiguous (row stride H * D); positions [B or 1, T] with batch
+    # stride pos_stride (0 when shared); R2 = rotary dim / 2 rotated pairs; INVERSE rotates by -angle (backward).
+    i_t, i_h, i_b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    o_t = i_t * BT + tl.arange(0, BT)
+    o_r = tl.arange(0, BR)
+    m_t, m_r = o_t < T, o_r < R2
+    b_pos = tl.load(positions + i_b * pos_stride + o_t, mask=m_t, other=0).to(tl.float32)
+    b_angle = b_pos[:, None] * tl.load(inv_freq + o_r, mask=m_r, other=0.)[None, :]
+    b_cos, b_sin = tl.cos(b_angle), tl.sin(b_angle)
+    if INVERSE:
+        b_sin = -b_sin
+    row = ((i_b * T + o_t).to(tl.int64) * H + i_h) * D
+    if INTERLEAVED:
+        o_1, o_2 = 2 * o_r, 2 * o_r + 1
+    else:
+        o_1, o_2 = o_r, o_r + R2
+    m = m_t[:, None] & m_r[None, :]
+    p_1, p_2 = row[:, None] + o_1[None, :], row[:, None] + o_2[None, :]
+    b_x1 = tl.load(x + p_1, mask=m, other=0.).to(tl.float32)
+    b_x2 = tl.load(x + p_2, mask=m, other=0.).to(tl.float32)
+    tl.store(out + p_1, (b_x1 * b_cos - b_x2 * b_sin).to(out.dtype.element_ty), mask=m)
+    tl.store(out + p_2, (b_x2 * b_cos + b_x1 * b_sin).to(out.dtype.element_ty), mask=m)
+    if HAS_PASS:
+        o_p = 2 * R2 + tl.arange(0, BP)
+        m_p = m_t[:, None] & (o_p < D)[None, :]
+        p_p = row[:, None] + o_p[None, :]
+        tl.store(out + p_p, tl.load(x + p_p, mask=m_p, other=0.), mask=m_p)
+
+
+def _rotate(x, positions, inv_freq, interleaved, inverse):
+    B, T, H, D = x.shape
+    R2 = inv_freq.shape[0]
+    out = torch.empty_like(x)
+    if x.numel() == 0:
+        return out
+    BT = 32
+    rotary_kernel[(triton.cdiv(T, BT), H, B)](
+        x, positions, inv_freq, out, T, H, D, 0 if positions.shape[0] == 1 else T,
+        R2=R2, BT=BT, BR=triton.next_power_of_2(R2), BP=triton.next_power_of_2(max(1, D - 2 * R2)),
+        INTERLEAVED=interleaved, INVERSE=inverse, HAS_PASS=D > 2 * R2,
+    )
+    return out
+
+
+class RotaryFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, positions, inv_freq, interleaved):
+        ctx.save_for_backward(positions, inv_freq)
+        ctx.interleaved = interleaved
+        return _rotate(x, positions, inv_freq, interleaved, False)
+
+    @staticmethod
+    def backward(ctx, dy):
+        positions, inv_freq = ctx.saved_tensors
+        return _rotate(dy.contiguous(), positions, inv_freq, ctx.interleaved, True), None, None, None
+
+
+def _rotary_triton(x, positions, inv_freq, interleaved):
+    return RotaryFunction.apply(x, positions, inv_freq, interleaved)
+
+
+def _rotary_torch(x, positions, inv_freq, interleaved):
+    R2 = inv_freq.shape[0]
+    angle = positions.float()[:, :, None, None] * inv_freq.float()  # [B or 1, T, 1, R2]
+    cos, sin = angle.cos(), angle.sin()
+    xf = x.float()
+    rot, rest = xf[..., :2 * R2], xf[..., 2 * R2:]
+    if interleaved:
+        x1, x2 = rot[..., 0::2], rot[..., 1::2]
+        y = torch.stack([x1 * cos - x2 * sin, x2 * cos + x1 * sin], -1).flatten(-2)
+    else:
+        x1, x2 = rot[..., :R2], rot[..., R2:]
+        y = torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], -1)
+    return torch.cat([y, rest], -1).to(x.dtype)
+
+
+rotary = dispatch(_rotary_triton, _rotary_torch)
+
+
+def rotary_positions(
+    batch_size: int, seq_len: int, seqlen_offset: int | torch.Tensor = 0, cu_seqlens: torch.Tensor | None = None,
+    device=None,
+) -> torch.Tensor:
+    """Position of every token, int32 [B, T] (or [1, T] when shared by the batch): t + offset, or the position
+    inside its document under cu_seqlens (plus that document's offset)."""
+    if cu_seqlens is not None:
+        index = prepare_token_indices(cu_seqlens).long()
+        pos = index[:, 1]
+        if isinstance(seqlen_offset, torch.Tensor):
+            pos = pos + seqlen_offset.to(pos.device).long()[index[:, 0]]
+        else:
+            pos = pos + seqlen_offset
+        return pos[None].to(torch.int32)
+    pos = torch.arange(seq_len, device=device)[None]
+    if isinstance(seqlen_offset, torch.Tensor):
+        pos = pos + seqlen_offset.to(device).long()[:, None]
+    else:
+        pos = pos + seqlen_offset
+    return pos.to(torch.int32).contiguous()
+
+
+def _check_offset(seqlen_offset, batch_size, num_seqs):
+    if isinstance(seqlen_offset, torch.Tensor):
+        if seqlen_offset.dim() != 1 or len(seqlen_offset) != num_seqs or seqlen_offset.is_floating_point():
+            raise ValueError(
+                f"seqlen_offset must be an int or an int tensor [N] = [{num_seqs}] (one offset per sequence), "
+                f"got shape {list(seqlen_offset.shape)} {seqlen_offset.dtype}"
+            )
+    elif not isinstance(seqlen_offset, int):
+        raise ValueError(f"seqlen_offset must be an int or an int tensor (got {type(seqlen_offset).__name__})")
+
+
+class RotaryEmbedding(nn.Module):
+    """`forward(q, k, seqlen_offset=0, cu_seqlens=None, max_seqlen=None) -> (q, k)` with q/k [B, T, H, D], D >= dim.
+
+    `seqlen_offset`: an int (tokens already seen, when decoding) or a tensor [B] (one per row; e.g. cache length
+    minus left padding), or [N] per document under `cu_seqlens`. `max_seqlen` is accepted for API compatibility and
+    unused: angles are computed from the positions, there is no table to size. `inv_freq` is a non-persistent buffer:
+    `reset_parameters()` recomputes it (after building on the meta device and `to_empty`).
+    """
+
+    def __init__(self, dim: int, base: float = 10000.0, interleaved: bool = False, device=None):
+        super().__init__()
+        if dim < 2 or dim % 2:
+            raise ValueError(f"rotary dim must be a positive even number (got {dim})")
+        self.dim, self.base, self.interleaved = dim, float(base), interleaved
+        self.register_buffer("inv_freq", torch.empty(dim // 2, dtype=torch.float32, device=device), persistent=False)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        with torch.no_grad():
+            exponent = torch.arange(0, self.dim, 2, dtype=torch.float32, device=self.inv_freq.device) / self.dim
+            self.inv_freq.copy_(1.0 / self.base ** exponent)
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}, base={self.base}, interleaved={self.interleaved}"
+
+    def forward(self, q, k, seqlen_offset=0, cu_seqlens=None, max_seqlen=None):
+        for name, t in (("q", q), ("k", k)):
+            if not isinstance(t, torch.Tensor) or t.dim() != 4 or t.shape[-1] < self.dim:
+                got = list(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
+                raise ValueError(f"{name} must be [B, T, H, D] with D >= rotary dim {self.dim} (got {got})")
+        if k.shape[:2] != q.shape[:2]:
+            raise ValueError(f"q and k must share [B, T] (got {list(q.shape[:2])} and {list(k.shape[:2])})")
+        B, T = q.shape[:2]
+        N = B if cu_seqlens is None else check_cu_seqlens(cu_seqlens, B, T)
+        _check_offset(seqlen_offset, B, N)
+        positions = rotary_positions(B, T, seqlen_offset, cu_seqlens, q.device)
+        inv_freq = self.inv_freq.float()
+        return (
+            rotary(q.contiguous(), positions, inv_freq, self.interleaved),
+            rotary(k.contiguous(), positions, inv_freq, self.interleaved),
+        )

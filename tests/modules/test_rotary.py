@@ -1,0 +1,100 @@
+"""RotaryEmbedding against a float64 complex-number reference: both layouts, partial dims, offsets, varlen."""
+import pytest
+import torch
+
+from fla.modules import RotaryEmbedding
+from fla.ops.utils.dispatch import use_backend
+from tests.helpers import assert_close, poisoned_empty, seed
+
+
+def reference(x, positions, dim, base, interleaved):
+    """x [B, T, H, D], positions [B or 1, T]: rotate the first `dim` features as complex numbers, float64."""
+    inv_freq = 1.0 / base ** (torch.arange(0, dim, 2, dtype=torch.float64) / dim)
+    rotation = torch.polar(torch.ones(1, dtype=torch.float64), positions.double()[..., None] * inv_freq)[:, :, None]
+    rot, rest = x.double()[..., :dim], x.double()[..., dim:]
+    if interleaved:
+        z = torch.view_as_complex(rot.unflatten(-1, (dim // 2, 2)).contiguous())
+        y = torch.view_as_real(z * rotation).flatten(-2)
+    else:
+        z = torch.complex(rot[..., :dim // 2], rot[..., dim // 2:]) * rotation
+        y = torch.cat([z.real, z.imag], -1)
+    return torch.cat([y, rest], -1)
+
+
+@pytest.mark.parametrize("backend", ["triton", "torch"])
+@pytest.mark.parametrize(
+    "B, T, H, HK, D, dim, interleaved, offset",
+    [
+        (2, 45, 3, 1, 32, 32, False, 0),
+        (2, 45, 2, 2, 40, 16, True, 7),
+        (3, 20, 2, 1, 24, 24, True, "per-row"),
+        (2, 33, 2, 2, 64, 48, False, "per-row"),
+    ],
+)
+def test_rotary_matches_reference(backend, B, T, H, HK, D, dim, interleaved, offset):
+    seed(backend, B, T, H, HK, D, dim, interleaved, offset)
+    rope = RotaryEmbedding(dim, base=500.0, interleaved=interleaved)
+    q, k = torch.randn(B, T, H, D, requires_grad=True), torch.randn(B, T, HK, D, requires_grad=True)
+    if offset == "per-row":
+        offset = torch.randint(-3, 40, (B,))
+        positions = torch.arange(T)[None] + offset[:, None]
+    else:
+        positions = torch.arange(T)[None] + offset
+    dq, dk = torch.randn_like(q), torch.randn_like(k)
+    with use_backend(backend), poisoned_empty():
+        q_rot, k_rot = rope(q, k, seqlen_offset=offset)
+        grads = torch.autograd.grad((q_rot * dq).sum() + (k_rot * dk).sum(), [q, k])
+    q_ref, k_ref = reference(q, positions, dim, 500.0, interleaved), reference(k, positions, dim, 500.0, interleaved)
+    grads_ref = torch.autograd.grad((q_ref * dq.double()).sum() + (k_ref * dk.double()).sum(), [q, k])
+    assert_close("q", q_rot, q_ref, 1e-6)
+    assert_close("k", k_rot, k_ref, 1e-6)
+    assert_close("dq", grads[0], grads_ref[0], 1e-6)
+    assert_close("dk", grads[1], grads_ref[1], 1e-6)
+
+
+@pytest.mark.parametrize("backend", ["triton", "torch"])
+@pytest.mark.parametrize("lens, offsets", [([17, 1, 40, 9], None), ([5, 30, 1], [3, 0, 11])])
+def test_varlen_matches_per_document(backend, lens, offsets):
+    seed(backend, lens, offsets)
+    rope = RotaryEmbedding(16)
+    cu_seqlens = torch.tensor([0] + lens).cumsum(0)
+    q, k = torch.randn(1, sum(lens), 2, 16), torch.randn(1, sum(lens), 1, 16)
+    with use_backend(backend), poisoned_empty():
+        q_rot, k_rot = rope(q, k, seqlen_offset=torch.tensor(offsets) if offsets else 0, cu_seqlens=cu_seqlens)
+        parts = [
+            rope(q[:, bos:eos], k[:, bos:eos], seqlen_offset=offsets[n] if offsets else 0)
+            for n, (bos, eos) in enumerate(zip(cu_seqlens[:-1].tolist(), cu_seqlens[1:].tolist()))
+        ]
+    assert_close("q", q_rot, torch.cat([p[0] for p in parts], 1), 0)
+    assert_close("k", k_rot, torch.cat([p[1] for p in parts], 1), 0)
+
+
+def test_rotary_half_precision():
+    seed("half")
+    rope = RotaryEmbedding(32)
+    q = torch.randn(2, 10, 2, 32, dtype=torch.float16)
+    q_rot, _ = rope(q, q, seqlen_offset=100)
+    assert q_rot.dtype == torch.float16
+    assert_close("q", q_rot, reference(q, torch.arange(10)[None] + 100, 32, 10000.0, False), 1e-3)
+
+
+def test_inv_freq_is_recomputed_after_meta_build():
+    with torch.device("meta"):
+        rope = RotaryEmbedding(16, base=1000.0)
+    rope.to_empty(device="cpu")
+    rope.reset_parameters()
+    assert_close("inv_freq", rope.inv_freq, RotaryEmbedding(16, base=1000.0).inv_freq, 0)
+    assert "inv_freq" not in rope.state_dict()
+
+
+def test_rotary_rejects_bad_inputs():
+    rope = RotaryEmbedding(16)
+    q = torch.randn(2, 5, 2, 16)
+    with pytest.raises(ValueError, match="q must be \\[B, T, H, D\\] with D >= rotary dim 16"):
+        rope(torch.randn(2, 5, 2, 8), q)
+    with pytest.raises(ValueError, match="seqlen_offset must be an int or an int tensor \\[N\\] = \\[2\\]"):
+        rope(q, q, seqlen_offset=torch.tensor([1, 2, 3]))
+    with pytest.raises(ValueError, match="q and k must share"):
+        rope(q, q[:, :3])
+    with pytest.raises(ValueError, match="positive even"):
+        RotaryEmbedding(15)
