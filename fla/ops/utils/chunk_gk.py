@@ -1,0 +1,571 @@
+"""Intra-chunk blocks for a log forget gate per key channel (gk), shared by the families that have one (GLA first).
+
+Within a chunk, with G the chunk-local cumsum of the gate (float32, <= 0 and non-increasing along time), h the state
+ENTERING the chunk and dh the gradient of the state LEAVING it (see `chunk_h.py`), the output is
+    o_t = scale * ((q_t * exp(G_t)) h + sum_{s <= t} A_ts v_s),   A_ts = sum_k q_tk k_sk exp(G_tk - G_sk).
+Backward (derived in `chunk_gk_bwd_dqkg`'s docstring):
+    dA_ts = do_t . v_s (s <= t)
+    dv_s  = scale * sum_{t >= s} A_ts do_t + (k_s * exp(G_L - G_s)) dh
+    dq_t  = scale * exp(G_t) * (do_t h^T) + scale * sum_{s <= t} dA_ts k_s exp(G_t - G_s)
+    dk_s  = scale * sum_{t >= s} dA_ts q_t exp(G_t - G_s) + exp(G_L - G_s) * (v_s dh^T)
+where L is the chunk's last (valid) row.
+
+Numerical stability. G over a 64-token chunk can reach -100s, so exp(G_t) and exp(-G_s) must never be formed
+separately over a whole chunk (exp(-G_s) overflows float32 beyond ~88). The chunk is cut into sub-chunks of BC = 16
+rows. For a pair of sub-chunks i > j, a reference row n between them (the first row of i, or the last row of j)
+splits exp(G_t - G_s) = exp(G_t - G_n) * exp(G_n - G_s), and both factors are <= 1 because G is non-increasing and
+s <= n <= t: so the block is one tl.dot of two bounded operands (a factor may underflow to 0, and then the true product
+is below float32's range too). On the diagonal sub-chunk no such row exists, so the block is built element-wise as a
+[BC, BC, BK] tensor of exp(G_t - G_s), with the t < s half set to -inf BEFORE the exp (so an overflowing entry never
+reaches a product). The inter-chunk factors exp(G_t) and exp(G_L - G_s) are <= 1 on their own.
+
+Layouts: q, k, g [B, T, H, K]; v, do [B, T, H, V]; h, dh [B, NT, H, K, V] (under cu_seqlens B == 1 and the chunks of
+all sequences are numbered in order, as `prepare_chunk_indices` lists them).
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from fla.ops.utils.dispatch import autotune, dispatch
+from fla.ops.utils.index import prepare_chunk_indices, prepare_chunk_offsets, sequence_spans
+
+BC = 16  # rows per sub-chunk (the smallest tl.dot block)
+
+_CONFIGS = [triton.Config({}, num_warps=w, num_stages=s) for w in (4, 2, 8) for s in (2, 3)]
+
+
+def _block(n: int, cap: int = 64) -> int:
+    """Padded block width for a feature dim: a power of two, >= 16 (tl.dot), <= cap (registers)."""
+    return min(cap, max(16, triton.next_power_of_2(n)))
+
+
+def _precision(x: torch.Tensor) -> str:
+    # float32 inputs get true float32 products on the GPU (tf32 would cost ~1e-3 relative error).
+    return "ieee" if x.dtype == torch.float32 else "tf32"
+
+
+def _chunks(cu_seqlens, T, chunk_size):
+    """(chunk_indices or None, number of chunks along grid axis 1 per batch row)."""
+    if cu_seqlens is None:
+        return None, triton.cdiv(T, chunk_size)
+    chunk_indices = prepare_chunk_indices(cu_seqlens, chunk_size)
+    return chunk_indices, len(chunk_indices)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Triton kernels. Every program first maps its chunk to (bos, T, i_t, i_tg): the sequence's first token, its length,
+# the chunk index within the sequence, and the global chunk index into h / dh.
+# ------------------------------------------------------------------------------------------------------------------
+
+@triton.heuristics({"IS_VARLEN": lambda args: args["cu_seqlens"] is not None})
+@autotune(_CONFIGS, key=["H", "K", "V", "BT", "BK", "BV"])
+@triton.jit
+def chunk_gk_fwd_o_kernel(
+    q, k, v, g, h, o, cu_seqlens, chunk_indices, scale, T,
+    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr,
+    BK: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr, IS_VARLEN: tl.constexpr,
+):
+    # grid: (V blocks, chunks * sub-chunks, B * H); one program writes BC rows x BV columns of o.
+    i_v, i_tc, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    i_b, i_h = i_bh // H, i_bh % H
+    NC: tl.constexpr = BT // BC
+    i_t, i_i = i_tc // NC, i_tc % NC
+    if IS_VARLEN:
+        i_tg = i_t.to(tl.int64)
+        i_n, i_t = tl.load(chunk_indices + i_t * 2).to(tl.int32), tl.load(chunk_indices + i_t * 2 + 1).to(tl.int32)
+        bos, eos = tl.load(cu_seqlens + i_n).to(tl.int64), tl.load(cu_seqlens + i_n + 1).to(tl.int64)
+        T = (eos - bos).to(tl.int32)
+    else:
+        i_tg = (i_b * tl.cdiv(T, BT) + i_t).to(tl.int64)
+        bos = (i_b * T).to(tl.int64)
+    s0 = i_t * BT + i_i * BC  # first row of this sub-chunk, sequence-local
+    if s0 >= T:
+        return
+    HK, HV = H * K, H * V
+    o_c = tl.arange(0, BC)
+    o_k = tl.arange(0, BK)
+    o_v = i_v * BV + tl.arange(0, BV)
+    m_v = o_v < V
+    rows = s0 + o_c
+    m_r = rows < T
+    p_h = h + (i_tg * H + i_h) * K * V
+
+    # inter-chunk part and the diagonal sub-chunk, both over K blocks
+    b_o = tl.zeros([BC, BV], dtype=tl.float32)
+    b_A = tl.zeros([BC, BC], dtype=tl.float32)
+    m_tri = (o_c[:, None] >= o_c[None, :]) & m_r[:, None]  # t >= s, row t valid
+    for i_k in range(tl.cdiv(K, BK)):
+        o_kk = i_k * BK + o_k
+        m_k = o_kk < K
+        m_rk = m_r[:, None] & m_k[None, :]
+        offs = (bos + rows)[:, None] * HK + i_h * K + o_kk[None, :]
+        b_q = tl.load(q + offs, mask=m_rk, other=0.).to(tl.float32)
+        b_k = tl.load(k + offs, mask=m_rk, other=0.).to(tl.float32)
+        b_g = tl.load(g + offs, mask=m_rk, other=0.).to(tl.float32)
+        b_h = tl.load(p_h + o_kk[:, None] * V + o_v[None, :], mask=m_k[:, None] & m_v[None, :], other=0.)
+        b_o += tl.dot((b_q * tl.exp(b_g)).to(b_h.dtype), b_h, input_precision=PREC)
+        # diagonal block as [t, s, k]: -inf above the diagonal before the exp, so nothing there can overflow
+        b_d = tl.exp(tl.where(m_tri[:, :, None], b_g[:, None, :] - b_g[None, :, :], float("-inf")))
+        b_A += tl.sum(b_q[:, None, :] * b_k[None, :, :] * b_d, axis=2)
+    offs_v = (bos + rows)[:, None] * HV + i_h * V + o_v[None, :]
+    m_rv = m_r[:, None] & m_v[None, :]
+    b_v = tl.load(v + offs_v, mask=m_rv, other=0.)
+    b_o += tl.dot(b_A.to(b_v.dtype), b_v, input_precision=PREC)
+
+    # earlier sub-chunks j < i, split at the reference row n = s0
+    for j in range(0, i_i):
+        rows_j = i_t * BT + j * BC + o_c  # all valid: they precede row s0 < T
+        b_A = tl.zeros([BC, BC], dtype=tl.float32)
+        for i_k in range(tl.cdiv(K, BK)):
+            o_kk = i_k * BK + o_k
+            m_k = o_kk < K
+            m_rk = m_r[:, None] & m_k[None, :]
+            offs = (bos + rows)[:, None] * HK + i_h * K + o_kk[None, :]
+            b_q = tl.load(q + offs, mask=m_rk, other=0.).to(tl.float32)
+            b_g = tl.load(g + offs, mask=m_rk, other=0.).to(tl.float32)
+            b_gn = tl.load(g + (bos + s0) * HK + i_h * K + o_kk, mask=m_k, other=0.).to(tl.float32)
+            offs_j = (bos + rows_j)[:, None] * HK + i_h * K + o_kk[None, :]
+            b_kj = tl.load(k + offs_j, mask=m_k[None, :], other=0.).to(tl.float32)
+            b_gj = tl.load(g + offs_j, mask=m_k[None, :], other=0.).to(tl.float32)
+            b_qn = tl.where(m_rk, b_q * tl.exp(b_g - b_gn[None, :]), 0.)
+            b_kn = b_kj * tl.exp(b_gn[None, :] - b_gj)
+            b_A += tl.dot(b_qn.to(k.dtype.element_ty), tl.trans(b_kn.to(k.dtype.element_ty)), input_precision=PREC)
+        b_vj = tl.load(v + (bos + rows_j)[:, None] * HV + i_h * V + o_v[None, :], mask=m_v[None, :], other=0.)
+        b_o += tl.dot(b_A.to(b_vj.dtype), b_vj, input_precision=PREC)
+    tl.store(o + offs_v, (b_o * scale).to(o.dtype.element_ty), mask=m_rv)
+
+
+@triton.heuristics({"IS_VARLEN": lambda args: args["cu_seqlens"] is not None})
+@autotune(_CONFIGS, key=["H", "K", "V", "BT", "BK", "BV"])
+@triton.jit
+def chunk_gk_bwd_dv_kernel(
+    q, k, g, do, dh, dv, cu_seqlens, chunk_indices, scale, T,
+    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr,
+    BK: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr, IS_VARLEN: tl.constexpr,
+):
+    # grid: (V blocks, chunks * sub-chunks, B * H); rows of sub-chunk i play the key role s:
+    # dv_i = (k_i * exp(G_L - G_i)) dh + scale * sum_{j >= i} A_ji^T do_j
+    i_v, i_tc, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    i_b, i_h = i_bh // H, i_bh % H
+    NC: tl.constexpr = BT // BC
+    i_t, i_i = i_tc // NC, i_tc % NC
+    if IS_VARLEN:
+        i_tg = i_t.to(tl.int64)
+        i_n, i_t = tl.load(chunk_indices + i_t * 2).to(tl.int32), tl.load(chunk_indices + i_t * 2 + 1).to(tl.int32)
+        bos, eos = tl.load(cu_seqlens + i_n).to(tl.int64), tl.load(cu_seqlens + i_n + 1).to(tl.int64)
+        T = (eos - bos).to(tl.int32)
+    else:
+        i_tg = (i_b * tl.cdiv(T, BT) + i_t).to(tl.int64)
+        bos = (i_b * T).to(tl.int64)
+    s0 = i_t * BT + i_i * BC
+    if s0 >= T:
+        return
+    HK, HV = H * K, H * V
+    last = tl.minimum(i_t * BT + BT, T) - 1  # the chunk's last valid row
+    e_i = tl.minimum(s0 + BC, T) - 1  # this sub-chunk's last valid row (reference for later sub-chunks)
+    n_sub = tl.cdiv(tl.minimum(BT, T - i_t * BT), BC)  # sub-chunks holding valid rows
+    o_c = tl.arange(0, BC)
+    o_k = tl.arange(0, BK)
+    o_v = i_v * BV + tl.arange(0, BV)
+    m_v = o_v < V
+    rows = s0 + o_c
+    m_r = rows < T
+    p_dh = dh + (i_tg * H + i_h) * K * V
+
+    b_dv = tl.zeros([BC, BV], dtype=tl.float32)
+    b_At = tl.zeros([BC, BC], dtype=tl.float32)  # diagonal block, transposed: b_At[s, t] = A_ts
+    m_tri = (o_c[:, None] <= o_c[None, :]) & m_r[None, :]  # s <= t, row t valid
+    for i_k in range(tl.cdiv(K, BK)):
+        o_kk = i_k * BK + o_k
+        m_k = o_kk < K
+        m_rk = m_r[:, None] & m_k[None, :]
+        offs = (bos + rows)[:, None] * HK + i_h * K + o_kk[None, :]
+        b_q = tl.load(q + offs, mask=m_rk, other=0.).to(tl.float32)
+        b_k = tl.load(k + offs, mask=m_rk, other=0.).to(tl.float32)
+        b_g = tl.load(g + offs, mask=m_rk, other=0.).to(tl.float32)
+        b_gl = tl.load(g + (bos + last) * HK + i_h * K + o_kk, mask=m_k, other=0.).to(tl.float32)
+        b_dh = tl.load(p_dh + o_kk[:, None] * V + o_v[None, :], mask=m_k[:, None] & m_v[None, :], other=0.)
+        b_kl = tl.where(m_rk, b_k * tl.exp(b_gl[None, :] - b_g), 0.)
+        b_dv += tl.dot(b_kl.to(b_dh.dtype), b_dh, input_precision=PREC)
+        # [s, t, k], -inf where s > t before the exp
+        b_d = tl.exp(tl.where(m_tri[:, :, None], b_g[None, :, :] - b_g[:, None, :], float("-inf")))
+        b_At += tl.sum(b_k[:, None, :] * b_q[None, :, :] * b_d, axis=2)
+    offs_v = (bos + rows)[:, None] * HV + i_h * V + o_v[None, :]
+    m_rv = m_r[:, None] & m_v[None, :]
+    b_do = tl.load(do + offs_v, mask=m_rv, other=0.)
+    b_dA = tl.dot(b_At.to(b_do.dtype), b_do, input_precision=PREC)
+
+    # later sub-chunks j > i, split at the reference row m = e_i (sub-chunk i is full whenever one exists)
+    for j in range(i_i + 1, n_sub):
+        rows_j = i_t * BT + j * BC + o_c
+        m_rj = rows_j < T
+        b_At = tl.zeros([BC, BC], dtype=tl.float32)
+        for i_k in range(tl.cdiv(K, BK)):
+            o_kk = i_k * BK + o_k
+            m_k = o_kk < K
+            offs = (bos + rows)[:, None] * HK + i_h * K + o_kk[None, :]
+            b_k = tl.load(k + offs, mask=m_k[None, :], other=0.).to(tl.float32)
+            b_g = tl.load(g + offs, mask=m_k[None, :], other=0.).to(tl.float32)
+            b_gm = tl.load(g + (bos + e_i) * HK + i_h * K + o_kk, mask=m_k, other=0.).to(tl.float32)
+            offs_j = (bos + rows_j)[:, None] * HK + i_h * K + o_kk[None, :]
+            m_jk = m_rj[:, None] & m_k[None, :]
+            b_qj = tl.load(q + offs_j, mask=m_jk, other=0.).to(tl.float32)
+            b_gj = tl.load(g + offs_j, mask=m_jk, other=0.).to(tl.float32)
+            b_km = b_k * tl.exp(b_gm[None, :] - b_g)
+            b_qm = tl.where(m_jk, b_qj * tl.exp(b_gj - b_gm[None, :]), 0.)
+            b_At += tl.dot(b_km.to(q.dtype.element_ty), tl.trans(b_qm.to(q.dtype.element_ty)), input_precision=PREC)
+        m_jv = m_rj[:, None] & m_v[None, :]
+        b_doj = tl.load(do + (bos + rows_j)[:, None] * HV + i_h * V + o_v[None, :], mask=m_jv, other=0.)
+        b_dA += tl.dot(b_At.to(b_doj.dtype), b_doj, input_precision=PREC)
+    b_dv += scale * b_dA
+    tl.store(dv + offs_v, b_dv.to(dv.dtype.element_ty), mask=m_rv)
+
+
+@triton.heuristics({"IS_VARLEN": lambda args: args["cu_seqlens"] is not None})
+@autotune(_CONFIGS, key=["H", "K", "V", "BT", "BK", "BV"])
+@triton.jit
+def chunk_gk_bwd_dqk_intra_kernel(
+    q, k, v, g, do, dq, dk, cu_seqlens, chunk_indices, scale, T,
+    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr,
+    BK: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr, IS_VARLEN: tl.constexpr,
+):
+    # grid: (K blocks, chunks * sub-chunks, B * H); the intra-chunk parts of dq and dk (float32, scaled) for BC rows:
+    # dq_i = scale * sum_{j <= i} (dA_ij . gated k_j),  dk_i = scale * sum_{j >= i} (dA_ji^T . gated q_j)
+    i_k, i_tc, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    i_b, i_h = i_bh // H, i_bh % H
+    NC: tl.constexpr = BT // BC
+    i_t, i_i = i_tc // NC, i_tc % NC
+    if IS_VARLEN:
+        i_n, i_t = tl.load(chunk_indices + i_t * 2).to(tl.int32), tl.load(chunk_indices + i_t * 2 + 1).to(tl.int32)
+        bos, eos = tl.load(cu_seqlens + i_n).to(tl.int64), tl.load(cu_seqlens + i_n + 1).to(tl.int64)
+        T = (eos - bos).to(tl.int32)
+    else:
+        bos = (i_b * T).to(tl.int64)
+    s0 = i_t * BT + i_i * BC
+    if s0 >= T:
+        return
+    HK, HV = H * K, H * V
+    e_i = tl.minimum(s0 + BC, T) - 1
+    n_sub = tl.cdiv(tl.minimum(BT, T - i_t * BT), BC)
+    o_c = tl.arange(0, BC)
+    o_kk = i_k * BK + tl.arange(0, BK)
+    m_k = o_kk < K
+    o_v = tl.arange(0, BV)
+    rows = s0 + o_c
+    m_r = rows < T
+    m_rk = m_r[:, None] & m_k[None, :]
+    offs = (bos + rows)[:, None] * HK + i_h * K + o_kk[None, :]
+    b_g = tl.load(g + offs, mask=m_rk, other=0.).to(tl.float32)
+    b_gn = tl.load(g + (bos + s0) * HK + i_h * K + o_kk, mask=m_k, other=0.).to(tl.float32)
+    b_gm = tl.load(g + (bos + e_i) * HK + i_h * K + o_kk, mask=m_k, other=0.).to(tl.float32)
+
+    # dq from earlier sub-chunks j < i, reference row n = s0
+    b_dq = tl.zeros([BC, BK], dtype=tl.float32)
+    for j in range(0, i_i):
+        rows_j = i_t * BT + j * BC + o_c
+        b_dA = tl.zeros([BC, BC], dtype=tl.float32)
+        for i_v in range(tl.cdiv(V, BV)):
+            o_vv = i_v * BV + o_v
+            m_v = o_vv < V
+            b_do = tl.load(do + (bos + rows)[:, None] * HV + i_h * V + o_vv[None, :],
+                           mask=m_r[:, None] & m_v[None, :], other=0.)
+            b_vj = tl.load(v + (bos + rows_j)[:, None] * HV + i_h * V + o_vv[None, :], mask=m_v[None, :], other=0.)
+            b_dA += tl.dot(b_do, tl.trans(b_vj), input_precision=PREC)
+        offs_j = (bos + rows_j)[:, None] * HK + i_h * K + o_kk[None, :]
+        b_kj = tl.load(k + offs_j, mask=m_k[None, :], other=0.).to(tl.float32)
+        b_gj = tl.load(g + offs_j, mask=m_k[None, :], other=0.).to(tl.float32)
+        b_dq += tl.dot(b_dA, b_kj * tl.exp(b_gn[None, :] - b_gj), input_precision=PREC)
+    b_dq *= tl.where(m_rk, tl.exp(b_g - b_gn[None, :]), 0.)
+
+    # dk from later sub-chunks j > i, reference row m = e_i
+    b_dk = tl.zeros([BC, BK], dtype=tl.float32)
+    for j in range(i_i + 1, n_sub):
+        rows_j = i_t * BT + j * BC + o_c
+        m_rj = rows_j < T
+        b_dAt = tl.zeros([BC, BC], dtype=tl.float32)  # b_dAt[s, t] = dA_ts, s in i, t in j
+        for i_v in range(tl.cdiv(V, BV)):
+            o_vv = i_v * BV + o_v
+            m_v = o_vv < V
+            b_v = tl.load(v + (bos + rows)[:, None] * HV + i_h * V + o_vv[None, :], mask=m_v[None, :], other=0.)
+            b_doj = tl.load(do + (bos + rows_j)[:, None] * HV + i_h * V + o_vv[None, :],
+                            mask=m_rj[:, None] & m_v[None, :], other=0.)
+            b_dAt += tl.dot(b_v, tl.trans(b_doj), input_precision=PREC)
+        offs_j = (bos + rows_j)[:, None] * HK + i_h * K + o_kk[None, :]
+        m_jk = m_rj[:, None] & m_k[None, :]
+        b_qj = tl.load(q + offs_j, mask=m_jk, other=0.).to(tl.float32)
+        b_gj = tl.load(g + offs_j, mask=m_jk, other=0.).to(tl.float32)
+        b_qm = tl.where(m_jk, b_qj * tl.exp(b_gj - b_gm[None, :]), 0.)
+        b_dk += tl.dot(b_dAt, b_qm, input_precision=PREC)
+    b_dk *= tl.where(m_rk, tl.exp(b_gm[None, :] - b_g), 0.)
+
+    # the diagonal sub-chunk, element by element
+    b_dA = tl.zeros([BC, BC], dtype=tl.float32)
+    for i_v in range(tl.cdiv(V, BV)):
+        o_vv = i_v * BV + o_v
+        m_rv = m_r[:, None] & (o_vv < V)[None, :]
+        offs_v = (bos + rows)[:, None] * HV + i_h * V + o_vv[None, :]
+        b_do = tl.load(do + offs_v, mask=m_rv, other=0.)
+        b_v = tl.load(v + offs_v, mask=m_rv, other=0.)
+        b_dA += tl.dot(b_do, tl.trans(b_v), input_precision=PREC)
+    b_dA = tl.where((o_c[:, None] >= o_c[None, :]), b_dA, 0.)
+    b_q = tl.load(q + offs, mask=m_rk, other=0.).to(tl.float32)
+    b_k = tl.load(k + offs, mask=m_rk, other=0.).to(tl.float32)
+    # [t, s, k] = dA_ts exp(G_t - G_s) for s <= t (-inf before the exp elsewhere); dq sums over s, dk over t
+    m_tri = (o_c[:, None] >= o_c[None, :]) & m_r[:, None]
+    b_d = b_dA[:, :, None] * tl.exp(tl.where(m_tri[:, :, None], b_g[:, None, :] - b_g[None, :, :], float("-inf")))
+    b_dq += tl.sum(b_d * b_k[None, :, :], axis=1)
+    b_dk += tl.sum(b_d * b_q[:, None, :], axis=0)
+    tl.store(dq + offs, b_dq * scale, mask=m_rk)
+    tl.store(dk + offs, b_dk * scale, mask=m_rk)
+
+
+@triton.heuristics({"IS_VARLEN": lambda args: args["cu_seqlens"] is not None})
+@autotune(_CONFIGS, key=["H", "K", "V", "BT", "BK", "BV"])
+@triton.jit
+def chunk_gk_bwd_dqkg_inter_kernel(
+    q, k, v, g, h, do, dh, dq_intra, dk_intra, dq, dk, dg, cu_seqlens, chunk_indices, scale, T,
+    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
+    BK: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr, IS_VARLEN: tl.constexpr,
+):
+    # grid: (K blocks, chunks, B * H); adds the inter-chunk parts to dq, dk and forms dg for a whole chunk.
+    i_k, i_t, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    i_b, i_h = i_bh // H, i_bh % H
+    if IS_VARLEN:
+        i_tg = i_t.to(tl.int64)
+        i_n, i_t = tl.load(chunk_indices + i_t * 2).to(tl.int32), tl.load(chunk_indices + i_t * 2 + 1).to(tl.int32)
+        bos, eos = tl.load(cu_seqlens + i_n).to(tl.int64), tl.load(cu_seqlens + i_n + 1).to(tl.int64)
+        T = (eos - bos).to(tl.int32)
+    else:
+        i_tg = (i_b * tl.cdiv(T, BT) + i_t).to(tl.int64)
+        bos = (i_b * T).to(tl.int64)
+    HK, HV = H * K, H * V
+    last = tl.minimum(i_t * BT + BT, T) - 1
+    rows = i_t * BT + tl.arange(0, BT)
+    m_r = rows < T
+    o_kk = i_k * BK + tl.arange(0, BK)
+    m_k = o_kk < K
+    m_rk = m_r[:, None] & m_k[None, :]
+    o_v = tl.arange(0, BV)
+    p_hk = (i_tg * H + i_h) * K * V + o_kk[:, None] * V
+
+    b_dq = tl.zeros([BT, BK], dtype=tl.float32)  # do h^T
+    b_dk = tl.zeros([BT, BK], dtype=tl.float32)  # v dh^T
+    b_hdh = tl.zeros([BK], dtype=tl.float32)     # sum_v h * dh
+    for i_v in range(tl.cdiv(V, BV)):
+        o_vv = i_v * BV + o_v
+        m_v = o_vv < V
+        m_rv = m_r[:, None] & m_v[None, :]
+        offs_v = (bos + rows)[:, None] * HV + i_h * V + o_vv[None, :]
+        b_do = tl.load(do + offs_v, mask=m_rv, other=0.)
+        b_v = tl.load(v + offs_v, mask=m_rv, other=0.)
+        m_kv = m_k[:, None] & m_v[None, :]
+        b_h = tl.load(h + p_hk + o_vv[None, :], mask=m_kv, other=0.)
+        b_dh = tl.load(dh + p_hk + o_vv[None, :], mask=m_kv, other=0.)
+        b_dq += tl.dot(b_do.to(b_h.dtype), tl.trans(b_h), input_precision=PREC)
+        b_dk += tl.dot(b_v.to(b_dh.dtype), tl.trans(b_dh), input_precision=PREC)
+        b_hdh += tl.sum(b_h.to(tl.float32) * b_dh.to(tl.float32), axis=1)
+
+    offs = (bos + rows)[:, None] * HK + i_h * K + o_kk[None, :]
+    b_q = tl.load(q + offs, mask=m_rk, other=0.).to(tl.float32)
+    b_k = tl.load(k + offs, mask=m_rk, other=0.).to(tl.float32)
+    b_g = tl.load(g + offs, mask=m_rk, other=0.).to(tl.float32)
+    b_gl = tl.load(g + (bos + last) * HK + i_h * K + o_kk, mask=m_k, other=0.).to(tl.float32)
+    b_dq = tl.load(dq_intra + offs, mask=m_rk, other=0.) + scale * tl.where(m_rk, tl.exp(b_g), 0.) * b_dq
+    b_dk_inter = tl.where(m_rk, tl.exp(b_gl[None, :] - b_g), 0.) * b_dk
+    b_dk = tl.load(dk_intra + offs, mask=m_rk, other=0.) + b_dk_inter
+    # dL/dG_t = q_t dq_t - k_t dk_t, plus at the last row the two paths into the state leaving the chunk:
+    # exp(G_L) h (carried state) and sum_s k_s exp(G_L - G_s) v_s (new keys).
+    b_dG = b_q * b_dq - b_k * b_dk
+    b_last = tl.exp(b_gl) * b_hdh + tl.sum(b_k * b_dk_inter, axis=0)
+    # G is a cumsum of g within the chunk, so dg_s = sum_{t >= s} dG_t (a reverse cumsum, done here in registers)
+    b_dg = tl.sum(b_dG, axis=0)[None, :] - tl.cumsum(b_dG, axis=0) + b_dG + b_last[None, :]
+    tl.store(dq + offs, b_dq.to(dq.dtype.element_ty), mask=m_rk)
+    tl.store(dk + offs, b_dk.to(dk.dtype.element_ty), mask=m_rk)
+    tl.store(dg + offs, b_dg.to(dg.dtype.element_ty), mask=m_rk)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Launchers (Triton) and their PyTorch chunked twins (same signature, same result).
+# ------------------------------------------------------------------------------------------------------------------
+
+def _fwd_o_triton(q, k, v, g, h, scale, cu_seqlens=None, chunk_size=64):
+    B, T, H, K = q.shape
+    V = v.shape[-1]
+    o = torch.empty_like(v)
+    chunk_indices, NT = _chunks(cu_seqlens, T, chunk_size)
+    if NT == 0:
+        return o
+    BK, BV = _block(K, 32), _block(V)
+    grid = (triton.cdiv(V, BV), NT * (chunk_size // BC), B * H)
+    chunk_gk_fwd_o_kernel[grid](q, k, v, g, h, o, cu_seqlens, chunk_indices, scale, T, H=H, K=K, V=V,
+                                BT=chunk_size, BC=BC, BK=BK, BV=BV, PREC=_precision(q))
+    return o
+
+
+def _bwd_dv_triton(q, k, g, do, dh, scale, cu_seqlens=None, chunk_size=64):
+    B, T, H, K = q.shape
+    V = do.shape[-1]
+    dv = torch.empty_like(do)
+    chunk_indices, NT = _chunks(cu_seqlens, T, chunk_size)
+    if NT == 0:
+        return dv
+    BK, BV = _block(K, 32), _block(V)
+    grid = (triton.cdiv(V, BV), NT * (chunk_size // BC), B * H)
+    chunk_gk_bwd_dv_kernel[grid](q, k, g, do, dh, dv, cu_seqlens, chunk_indices, scale, T, H=H, K=K, V=V,
+                                 BT=chunk_size, BC=BC, BK=BK, BV=BV, PREC=_precision(q))
+    return dv
+
+
+def _bwd_dqkg_triton(q, k, v, g, h, do, dh, scale, cu_seqlens=None, chunk_size=64, g_dtype=None):
+    B, T, H, K = q.shape
+    V = v.shape[-1]
+    dq, dk = torch.empty_like(q), torch.empty_like(k)
+    dg = torch.empty_like(g, dtype=g_dtype or g.dtype)
+    chunk_indices, NT = _chunks(cu_seqlens, T, chunk_size)
+    if NT == 0:
+        return dq, dk, dg
+    dq_intra = torch.empty_like(q, dtype=torch.float32)
+    dk_intra = torch.empty_like(k, dtype=torch.float32)
+    # the intra kernel holds [BC, BC, BK] blocks on the diagonal: a narrower K block keeps them in registers
+    BK, BV = _block(K, 32), _block(V)
+    chunk_gk_bwd_dqk_intra_kernel[(triton.cdiv(K, BK), NT * (chunk_size // BC), B * H)](
+        q, k, v, g, do, dq_intra, dk_intra, cu_seqlens, chunk_indices, scale, T, H=H, K=K, V=V,
+        BT=chunk_size, BC=BC, BK=BK, BV=BV, PREC=_precision(q))
+    BK = _block(K)
+    chunk_gk_bwd_dqkg_inter_kernel[(triton.cdiv(K, BK), NT, B * H)](
+        q, k, v, g, h, do, dh, dq_intra, dk_intra, dq, dk, dg, cu_seqlens, chunk_indices, scale, T, H=H, K=K, V=V,
+        BT=chunk_size, BK=BK, BV=BV, PREC=_precision(q))
+    return dq, dk, dg
+
+
+def _torch_chunks(x, cu_seqlens, chunk_size):
+    """Yield (b, start, end, global chunk index) for every chunk, in the order of h / dh."""
+    offsets = prepare_chunk_offsets(cu_seqlens, chunk_size).tolist() if cu_seqlens is not None else None
+    for i, (b, bos, eos) in enumerate(sequence_spans(cu_seqlens, x.shape[0], x.shape[1])):
+        first = offsets[i] if offsets is not None else 0
+        for c, start in enumerate(range(bos, eos, chunk_size)):
+            yield b, start, min(start + chunk_size, eos), first + c
+
+
+def _decay(gc):
+    """[L, H, K] chunk-local cumsum -> [L, L, H, K] exp(G_t - G_s) for s <= t, 0 above the diagonal (masked before
+    the exp, so the overflowing t < s entries never exist)."""
+    L = gc.shape[0]
+    causal = torch.ones(L, L, dtype=torch.bool, device=gc.device).tril()
+    diff = gc[:, None] - gc[None, :]
+    return torch.where(causal[:, :, None, None], diff, diff.new_tensor(float("-inf"))).exp()
+
+
+def _fwd_o_torch(q, k, v, g, h, scale, cu_seqlens=None, chunk_size=64):
+    o = torch.empty_like(v)
+    for b, start, end, c in _torch_chunks(q, cu_seqlens, chunk_size):
+        qc, kc, vc, gc = (x[b, start:end].float() for x in (q, k, v, g))
+        A = torch.einsum("thk,shk,tshk->hts", qc, kc, _decay(gc))
+        inter = torch.einsum("thk,hkv->thv", qc * gc.exp(), h[b, c].float())
+        o[b, start:end] = (scale * (inter + torch.einsum("hts,shv->thv", A, vc))).to(o.dtype)
+    return o
+
+
+def _bwd_dv_torch(q, k, g, do, dh, scale, cu_seqlens=None, chunk_size=64):
+    dv = torch.empty_like(do)
+    for b, start, end, c in _torch_chunks(q, cu_seqlens, chunk_size):
+        qc, kc, gc, doc = (x[b, start:end].float() for x in (q, k, g, do))
+        A = torch.einsum("thk,shk,tshk->hts", qc, kc, _decay(gc))
+        inter = torch.einsum("shk,hkv->shv", kc * (gc[-1] - gc).exp(), dh[b, c].float())
+        dv[b, start:end] = (inter + scale * torch.einsum("hts,thv->shv", A, doc)).to(dv.dtype)
+    return dv
+
+
+def _bwd_dqkg_torch(q, k, v, g, h, do, dh, scale, cu_seqlens=None, chunk_size=64, g_dtype=None):
+    dq, dk = torch.empty_like(q), torch.empty_like(k)
+    dg = torch.empty_like(g, dtype=g_dtype or g.dtype)
+    for b, start, end, c in _torch_chunks(q, cu_seqlens, chunk_size):
+        qc, kc, vc, gc, doc = (x[b, start:end].float() for x in (q, k, v, g, do))
+        hc, dhc = h[b, c].float(), dh[b, c].float()
+        D = _decay(gc)
+        dA = torch.einsum("thv,shv->hts", doc, vc)
+        dqc = scale * (gc.exp() * torch.einsum("thv,hkv->thk", doc, hc) + torch.einsum("hts,shk,tshk->thk", dA, kc, D))
+        dk_inter = (gc[-1] - gc).exp() * torch.einsum("shv,hkv->shk", vc, dhc)
+        dkc = scale * torch.einsum("hts,thk,tshk->shk", dA, qc, D) + dk_inter
+        last = gc[-1].exp() * (hc * dhc).sum(-1) + (kc * dk_inter).sum(0)
+        dG = qc * dqc - kc * dkc
+        dq[b, start:end], dk[b, start:end] = dqc.to(dq.dtype), dkc.to(dk.dtype)
+        dg[b, start:end] = (dG.flip(0).cumsum(0).flip(0) + last).to(dg.dtype)
+    return dq, dk, dg
+
+
+_chunk_gk_fwd_o = dispatch(_fwd_o_triton, _fwd_o_torch)
+_chunk_gk_bwd_dv = dispatch(_bwd_dv_triton, _bwd_dv_torch)
+_chunk_gk_bwd_dqkg = dispatch(_bwd_dqkg_triton, _bwd_dqkg_torch)
+
+
+def chunk_gk_fwd_o(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    g: torch.Tensor,
+    h: torch.Tensor,
+    scale: float,
+    cu_seqlens: torch.Tensor | None = None,
+    chunk_size: int = 64,
+) -> torch.Tensor:
+    """Output of every chunk: its entering state read by gated queries plus the gated causal attention inside it.
+
+    Args:
+        q, k: [B, T, H, K]; v: [B, T, H, V]
+        g: [B, T, H, K] chunk-local cumsum of the log gates (float32)
+        h: [B, NT, H, K, V] states entering each chunk (`chunk_fwd_h`)
+        chunk_size: a power of two >= 16, the one h was computed with
+    Returns:
+        o: [B, T, H, V] in v's dtype
+    """
+    return _chunk_gk_fwd_o(q, k, v, g, h, scale, cu_seqlens, chunk_size)
+
+
+def chunk_gk_bwd_dv(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    g: torch.Tensor,
+    do: torch.Tensor,
+    dh: torch.Tensor,
+    scale: float,
+    cu_seqlens: torch.Tensor | None = None,
+    chunk_size: int = 64,
+) -> torch.Tensor:
+    """dv [B, T, H, V] (do's dtype): intra-chunk A^T do plus (k exp(G_L - G)) dh, with dh from `chunk_bwd_dh`."""
+    return _chunk_gk_bwd_dv(q, k, g, do, dh, scale, cu_seqlens, chunk_size)
+
+
+def chunk_gk_bwd_dqkg(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    g: torch.Tensor,
+    h: torch.Tensor,
+    do: torch.Tensor,
+    dh: torch.Tensor,
+    scale: float,
+    cu_seqlens: torch.Tensor | None = None,
+    chunk_size: int = 64,
+    g_dtype: torch.dtype | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """dq, dk and the gradient of the RAW gate (before the chunk-local cumsum), in one pass.
+
+    With G the cumsum (treated as free per position), o depends on G_t through q_t exp(G_t) (inter and intra) and on
+    G_s through exp(-G_s) next to k_s; the state leaving the chunk, exp(G_L) h + sum_s k_s exp(G_L - G_s) v_s,
+    depends on G_L and on every G_s. So
+        dL/dG_t = q_t dq_t - k_t dk_t + [t == L] * (exp(G_L) * sum_v h dh + sum_s k_s * dk_inter_s),
+    with dk_inter_s = exp(G_L - G_s) (v_s dh^T) (the last term equals sum_v dh * (state leaving - exp(G_L) h)).
+    Since G_t = sum_{s <= t} g_s within the chunk, dg_s = sum_{t >= s} dL/dG_t: a reverse chunk-local cumsum,
+    done in the same kernel.
+
+    Args:
+        q, k: [B, T, H, K]; v, do: [B, T, H, V]; g: chunk-local cumsum (float32)
+        h, dh: [B, NT, H, K, V] from `chunk_fwd_h` / `chunk_bwd_dh`
+        g_dtype: dtype of dg (default g's)
+    Returns:
+        dq [B, T, H, K] (q's dtype), dk (k's dtype), dg [B, T, H, K] (g_dtype)
+    """
+    return _chunk_gk_bwd_dqkg(q, k, v, g, h, do, dh, scale, cu_seqlens, chunk_size, g_dtype)
