@@ -1,11 +1,18 @@
-"""Fused building blocks shared by the layers and models: norms, losses, short convolution, rotary, MLP."""
+"""Fused building blocks shared by the layers and models: norms, losses, short convolution, rotary, MLP.
+
+Each has a Triton kernel (forward and backward) and a PyTorch twin behind `fla.ops.utils.dispatch`, so it runs
+compiled on a GPU, interpreted on CPU under TRITON_INTERPRET=1, and as plain PyTorch on a bare CPU.
+"""
 from fla.modules.convolution import ShortConvolution
 from fla.modules.fused_cross_entropy import FusedCrossEntropyLoss, fused_cross_entropy
 from fla.modules.fused_linear_cross_entropy import FusedLinearCrossEntropyLoss, fused_linear_cross_entropy
+from fla.modules.l2norm import L2Norm, l2_norm
 from fla.modules.layernorm import FusedRMSNormGated, RMSNorm, rms_norm, rms_norm_gated
+from fla.modules.mlp import GatedMLP, swiglu
 from fla.modules.rotary import RotaryEmbedding
 
 __all__ = [
-    "FusedCrossEntropyLoss", "FusedLinearCrossEntropyLoss", "FusedRMSNormGated", "RMSNorm", "RotaryEmbedding", "ShortConvolution",
-    "fused_cross_entropy", "fused_linear_cross_entropy", "rms_norm", "rms_norm_gated",
+    "FusedCrossEntropyLoss", "FusedLinearCrossEntropyLoss", "FusedRMSNormGated", "GatedMLP", "L2Norm", "RMSNorm",
+    "RotaryEmbedding", "ShortConvolution", "fused_cross_entropy", "fused_linear_cross_entropy", "l2_norm",
+    "rms_norm", "rms_norm_gated", "swiglu",
 ]

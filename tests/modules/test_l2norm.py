@@ -1,0 +1,23 @@
+"""L2Norm (the module over fla.ops.utils.l2norm) against a float64 reference, both paths."""
+import pytest
+import torch
+
+from fla.modules import L2Norm
+from fla.ops.utils.dispatch import use_backend
+from tests.helpers import assert_close, poisoned_empty, seed
+
+
+@pytest.mark.parametrize("backend", ["triton", "torch"])
+@pytest.mark.parametrize("shape", [(2, 29, 3, 40), (70, 64)])
+def test_l2norm_matches_reference(backend, shape):
+    seed(backend, shape)
+    x = torch.randn(shape, requires_grad=True)
+    dy = torch.randn(shape)
+    with use_backend(backend), poisoned_empty():
+        y = L2Norm(eps=1e-6)(x)
+        (dx,) = torch.autograd.grad(y, x, dy)
+    xd = x.double()
+    y_ref = xd / torch.sqrt(xd.pow(2).sum(-1, keepdim=True) + 1e-6)
+    (dx_ref,) = torch.autograd.grad(y_ref, x, dy.double())
+    assert_close("y", y, y_ref, 1e-6)
+    assert_close("dx", dx, dx_ref, 1e-5)
