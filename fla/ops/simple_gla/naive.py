@@ -1,0 +1,56 @@
+"""Reference: simple gated linear attention (one scalar decay per head and token) one token at a time, float32 inside.
+
+Per head, state S [K, V], log decay g_t (<= 0), either data-dependent (g [B, T, H]) or a fixed per-head constant
+(g_gamma [H]), or none:
+    S_t = exp(g_t) S_{t-1} + k_t^T v_t
+    o_t = scale * q_t S_t
+`reverse` walks the sequence from its end: S_t = exp(g_t) S_{t+1} + k_t^T v_t (the initial state enters at the end).
+"""
+from __future__ import annotations
+
+import torch
+
+from fla.ops.utils.index import sequence_spans
+
+
+def naive_recurrent_simple_gla(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    g: torch.Tensor | None = None,
+    g_gamma: torch.Tensor | None = None,
+    scale: float | None = None,
+    initial_state: torch.Tensor | None = None,
+    output_final_state: bool = False,
+    reverse: bool = False,
+    cu_seqlens: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """
+    Args:
+        q, k: [B, T, H, K]; v: [B, T, H, V]
+        g: [B, T, H] log decays, or g_gamma: [H] fixed log decays, or neither (no decay)
+        initial_state: [N, H, K, V]; cu_seqlens: [N + 1] packed sequences (B == 1)
+    Returns:
+        o: [B, T, H, V] in v's dtype; final_state: [N, H, K, V] float32 or None. Differentiable.
+    """
+    B, T, H, K = q.shape
+    V = v.shape[-1]
+    scale = K ** -0.5 if scale is None else scale
+    dtype = v.dtype
+    q, k, v = q.float(), k.float(), v.float()
+    outs, finals = [], []
+    for i, (b, bos, eos) in enumerate(sequence_spans(cu_seqlens, B, T)):
+        S = initial_state[i].float() if initial_state is not None else q.new_zeros(H, K, V)
+        o_seq = [None] * (eos - bos)
+        steps = range(eos - 1, bos - 1, -1) if reverse else range(bos, eos)
+        for t in steps:
+            if g is not None:
+                S = S * g[b, t].float().exp()[:, None, None]
+            elif g_gamma is not None:
+                S = S * g_gamma.float().exp()[:, None, None]
+            S = S + k[b, t][:, :, None] * v[b, t][:, None, :]
+            o_seq[t - bos] = scale * torch.einsum("hk,hkv->hv", q[b, t], S)
+        outs.append(torch.stack(o_seq) if o_seq else q.new_zeros(0, H, V))
+        finals.append(S)
+    o = torch.stack(outs) if cu_seqlens is None else torch.cat(outs)[None]
+    return o.to(dtype), (torch.stack(finals) if output_final_state else None)
