@@ -1,0 +1,13 @@
+"""Token mixers as `nn.Module`s, one signature for all:
+`forward(hidden_states, attention_mask=None, past_key_values=None, use_cache=False, cu_seqlens=None, **kwargs)
+-> (output, None, past_key_values)`."""
+from fla.layers.attn import Attention
+from fla.layers.delta_net import DeltaNet
+from fla.layers.gated_deltanet import GatedDeltaNet
+from fla.layers.gla import GatedLinearAttention
+from fla.layers.linear_attn import LinearAttention
+from fla.layers.multiscale_retention import MultiScaleRetention
+
+__all__ = [
+    "Attention", "DeltaNet", "GatedDeltaNet", "GatedLinearAttention", "LinearAttention", "MultiScaleRetention",
+]

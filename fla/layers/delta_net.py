@@ -1,0 +1,113 @@
+"""DeltaNet (Schlag et al., 2021; parallelized by Yang et al., 2024, "Parallelizing Linear Transformers with the Delta
+Rule over Sequence Length").
+
+S_t = S_{t-1} + beta_t k_t^T (v_t - k_t S_{t-1}),   o_t = q_t S_t * scale
+with q, k L2-normalized per head (inside the kernel), beta_t = sigmoid(W_b x_t) (times 2 to allow negative
+eigenvalues), SiLU short convolutions on q, k, v, and a per-head RMSNorm (optionally gated) on the output.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from fla.layers.utils import RecurrentStep, recurrent_flops_per_token, split_heads
+from fla.modules import FusedRMSNormGated, RMSNorm, ShortConvolution
+from fla.ops.delta_rule import chunk_delta_rule, fused_recurrent_delta_rule
+
+
+class DeltaNet(nn.Module):
+    """Args:
+        hidden_size: model width D
+        expand_k / expand_v: key and value widths as multiples of D
+        num_heads: heads H
+        use_beta: learned per-token writing strength (else beta = 1)
+        use_short_conv / conv_size / conv_bias: causal depthwise SiLU convolutions on q, k, v (without them q, k, v
+            go through SiLU directly)
+        use_gate: o = RMSNorm(o) * swish(W_g x) instead of RMSNorm(o)
+        allow_neg_eigval: beta in (0, 2) instead of (0, 1)
+    """
+
+    def __init__(
+        self,
+        hidden_size: int = 1024,
+        expand_k: float = 1.0,
+        expand_v: float = 1.0,
+        num_heads: int = 4,
+        use_beta: bool = True,
+        use_short_conv: bool = True,
+        conv_size: int = 4,
+        conv_bias: bool = False,
+        use_gate: bool = False,
+        allow_neg_eigval: bool = False,
+        norm_eps: float = 1e-6,
+        chunk_size: int = 64,
+        layer_idx: int | None = None,
+    ):
+        super().__init__()
+        self.hidden_size, self.num_heads = hidden_size, num_heads
+        self.key_dim, self.value_dim = int(hidden_size * expand_k), int(hidden_size * expand_v)
+        if self.key_dim % num_heads or self.value_dim % num_heads:
+            raise ValueError(
+                f"key_dim ({self.key_dim}) and value_dim ({self.value_dim}) must be divisible by num_heads ({num_heads})"
+            )
+        self.head_k_dim, self.head_v_dim = self.key_dim // num_heads, self.value_dim // num_heads
+        self.use_beta, self.use_short_conv, self.use_gate = use_beta, use_short_conv, use_gate
+        self.allow_neg_eigval = allow_neg_eigval
+        self.chunk_size = chunk_size
+        self.layer_idx = layer_idx
+
+        self.q_proj = nn.Linear(hidden_size, self.key_dim, bias=False)
+        self.k_proj = nn.Linear(hidden_size, self.key_dim, bias=False)
+        self.v_proj = nn.Linear(hidden_size, self.value_dim, bias=False)
+        if use_beta:
+            self.b_proj = nn.Linear(hidden_size, num_heads, bias=False)
+        if use_short_conv:
+            self.q_conv1d = ShortConvolution(self.key_dim, conv_size, bias=conv_bias, activation="silu")
+            self.k_conv1d = ShortConvolution(self.key_dim, conv_size, bias=conv_bias, activation="silu")
+            self.v_conv1d = ShortConvolution(self.value_dim, conv_size, bias=conv_bias, activation="silu")
+        if use_gate:
+            self.g_proj = nn.Linear(hidden_size, self.value_dim, bias=False)
+            self.o_norm = FusedRMSNormGated(self.head_v_dim, eps=norm_eps)
+        else:
+            self.o_norm = RMSNorm(self.head_v_dim, eps=norm_eps)
+        self.o_proj = nn.Linear(self.value_dim, hidden_size, bias=False)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        past_key_values=None,
+        use_cache: bool = False,
+        cu_seqlens: torch.Tensor | None = None,
+        **kwargs,
+    ) -> tuple[torch.Tensor, None, object]:
+        step = RecurrentStep(self, hidden_states, attention_mask, past_key_values, use_cache, cu_seqlens)
+        x = step.x
+        q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        if self.use_short_conv:
+            q, k, v = step.conv(0, self.q_conv1d, q), step.conv(1, self.k_conv1d, k), step.conv(2, self.v_conv1d, v)
+        else:
+            q, k, v = F.silu(q), F.silu(k), F.silu(v)
+        H, K, V = self.num_heads, self.head_k_dim, self.head_v_dim
+        q, k, v = split_heads(q, H, K), split_heads(k, H, K), split_heads(v, H, V)
+        if self.use_beta:
+            beta = self.b_proj(x).sigmoid()
+            if self.allow_neg_eigval:
+                beta = beta * 2
+        else:
+            beta = x.new_ones(*x.shape[:2], self.num_heads)
+
+        op = fused_recurrent_delta_rule if step.mode == "fused_recurrent" else chunk_delta_rule
+        o, final_state = op(q, k, v, beta, initial_state=step.initial_state, output_final_state=step.use_cache,
+                            cu_seqlens=step.cu_seqlens, use_qk_l2norm_in_kernel=True)
+        if self.use_gate:
+            o = self.o_norm(o, split_heads(self.g_proj(x), H, V))
+        else:
+            o = self.o_norm(o)
+        o = self.o_proj(o.reshape(*o.shape[:2], self.value_dim))
+        return step.finish(o, final_state), None, past_key_values
+
+    def flops_per_token(self, seq_len: int) -> float:
+        """Forward FLOPs per token of the chunked delta-rule op (see `recurrent_flops_per_token`)."""
+        return recurrent_flops_per_token(self.num_heads, self.head_k_dim, self.head_v_dim, self.chunk_size, True)

@@ -1,0 +1,91 @@
+"""Multi-scale retention (Sun et al., 2023, "Retentive Network").
+
+S_t = gamma_h S_{t-1} + k_t^T v_t,   o_t = q_t S_t * scale,   gamma_h = 1 - 2^(-5 - h)
+with rotary positions on q and k (RoPE in place of the paper's xPos, as the peers do), a fixed decay per head
+(computed inside `fla.ops.retention`), and a swish output gate after a per-head RMSNorm (the paper's GroupNorm).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from fla.layers.utils import RecurrentStep, recurrent_flops_per_token, rotary_offsets, split_heads
+from fla.modules import FusedRMSNormGated, RMSNorm, RotaryEmbedding
+from fla.ops.retention import chunk_retention, fused_recurrent_retention
+
+
+class MultiScaleRetention(nn.Module):
+    """Args:
+        hidden_size: model width D
+        expand_k / expand_v: key and value widths as multiples of D (paper: 1 and 2)
+        num_heads: heads H (head h decays with gamma_h = 1 - 2^(-5 - h))
+        use_output_gate: o = RMSNorm(o) * swish(W_g x), else o = RMSNorm(o)
+        rope_theta: rotary base
+    """
+
+    def __init__(
+        self,
+        hidden_size: int = 1024,
+        expand_k: float = 1.0,
+        expand_v: float = 2.0,
+        num_heads: int = 8,
+        use_output_gate: bool = True,
+        gate_fn: str = "swish",
+        rope_theta: float = 10000.0,
+        norm_eps: float = 1e-6,
+        chunk_size: int = 64,
+        layer_idx: int | None = None,
+    ):
+        super().__init__()
+        self.hidden_size, self.num_heads = hidden_size, num_heads
+        self.key_dim, self.value_dim = int(hidden_size * expand_k), int(hidden_size * expand_v)
+        if self.key_dim % num_heads or self.value_dim % num_heads:
+            raise ValueError(
+                f"key_dim ({self.key_dim}) and value_dim ({self.value_dim}) must be divisible by num_heads ({num_heads})"
+            )
+        self.head_k_dim, self.head_v_dim = self.key_dim // num_heads, self.value_dim // num_heads
+        self.use_output_gate = use_output_gate
+        self.chunk_size = chunk_size
+        self.layer_idx = layer_idx
+
+        self.q_proj = nn.Linear(hidden_size, self.key_dim, bias=False)
+        self.k_proj = nn.Linear(hidden_size, self.key_dim, bias=False)
+        self.v_proj = nn.Linear(hidden_size, self.value_dim, bias=False)
+        if use_output_gate:
+            self.g_proj = nn.Linear(hidden_size, self.value_dim, bias=False)
+            self.g_norm = FusedRMSNormGated(self.head_v_dim, eps=norm_eps, activation=gate_fn)
+        else:
+            self.g_norm = RMSNorm(self.head_v_dim, eps=norm_eps)
+        self.o_proj = nn.Linear(self.value_dim, hidden_size, bias=False)
+        self.rotary = RotaryEmbedding(dim=self.head_k_dim, base=rope_theta)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        past_key_values=None,
+        use_cache: bool = False,
+        cu_seqlens: torch.Tensor | None = None,
+        **kwargs,
+    ) -> tuple[torch.Tensor, None, object]:
+        step = RecurrentStep(self, hidden_states, attention_mask, past_key_values, use_cache, cu_seqlens)
+        x = step.x
+        H, K, V = self.num_heads, self.head_k_dim, self.head_v_dim
+        q, k, v = split_heads(self.q_proj(x), H, K), split_heads(self.k_proj(x), H, K), split_heads(self.v_proj(x), H, V)
+        past_len = past_key_values.get_seq_length(self.layer_idx) if step.initial_state is not None else 0
+        offset = rotary_offsets(attention_mask, past_len, step.batch_size)
+        q, k = self.rotary(q, k, seqlen_offset=offset, cu_seqlens=step.cu_seqlens)
+
+        op = fused_recurrent_retention if step.mode == "fused_recurrent" else chunk_retention
+        o, final_state = op(q, k, v, initial_state=step.initial_state, output_final_state=step.use_cache,
+                            cu_seqlens=step.cu_seqlens)
+        if self.use_output_gate:
+            o = self.g_norm(o, split_heads(self.g_proj(x), H, V))
+        else:
+            o = self.g_norm(o)
+        o = self.o_proj(o.reshape(*o.shape[:2], self.value_dim))
+        return step.finish(o, final_state), None, past_key_values
+
+    def flops_per_token(self, seq_len: int) -> float:
+        """Forward FLOPs per token of the chunked op (see `recurrent_flops_per_token`)."""
+        return recurrent_flops_per_token(self.num_heads, self.head_k_dim, self.head_v_dim, self.chunk_size)

@@ -1,0 +1,141 @@
+"""What every mixer shares: padded batches <-> packed sequences, rotary positions, the decode-or-train choice.
+
+Padding is handled by packing: the real tokens of a left- (or right-) padded batch `[B, T, D]` become one packed
+sequence `[1, T_real, D]` with `cu_seqlens`, the ops run on it exactly as on packed training data (no state crosses a
+boundary and padding never touches a state), and the output is scattered back to `[B, T, D]` with zeros at the pads.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+# Prompts up to this length go through the fused recurrent kernels when not training (one walk over the sequence is
+# cheaper than the chunk machinery for short inputs; decoding is always one token).
+FUSED_RECURRENT_MAX_LEN = 64
+
+
+def choose_mode(training: bool, seq_len: int) -> str:
+    """"chunk" for training and long prompts, "fused_recurrent" for decoding and short prompts."""
+    return "fused_recurrent" if not training and seq_len <= FUSED_RECURRENT_MAX_LEN else "chunk"
+
+
+def current_token_mask(attention_mask: torch.Tensor | None, seq_len: int) -> torch.Tensor | None:
+    """The 0/1 mask `[B, seq_len]` of the tokens in this call (the last `seq_len` columns of a generation mask that
+    also covers the cached tokens), or None when every token is real."""
+    if attention_mask is None:
+        return None
+    if attention_mask.dim() != 2:
+        raise ValueError(
+            f"attention_mask must be a 2-D 0/1 padding mask [batch, seq_len] (got shape {list(attention_mask.shape)}); "
+            "causality is built in, do not pass a 4-D attention bias"
+        )
+    mask = attention_mask[:, -seq_len:].bool()
+    return None if bool(mask.all()) else mask
+
+
+def unpad(
+    hidden_states: torch.Tensor, mask: torch.Tensor | None, cu_seqlens: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """Pack the real tokens of a padded batch.
+
+    Args:
+        hidden_states: [B, T, D]
+        mask: [B, T] bool (True = real token) or None
+        cu_seqlens: [N + 1] or None (packed input already)
+    Returns:
+        x: [1, T_real, D] (or the input when nothing is padded); cu_seqlens: [B + 1] int32 (or the given one);
+        indices: [T_real] flat positions of the real tokens in [B * T], or None when nothing was packed
+    """
+    if mask is None:
+        return hidden_states, cu_seqlens, None
+    if cu_seqlens is not None:
+        raise ValueError(
+            "pass either cu_seqlens (packed sequences, no padding) or an attention_mask with padding, not both"
+        )
+    indices = mask.flatten().nonzero().squeeze(-1)
+    lens = mask.sum(-1, dtype=torch.int32)
+    cu_seqlens = F.pad(lens.cumsum(0, dtype=torch.int32), (1, 0))
+    return hidden_states.flatten(0, 1)[indices].unsqueeze(0), cu_seqlens, indices
+
+
+def pad(x: torch.Tensor, indices: torch.Tensor | None, batch_size: int, seq_len: int) -> torch.Tensor:
+    """Inverse of `unpad`: [1, T_real, ...] -> [B, T, ...] with zeros at the padded positions."""
+    if indices is None:
+        return x
+    out = x.new_zeros(batch_size * seq_len, *x.shape[2:])
+    out = out.index_put((indices,), x[0])
+    return out.view(batch_size, seq_len, *x.shape[2:])
+
+
+def rotary_offsets(attention_mask: torch.Tensor | None, past_len: int, batch_size: int) -> int | torch.Tensor:
+    """Position of each row's first new token: the number of real tokens already in the cache (a [B] tensor when
+    the cached part holds padding, else the int `past_len`)."""
+    if attention_mask is None or past_len == 0:
+        return past_len
+    past_mask = attention_mask[:, :past_len]
+    if bool(past_mask.all()):
+        return past_len
+    return past_mask.sum(-1).to(torch.int32)
+
+
+class RecurrentStep:
+    """The bookkeeping of one call of a recurrent mixer (all but softmax attention), so each mixer's forward reads as
+    its paper's equations: pack the padded batch, read the cached state, pick chunk or fused recurrent kernels,
+    run the short convolutions with their cached windows, then store the new state and unpack the output.
+
+        step = RecurrentStep(self, hidden_states, attention_mask, past_key_values, use_cache, cu_seqlens)
+        q = step.conv(0, self.q_conv1d, self.q_proj(step.x))
+        ...
+        o, final_state = op(q, k, v, ..., initial_state=step.initial_state, output_final_state=use_cache,
+                            cu_seqlens=step.cu_seqlens)
+        return step.finish(self.o_proj(o), final_state), None, past_key_values
+    """
+
+    def __init__(self, mixer, hidden_states, attention_mask, past_key_values, use_cache, cu_seqlens):
+        self.batch_size, self.seq_len = hidden_states.shape[:2]
+        self.layer_idx = mixer.layer_idx
+        self.use_cache = use_cache and past_key_values is not None
+        self.cache = past_key_values
+        state = past_key_values.layer_state(mixer.layer_idx) if past_key_values is not None else None
+        self.initial_state = state.recurrent_state if state is not None else None
+        self._conv_in = state.conv_state if state is not None and state.conv_state is not None else ()
+        self._conv_out: list[torch.Tensor | None] = []
+        self.mode = choose_mode(mixer.training, self.seq_len)
+        mask = current_token_mask(attention_mask, self.seq_len)
+        self.x, self.cu_seqlens, self.indices = unpad(hidden_states, mask, cu_seqlens)
+
+    def conv(self, idx: int, conv: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """Short convolution number `idx` of this mixer, continuing from its cached window."""
+        cache = self._conv_in[idx] if idx < len(self._conv_in) else None
+        y, window = conv(x, cache=cache, output_final_state=self.use_cache, cu_seqlens=self.cu_seqlens)
+        while len(self._conv_out) <= idx:
+            self._conv_out.append(None)
+        self._conv_out[idx] = window
+        return y
+
+    def finish(self, o: torch.Tensor, final_state) -> torch.Tensor:
+        """Store the new states (when caching) and unpack the output to [B, T, ...]."""
+        if self.use_cache:
+            conv_state = tuple(self._conv_out) if self._conv_out else None
+            self.cache.update_state(self.layer_idx, offset=self.seq_len, recurrent_state=final_state,
+                                    conv_state=conv_state)
+        return pad(o, self.indices, self.batch_size, self.seq_len)
+
+
+def recurrent_flops_per_token(num_heads: int, head_k_dim: int, head_v_dim: int, chunk_size: int = 64,
+                              delta_rule: bool = False) -> float:
+    """Forward FLOPs per token of a chunked linear-attention op (outside the projections), per the chunk form:
+    intra-chunk scores q k^T and their product with v (2 * C * (K + V)), the inter-chunk read q S (2 * K * V) and the
+    state update k^T v (2 * K * V); the delta rule adds the WY form (k k^T, its triangular solve applied to k and v,
+    and w S: 2 * C * K + 2 * C * (K + V) + 2 * K * V). C = chunk size, counted without the causal half."""
+    flops = 2 * chunk_size * (head_k_dim + head_v_dim) + 4 * head_k_dim * head_v_dim
+    if delta_rule:
+        flops += 2 * chunk_size * head_k_dim + 2 * chunk_size * (head_k_dim + head_v_dim) + 2 * head_k_dim * head_v_dim
+    return float(num_heads * flops)
+
+
+def split_heads(x: torch.Tensor, num_heads: int, head_dim: int) -> torch.Tensor:
+    """[B, T, H * D] -> contiguous [B, T, H, D] (the ops check the layout in memory; convolutions may return a
+    transposed view)."""
+    return x.reshape(*x.shape[:2], num_heads, head_dim).contiguous()

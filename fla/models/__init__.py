@@ -1,0 +1,36 @@
+"""Hugging Face models, one family per mixer on one shared backbone. Importing this registers every family with
+transformers' AutoConfig / AutoModel / AutoModelForCausalLM by its model_type."""
+from fla.models.cache import FLACache
+from fla.models.configuration_base import FLAConfig
+from fla.models.transformer import TransformerConfig, TransformerForCausalLM, TransformerModel
+from fla.models.gla import GLAConfig, GLAForCausalLM, GLAModel
+from fla.models.retnet import RetNetConfig, RetNetForCausalLM, RetNetModel
+from fla.models.linear_attn import LinearAttentionConfig, LinearAttentionForCausalLM, LinearAttentionModel
+from fla.models.delta_net import DeltaNetConfig, DeltaNetForCausalLM, DeltaNetModel
+from fla.models.gated_deltanet import GatedDeltaNetConfig, GatedDeltaNetForCausalLM, GatedDeltaNetModel
+from fla.models.modeling_base import FLAForCausalLM, FLAModel
+
+__all__ = [
+    "FLACache",
+    "FLAConfig",
+    "FLAForCausalLM",
+    "FLAModel",
+    "TransformerConfig",
+    "TransformerForCausalLM",
+    "TransformerModel",
+    "GLAConfig",
+    "GLAForCausalLM",
+    "GLAModel",
+    "RetNetConfig",
+    "RetNetForCausalLM",
+    "RetNetModel",
+    "LinearAttentionConfig",
+    "LinearAttentionForCausalLM",
+    "LinearAttentionModel",
+    "DeltaNetConfig",
+    "DeltaNetForCausalLM",
+    "DeltaNetModel",
+    "GatedDeltaNetConfig",
+    "GatedDeltaNetForCausalLM",
+    "GatedDeltaNetModel",
+]

@@ -1,0 +1,282 @@
+"""The decoder backbone every `fla.models` family shares.
+
+    embeddings -> [block: x + mixer(RMSNorm(x)); x + GatedMLP(RMSNorm(x))] * L -> RMSNorm -> LM head
+
+A family supplies its config class and `build_mixer(config, layer_idx)`; layers listed in `config.attn["layers"]`
+use softmax `Attention` instead (hybrids). Module names are a contract with the trainer: `model.model.embeddings`,
+`model.model.layers` (nn.ModuleList of blocks), `model.model.norm`, `model.lm_head`.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import transformers
+from transformers import GenerationMixin, PreTrainedModel
+from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+
+from fla.layers import Attention
+from fla.models.cache import FLACache
+from fla.models.configuration_base import FLAConfig
+from fla.modules import FusedCrossEntropyLoss, FusedLinearCrossEntropyLoss, GatedMLP, RMSNorm
+
+_TRANSFORMERS_5 = int(transformers.__version__.split(".")[0]) >= 5
+
+
+def build_attention(config: FLAConfig, layer_idx: int, attn: dict | None = None) -> Attention:
+    """Softmax attention with the options of `attn` (default `config.attn`, a hybrid's attention layers)."""
+    attn = config.attn if attn is None else attn
+    return Attention(
+        hidden_size=config.hidden_size,
+        num_heads=attn["num_heads"],
+        num_kv_heads=attn.get("num_kv_heads"),
+        qkv_bias=attn.get("qkv_bias", False),
+        qk_norm=attn.get("qk_norm", False),
+        window_size=attn.get("window_size"),
+        rope_theta=attn.get("rope_theta", 10000.0),
+        max_position_embeddings=config.max_position_embeddings,
+        norm_eps=config.norm_eps,
+        layer_idx=layer_idx,
+    )
+
+
+class FLABlock(nn.Module):
+    """Pre-norm block: x + mixer(RMSNorm(x)), then x + GatedMLP(RMSNorm(x)) (the residual add fused into the norm).
+    `forward(hidden_states, attention_mask, past_key_values, use_cache, cu_seqlens) -> hidden_states`; the cache is
+    updated in place."""
+
+    def __init__(self, config: FLAConfig, mixer: nn.Module):
+        super().__init__()
+        self.attn_norm = RMSNorm(config.hidden_size, eps=config.norm_eps)
+        self.attn = mixer
+        self.mlp_norm = RMSNorm(config.hidden_size, eps=config.norm_eps)
+        self.mlp = GatedMLP(config.hidden_size, config.mlp_intermediate_size, config.hidden_act)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        past_key_values: FLACache | None = None,
+        use_cache: bool = False,
+        cu_seqlens: torch.Tensor | None = None,
+        **kwargs,
+    ) -> torch.Tensor:
+        residual = hidden_states
+        hidden_states = self.attn_norm(hidden_states)
+        hidden_states, _, _ = self.attn(
+            hidden_states, attention_mask=attention_mask, past_key_values=past_key_values, use_cache=use_cache,
+            cu_seqlens=cu_seqlens, **kwargs,
+        )
+        hidden_states, residual = self.mlp_norm(hidden_states, residual, True)
+        return residual + self.mlp(hidden_states)
+
+
+class FLAPreTrainedModel(PreTrainedModel):
+    config_class = FLAConfig
+    base_model_prefix = "model"
+    _no_split_modules = ["FLABlock"]
+    supports_gradient_checkpointing = False
+    _supports_cache_class = True
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        """Linear and embedding weights ~ N(0, initializer_range), biases 0; every other module with its own
+        `reset_parameters` (norms, convolutions, gate parameters, rotary tables) resets itself."""
+        std = self.config.initializer_range
+        if isinstance(module, PreTrainedModel):
+            return  # the model itself and the backbone inside the LM: their children are visited one by one
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=std)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=std)
+            if module.padding_idx is not None:
+                module.weight[module.padding_idx].zero_()
+        elif hasattr(module, "reset_parameters"):
+            module.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """Re-initialize every parameter and recompute non-persistent buffers, deterministically under
+        `torch.manual_seed` (module order is fixed). For the trainer's meta-device build: `to_empty()` then this."""
+        for module in self.modules():
+            if module is not self:
+                self._init_weights(module)
+        self.tie_weights()
+
+    @classmethod
+    def _supports_default_dynamic_cache(cls) -> bool:
+        # generate() must not create a DynamicCache: the model creates its FLACache on the first forward.
+        return False
+
+
+class FLAModel(FLAPreTrainedModel):
+    """The backbone without the head: forward(...) -> BaseModelOutputWithPast."""
+
+    @staticmethod
+    def build_mixer(config: FLAConfig, layer_idx: int) -> nn.Module:
+        """Each family overrides this: (config, layer_idx) -> its token mixer."""
+        raise NotImplementedError("a family's model class must define build_mixer(config, layer_idx)")
+
+    def __init__(self, config: FLAConfig):
+        super().__init__(config)
+        self.embeddings = nn.Embedding(config.vocab_size, config.hidden_size)
+        attn_layers = set(config.attn["layers"]) if config.attn is not None else set()
+        self.layers = nn.ModuleList([
+            FLABlock(config, build_attention(config, i) if i in attn_layers else self.build_mixer(config, i))
+            for i in range(config.num_hidden_layers)
+        ])
+        self.norm = RMSNorm(config.hidden_size, eps=config.norm_eps)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.embeddings
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.embeddings = value
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: FLACache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        use_cache: bool | None = None,
+        cu_seqlens: torch.Tensor | None = None,
+        **kwargs,
+    ) -> BaseModelOutputWithPast:
+        """position_ids is accepted for API compatibility only: rotary positions follow from cu_seqlens (restart at
+        every document), the attention mask (padding is not a position) and the cache (tokens already seen)."""
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("pass exactly one of input_ids and inputs_embeds")
+        use_cache = use_cache if use_cache is not None else (self.config.use_cache and not self.training)
+        if past_key_values is not None and not isinstance(past_key_values, FLACache):
+            raise ValueError(
+                f"past_key_values must be an fla.models.FLACache (got {type(past_key_values).__name__}): linear-"
+                "attention layers keep a recurrent state, not keys and values; pass None and the model creates one"
+            )
+        if use_cache and past_key_values is None:
+            past_key_values = FLACache(self.config.num_hidden_layers)
+        if cu_seqlens is not None and use_cache:
+            raise ValueError("cu_seqlens (packed training input) cannot be combined with use_cache; pass use_cache=False")
+        hidden_states = self.embeddings(input_ids) if inputs_embeds is None else inputs_embeds
+        for layer in self.layers:
+            hidden_states = layer(
+                hidden_states, attention_mask=attention_mask, past_key_values=past_key_values if use_cache else None,
+                use_cache=use_cache, cu_seqlens=cu_seqlens,
+            )
+        hidden_states = self.norm(hidden_states)
+        return BaseModelOutputWithPast(last_hidden_state=hidden_states,
+                                       past_key_values=past_key_values if use_cache else None)
+
+
+class FLAForCausalLM(FLAPreTrainedModel, GenerationMixin):
+    """Backbone + LM head. forward(...) -> CausalLMOutputWithPast (see `forward`)."""
+
+    _tied_weights_keys = {"lm_head.weight": "model.embeddings.weight"} if _TRANSFORMERS_5 else ["lm_head.weight"]
+    base_model_class: type[FLAModel] = FLAModel
+
+    def __init__(self, config: FLAConfig):
+        super().__init__(config)
+        self.model = self.base_model_class(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.model.embeddings
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.model.embeddings = value
+
+    def get_output_embeddings(self) -> nn.Linear:
+        return self.lm_head
+
+    def set_output_embeddings(self, value: nn.Linear) -> None:
+        self.lm_head = value
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: FLACache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        cu_seqlens: torch.Tensor | None = None,
+        logits_to_keep: int = 0,
+        **kwargs,
+    ) -> CausalLMOutputWithPast:
+        """Args:
+            input_ids: [B, T] (packed documents: [1, T_total] with cu_seqlens [N + 1])
+            attention_mask: [B, T_past + T] 0/1 padding mask (left padding in generation), optional
+            labels: [B, T], usually input_ids: token t is scored on predicting labels[t + 1] (shifted here, with
+                -100 at the end and at every document's last token under cu_seqlens, so no loss crosses a boundary);
+                -100 is ignored; loss = mean over the scored tokens
+            logits_to_keep: compute logits for the last n positions only (0 = all)
+        Returns:
+            loss (with labels); logits [B, T or n, V] (None when labels are given and
+            config.fuse_linear_cross_entropy, which never materializes them); past_key_values (with use_cache)
+        """
+        outputs = self.model(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+            past_key_values=past_key_values, inputs_embeds=inputs_embeds, use_cache=use_cache, cu_seqlens=cu_seqlens,
+        )
+        hidden_states = outputs.last_hidden_state
+        loss = logits = None
+        if labels is not None:
+            targets = shift_labels(labels, cu_seqlens)
+            if self.config.fuse_linear_cross_entropy:
+                loss = FusedLinearCrossEntropyLoss()(
+                    hidden_states.flatten(0, 1), targets.flatten(), self.lm_head.weight, self.lm_head.bias
+                )
+            else:
+                logits = self.lm_head(hidden_states)
+                loss_fn = FusedCrossEntropyLoss() if self.config.fuse_cross_entropy else nn.CrossEntropyLoss()
+                loss = loss_fn(logits.flatten(0, 1), targets.flatten())
+        if labels is None or not self.config.fuse_linear_cross_entropy:
+            if logits is None:
+                logits = self.lm_head(hidden_states[:, -logits_to_keep:] if logits_to_keep else hidden_states)
+            elif logits_to_keep:
+                logits = logits[:, -logits_to_keep:]
+        return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=outputs.past_key_values)
+
+    def flops_per_token(self, seq_len: int) -> float:
+        """Training FLOPs per token (forward + backward = 3 x forward) at sequence length `seq_len`:
+
+            6 * (weights of every nn.Linear / convolution in the blocks + the LM head's V * D)
+            + 3 * sum over layers of the mixer's own matmul FLOPs per token (`mixer.flops_per_token(seq_len)`):
+                softmax attention: 4 * H * D_head * min(seq_len, window)  (so 12 * H * D_head * seq_len in training,
+                    the torchtitan convention, without the causal half)
+                chunked linear attention: 2 * C * (K + V) + 4 * K * V per head (C = chunk size), more for the delta
+                    rule's WY form (see fla.layers.utils.recurrent_flops_per_token); independent of seq_len
+
+        Embedding lookups, norms, activations and biases are not counted."""
+        matmul_params = 0
+        for module in self.model.layers.modules():
+            if isinstance(module, (nn.Linear, nn.Conv1d)):
+                matmul_params += module.weight.numel()
+        head = self.config.vocab_size * self.config.hidden_size
+        mixer_flops = sum(layer.attn.flops_per_token(seq_len) for layer in self.model.layers)
+        return float(6 * (matmul_params + head) + 3 * mixer_flops)
+
+
+def shift_labels(labels: torch.Tensor, cu_seqlens: torch.Tensor | None = None, ignore_index: int = -100) -> torch.Tensor:
+    """[B, T] labels -> [B, T] next-token targets: targets[:, t] = labels[:, t + 1], the last column ignore_index;
+    under cu_seqlens every document's last token is ignored too (the next document is not predictable from it)."""
+    targets = F.pad(labels[:, 1:], (0, 1), value=ignore_index)
+    if cu_seqlens is not None:
+        targets = targets.clone()
+        targets[:, cu_seqlens[1:].long() - 1] = ignore_index
+    return targets
+
+
+def register(config_class: type[FLAConfig], model_class: type[FLAModel], lm_class: type[FLAForCausalLM]) -> None:
+    """Make AutoConfig / AutoModel / AutoModelForCausalLM find a family by its model_type."""
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
+
+    AutoConfig.register(config_class.model_type, config_class, exist_ok=True)
+    AutoModel.register(config_class, model_class, exist_ok=True)
+    AutoModelForCausalLM.register(config_class, lm_class, exist_ok=True)
