@@ -1,0 +1,104 @@
+"""Process group, device mesh and seeds.
+
+torchtitan's `init_distributed` picks NCCL and its `ParallelDims.build_mesh` assumes CUDA, so both fail on a CPU box;
+this is the small part we write ourselves: NCCL on CUDA, gloo on CPU, and a one-process group for a plain
+`python -m flame.train` (FSDP2, DCP and the loggers then run the same code path as under torchrun).
+"""
+from __future__ import annotations
+
+import os
+import random
+from dataclasses import dataclass
+from datetime import timedelta
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
+
+
+@dataclass
+class World:
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+    mesh: DeviceMesh
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(timeout_s: int = 1800) -> World:
+    """Join (or create) the default process group and build a 1-D data-parallel mesh over all ranks."""
+    if torch.cuda.is_available():
+        local_rank = int(os.environ.get("LOCAL_RANK", 0))
+        torch.cuda.set_device(local_rank)
+        device, backend = torch.device("cuda", local_rank), "nccl"
+    else:
+        local_rank = int(os.environ.get("LOCAL_RANK", 0))
+        device, backend = torch.device("cpu"), "gloo"
+    if not dist.is_initialized():
+        if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
+            dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s),
+                                    device_id=device if backend == "nccl" else None)
+        else:
+            # One process: an in-memory store needs no port.
+            dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1,
+                                    timeout=timedelta(seconds=timeout_s))
+    rank, world_size = dist.get_rank(), dist.get_world_size()
+    mesh = init_device_mesh(device.type, (world_size,), mesh_dim_names=("dp_shard",))
+    return World(rank=rank, world_size=world_size, local_rank=local_rank, device=device, mesh=mesh)
+
+
+def shutdown() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def set_seed(seed: int, deterministic: bool = False) -> None:
+    """Seed every RNG the run touches. All ranks use the same seed: weights are initialised identically before
+    sharding, and the data loader shards by rank itself (its own seed)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)  # CPU and every CUDA device
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.deterministic = True
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+
+
+def rng_state() -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+def all_gather_object(obj):
+    """Every rank's `obj`, in rank order."""
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def broadcast_object(obj, src: int = 0):
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
+    """Sum across ranks (a copy; the input is left as it was)."""
+    values = values.clone()
+    dist.all_reduce(values, op=dist.ReduceOp.SUM)
+    return values

@@ -1,0 +1,394 @@
+"""The training entry point; reads top to bottom as the story of a run.
+
+    torchrun --nproc_per_node=N -m flame.train --job.config_file configs/X.toml [--section.key value ...]
+    python -m flame.train --job.config_file configs/debug.toml            (one process)
+
+config -> distributed init -> tokenizer and data -> model (meta, materialize, AC, compile, FSDP2) -> optimizer and
+LR schedule -> resume -> loop (accumulate, clip, step or skip, log, validate, checkpoint).
+The structure follows torchtitan's Trainer; its components are used where they work as a library on CPU and GPU.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import sys
+import time
+from typing import Any, Iterator
+
+import torch
+import torch.distributed as dist
+
+from flame import distributed as fdist
+from flame.checkpoint import Checkpointer, CheckpointError, crash_now
+from flame.config import ConfigError, JobConfig, load_config, to_toml
+from flame.metrics import MetricsLogger, peak_flops, peak_memory_gib
+from flame.models import (ModelConfigError, apply_activation_checkpointing, apply_compile, apply_fsdp, build_model,
+                          flops_per_token, load_model_config, materialize, num_params)
+
+
+# ---------------------------------------------------------------------------------------------------- building
+def data_sources(section, *, split_override: str | None = None) -> list:
+    """The [data] (or [validation]) keys -> a list of flame.data.SourceConfig; comma-separated lists pair up."""
+    from flame.data import SourceConfig
+
+    def split(value, what, n):
+        items = [v.strip() for v in str(value).split(",")] if value is not None else [None]
+        if len(items) == 1:
+            return items * n
+        if len(items) != n:
+            raise ConfigError(f"{what} lists {len(items)} values for {n} datasets; give one, or one per dataset")
+        return items
+
+    paths = [p.strip() for p in section.dataset.split(",") if p.strip()]
+    if not paths:
+        raise ConfigError("data.dataset is empty: give a dataset path, a hub name or 'default'")
+    n = len(paths)
+    names = split(section.dataset_name, "dataset_name", n)
+    splits = split(split_override or section.dataset_split, "dataset_split", n)
+    files = split(section.data_files, "data_files", n)
+    probs = split(getattr(section, "data_probs", None), "data.data_probs", n)
+    try:
+        weights = [1.0 if p is None else float(p) for p in probs]
+    except ValueError:
+        raise ConfigError(f"data.data_probs must be numbers, got {section.data_probs!r}") from None
+    return [SourceConfig(path=p, name=nm, split=sp, weight=w, text_column=getattr(section, "text_column", "text"),
+                         streaming=getattr(section, "streaming", False), data_files=f)
+            for p, nm, sp, w, f in zip(paths, names, splits, weights, files)]
+
+
+def build_optimizers(model, config: JobConfig, device: torch.device):
+    from torchtitan.components.optimizer import LRSchedulersContainer, OptimizersContainer, ParamGroupConfig
+    o = config.optimizer
+    implementation = o.implementation
+    if implementation == "auto":
+        implementation = "fused" if device.type == "cuda" else "foreach"
+    optimizers = OptimizersContainer.Config(
+        param_groups=[ParamGroupConfig(pattern=r".*", optimizer_name=o.name, optimizer_kwargs={
+            "lr": o.lr, "betas": (o.beta1, o.beta2), "eps": o.eps, "weight_decay": o.weight_decay})],
+        implementation=implementation).build(model_parts=[model])
+    s = config.lr_scheduler
+    decay_ratio, decay_type = {"constant": (0.0, "linear"), "cosine": (None, "cosine"), "linear": (None, "linear"),
+                               "wsd": (s.decay_ratio, s.decay_type)}[s.schedule]
+    schedulers = LRSchedulersContainer.Config(
+        warmup_steps=s.warmup_steps, decay_ratio=decay_ratio, decay_type=decay_type,
+        min_lr_factor=s.min_lr_factor).build(optimizers=optimizers, training_steps=config.training.steps)
+    return optimizers, schedulers
+
+
+def token_byte_lengths(tokenizer, vocab_size: int) -> torch.Tensor:
+    """UTF-8 bytes of each token id, decoding each id once (special tokens count 0): for bits per byte."""
+    special = set(getattr(tokenizer, "all_special_ids", []) or [])
+    lengths = torch.zeros(vocab_size, dtype=torch.float64)
+    for i in range(min(vocab_size, len(tokenizer))):
+        if i not in special:
+            lengths[i] = len(tokenizer.decode([i]).encode("utf-8"))
+    return lengths
+
+
+def to_model_inputs(batch: dict[str, Any], device: torch.device, varlen: bool) -> tuple[dict[str, Any], int]:
+    """Loader batch -> model kwargs (labels included) and the number of predicted targets in it.
+
+    The model's loss shifts labels inside (Hugging Face convention), so the targets are labels[..., 1:]; counting
+    them here makes the token weighting exact whatever the layout ([B, L], or [1, B*L] for varlen)."""
+    input_ids = batch["input_ids"].to(device, non_blocking=True)
+    position_ids = batch.get("position_ids")
+    position_ids = position_ids.to(device, non_blocking=True) if position_ids is not None else None
+    cu_seqlens = batch.get("cu_seqlens")
+    if varlen and cu_seqlens is not None:
+        input_ids = input_ids.reshape(1, -1)
+        position_ids = position_ids.reshape(1, -1) if position_ids is not None else None
+        cu_seqlens = cu_seqlens.to(device, non_blocking=True)
+    else:
+        cu_seqlens = None
+    labels = input_ids
+    inputs = {"input_ids": input_ids, "labels": labels}
+    if position_ids is not None:
+        inputs["position_ids"] = position_ids
+    if cu_seqlens is not None:
+        inputs["cu_seqlens"] = cu_seqlens
+    n_targets = int((labels[..., 1:] != -100).sum())
+    return inputs, n_targets
+
+
+def restore_dataloader(dataloader, saved: list, rank: int, world_size: int) -> None:
+    """Give the loader its saved position. Same world size: this rank's own state. Another world size: the data
+    loader re-splits the saved ranks' states itself (flame.data supports a change of world size)."""
+    if not saved or saved[0] is None:
+        return
+    if len(saved) == world_size:
+        dataloader.load_state_dict(saved[rank])
+    else:
+        dataloader.load_state_dict({"ranks": saved})
+
+
+# ---------------------------------------------------------------------------------------------------- the run
+class TrainState:
+    """What the loop counts; saved with each checkpoint."""
+
+    def __init__(self):
+        self.step = 0
+        self.tokens_seen = 0
+        self.skipped_steps = 0
+        self.source_tokens: dict[str, int] = {}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"step": self.step, "tokens_seen": self.tokens_seen, "skipped_steps": self.skipped_steps,
+                "source_tokens": dict(self.source_tokens), "rng": fdist.rng_state()}
+
+    def load(self, state: dict[str, Any]) -> None:
+        self.step = int(state["step"])
+        self.tokens_seen = int(state.get("tokens_seen", 0))
+        self.skipped_steps = int(state.get("skipped_steps", 0))
+        self.source_tokens = dict(state.get("source_tokens", {}))
+        if state.get("rng") is not None:
+            fdist.set_rng_state(state["rng"])
+
+
+def _log(world, message: str) -> None:
+    if world.is_main:
+        print(message, flush=True)
+
+
+def create_seed_checkpoint(config: JobConfig, world) -> None:
+    """Initial weights as step-0, written by one process: later runs of any world size load the same weights."""
+    if world.world_size != 1:
+        raise ConfigError("checkpoint.create_seed_checkpoint runs in one process (python -m flame.train ...)")
+    model_config = load_model_config(config.model.config)
+    model = materialize(build_model(model_config), world.device, config.training.seed)
+    folder = os.path.join(config.job.dump_folder, config.checkpoint.folder)
+    checkpointer = Checkpointer(folder, interval=1, keep_latest_k=0)
+    if checkpointer.committed_steps():
+        raise CheckpointError(f"{folder} already holds checkpoints {checkpointer.committed_steps()}; a seed "
+                              f"checkpoint goes into an empty folder")
+    checkpointer.save(0, model=model, train_state={"step": 0}, config_toml=to_toml(config),
+                      model_config=model_config, seed_checkpoint=True)
+
+
+def train(config: JobConfig, world) -> dict[str, Any]:
+    t = config.training
+    dump = config.job.dump_folder
+    if world.is_main:
+        os.makedirs(dump, exist_ok=True)
+    fdist.set_seed(t.seed, t.deterministic)
+    if config.job.print_config:
+        _log(world, f"[config] resolved job config:\n{to_toml(config)}")
+
+    # --- tokenizer, model config and data (all checked before any weights are allocated)
+    from flame.data import build_dataloader, load_tokenizer
+    tokenizer = load_tokenizer(config.model.tokenizer_path)
+    model_config = load_model_config(config.model.config)
+    if getattr(model_config, "vocab_size", len(tokenizer)) < len(tokenizer):
+        raise ModelConfigError(f"model.config {config.model.config!r} has vocab_size {model_config.vocab_size} but "
+                               f"the tokenizer has {len(tokenizer)} tokens")
+    context_len = t.context_len or t.seq_len
+    dataloader = build_dataloader(
+        sources=data_sources(config.data), tokenizer=tokenizer, seq_len=t.seq_len, batch_size=t.batch_size,
+        context_len=context_len, varlen=t.varlen, num_workers=config.data.num_workers, seed=t.seed,
+        dp_rank=world.rank, dp_world_size=world.world_size, prefetch_factor=config.data.prefetch_factor)
+
+    # --- model: meta -> weights under the seed -> activation checkpointing -> compile -> FSDP2
+    model = build_model(model_config)
+    flops = flops_per_token(model, context_len)
+    model = materialize(model, world.device, t.seed)
+    _log(world, f"[model] {type(model).__name__} ({model_config.model_type}) from {config.model.config}: "
+                f"{num_params(model):,} parameters, {flops / 1e9:.3f} GFLOPs per token (training)")
+    apply_activation_checkpointing(model, config.activation_checkpoint.mode,
+                                   config.activation_checkpoint.selective_ac_option)
+    if t.compile:
+        apply_compile(model, config.compile.backend, config.compile.fullgraph, config.compile.dynamic)
+    on_gpu = world.device.type == "cuda"
+    from flame.models import DTYPES
+    apply_fsdp(model, world.mesh, param_dtype=DTYPES[t.mixed_precision_param] if on_gpu else None,
+               reduce_dtype=DTYPES[t.mixed_precision_reduce] if on_gpu else None,
+               reshard_after_forward=config.parallelism.fsdp_reshard_after_forward)
+    model.train()
+    optimizers, lr_schedulers = build_optimizers(model, config, world.device)
+
+    # --- resume
+    state = TrainState()
+    checkpointer = Checkpointer(os.path.join(dump, config.checkpoint.folder), interval=config.checkpoint.interval,
+                                keep_latest_k=config.checkpoint.keep_latest_k, enable=config.checkpoint.enable)
+    resume_step = checkpointer.resolve_step(config.checkpoint.load_step) if config.checkpoint.enable else None
+    if resume_step is not None:
+        saved = checkpointer.load(resume_step, model=model, optimizers=optimizers, lr_schedulers=lr_schedulers,
+                                  model_config=model_config)
+        if not saved.get("seed_checkpoint"):
+            state.load(saved)
+            restore_dataloader(dataloader, saved.get("dataloader") or [], world.rank, world.world_size)
+        _log(world, f"[checkpoint] resumed from {checkpointer.step_dir(resume_step)} (step {state.step}, "
+                    f"saved on {saved.get('world_size', '?')} ranks, now {world.world_size})")
+
+    # --- observability
+    from torchtitan.tools.profiler import Profiler
+    from torchtitan.tools.utils import GarbageCollection
+    metrics = MetricsLogger(dump, total_steps=t.steps, start_step=state.step, rank=world.rank,
+                            enable_tensorboard=config.metrics.enable_tensorboard,
+                            enable_wandb=config.metrics.enable_wandb, wandb_project=config.metrics.wandb_project,
+                            config=config.to_dict())
+    device_peak = peak_flops(world.device, config.metrics.peak_tflops)
+    gc_handler = GarbageCollection(gc_freq=t.gc_freq)
+    p = config.profiling
+    profiler = Profiler(Profiler.Config(enable_profiling=p.enable_profiling, save_traces_folder=p.save_traces_folder,
+                                        profile_freq=p.profile_freq, profiler_warmup=p.profiler_warmup,
+                                        profiler_active=p.profiler_active,
+                                        enable_memory_snapshot=p.enable_memory_snapshot),
+                        global_step=state.step, base_folder=dump)
+    token_bytes = token_byte_lengths(tokenizer, model_config.vocab_size) if config.validation.enable else None
+
+    def save(step: int) -> None:
+        hook = None
+        if config.job.crash_in_checkpoint and step == config.job.crash_at_step:
+            hook = (lambda: crash_now()) if world.is_main else None
+        sync_source_tokens()
+        checkpointer.save(step, model=model, optimizers=optimizers, lr_schedulers=lr_schedulers,
+                          train_state=state.state_dict(), dataloader_state=dataloader.state_dict(),
+                          config_toml=to_toml(config), model_config=model_config, crash_hook=hook)
+
+    local_source_tokens: dict[str, int] = {}
+
+    def sync_source_tokens() -> None:
+        for counts in fdist.all_gather_object(dict(local_source_tokens)):
+            for name, n in counts.items():
+                state.source_tokens[name] = state.source_tokens.get(name, 0) + int(n)
+        local_source_tokens.clear()
+
+    # --- the loop
+    data_iter: Iterator = iter(dataloader)
+    window_tokens, window_start = 0, time.perf_counter()
+    last_loss = float("nan")
+    if world.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(world.device)
+    with profiler as prof:
+        while state.step < t.steps:
+            state.step += 1
+            step = state.step
+            gc_handler.run(step)
+
+            microbatches = []
+            for _ in range(t.gradient_accumulation_steps):
+                try:
+                    batch = next(data_iter)
+                except StopIteration:
+                    raise RuntimeError("the data loader ran out of data; use more data or fewer training.steps")
+                for name, n in (batch.get("source_tokens") or {}).items():
+                    local_source_tokens[name] = local_source_tokens.get(name, 0) + int(n)
+                microbatches.append(to_model_inputs(batch, world.device, t.varlen))
+            # Weight every microbatch by its share of the step's targets on all ranks, so the gradient is the
+            # mean over tokens (not a mean of microbatch means). FSDP averages gradients over ranks: hence * W.
+            counts = torch.tensor([n for _, n in microbatches], dtype=torch.float64)
+            global_targets = float(fdist.all_reduce_sum(counts.sum().reshape(1)).item())
+            loss_sum = torch.zeros((), dtype=torch.float64, device=world.device)
+            for i, (inputs, n_targets) in enumerate(microbatches):
+                loss = model(**inputs).loss
+                if step in config.job.inject_nan_steps and i == 0:
+                    loss = loss * float("nan")
+                (loss * (n_targets * world.world_size / global_targets)).backward()
+                loss_sum += loss.detach().double() * n_targets
+            last_loss = float(fdist.all_reduce_sum(loss_sum.reshape(1)).item()) / global_targets
+
+            from torchtitan.distributed.utils import clip_grad_norm_
+            grad_norm = clip_grad_norm_([p for p in model.parameters()], t.max_norm if t.max_norm > 0 else math.inf,
+                                        foreach=True)
+            grad_norm = float(grad_norm.item())
+            lr = lr_schedulers.schedulers[0].get_last_lr()[0]  # the LR this step uses
+            if math.isfinite(grad_norm):
+                optimizers.step()
+                lr_schedulers.step()
+            else:
+                state.skipped_steps += 1
+                _log(world, f"[train] step {step}: gradient norm is {grad_norm}; optimizer and LR steps skipped "
+                            f"({state.skipped_steps} so far)")
+            optimizers.zero_grad()
+            step_tokens = sum(int(inp["input_ids"].numel()) for inp, _ in microbatches)
+            state.tokens_seen += step_tokens * world.world_size
+            window_tokens += step_tokens
+
+            if step % config.metrics.log_freq == 0 or step == t.steps:
+                elapsed = time.perf_counter() - window_start
+                tps = window_tokens / max(elapsed, 1e-9)
+                sync_source_tokens()
+                record = {"loss": last_loss, "tokens": state.tokens_seen, "lr": lr, "grad_norm": grad_norm,
+                          "tokens_per_second_per_device": tps,
+                          "mfu": (100.0 * flops * tps / device_peak) if device_peak else None,
+                          "peak_memory_gib": peak_memory_gib(world.device),
+                          "skipped_steps": state.skipped_steps, "source_tokens": dict(state.source_tokens),
+                          "elapsed_s": elapsed}
+                metrics.log(step, record)
+                window_tokens, window_start = 0, time.perf_counter()
+
+            if config.validation.enable and (step % config.validation.freq == 0 or step == t.steps):
+                metrics.log_validation(step, validate(model, config, world, tokenizer, token_bytes))
+
+            if checkpointer.should_save(step, t.steps):
+                save(step)
+            if step == config.job.crash_at_step and world.is_main:
+                crash_now()
+            prof.step()
+    metrics.close()
+    dist.barrier()
+    return {"step": state.step, "loss": last_loss, "skipped_steps": state.skipped_steps}
+
+
+@torch.no_grad()
+def validate(model, config: JobConfig, world, tokenizer, token_bytes: torch.Tensor) -> dict[str, float]:
+    """Loss and bits per byte on the held-out source: the same first `validation.steps` batches every time."""
+    from flame.data import build_dataloader
+    t, v = config.training, config.validation
+    loader = build_dataloader(sources=data_sources(v, split_override=v.dataset_split), tokenizer=tokenizer,
+                              seq_len=t.seq_len, batch_size=v.batch_size or t.batch_size,
+                              context_len=t.context_len or t.seq_len, varlen=t.varlen, num_workers=0, seed=t.seed,
+                              dp_rank=world.rank, dp_world_size=world.world_size)
+    model.eval()
+    totals = torch.zeros(3, dtype=torch.float64)  # nats, targets, bytes
+    token_bytes = token_bytes.to(world.device)
+    for i, batch in enumerate(loader):
+        if i == v.steps:
+            break
+        inputs, n_targets = to_model_inputs(batch, world.device, t.varlen)
+        loss = model(**inputs).loss.double()
+        targets = inputs["labels"][..., 1:]
+        n_bytes = token_bytes[targets[targets != -100]].sum()
+        totals += torch.stack([loss.cpu() * n_targets, torch.tensor(float(n_targets)), n_bytes.cpu()])
+    model.train()
+    totals = fdist.all_reduce_sum(totals.to(world.device)).cpu()
+    nats, n, n_bytes = totals.tolist()
+    return {"val_loss": nats / max(n, 1), "val_bits_per_byte": nats / math.log(2) / max(n_bytes, 1)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        config = load_config(argv)
+    except ConfigError as e:
+        print(f"flame.train: config error: {e}", file=sys.stderr, flush=True)
+        return 2
+    world = fdist.init_distributed()
+    try:
+        if config.checkpoint.create_seed_checkpoint:
+            create_seed_checkpoint(config, world)
+        else:
+            train(config, world)
+        return 0
+    except (ConfigError, ModelConfigError, CheckpointError, _data_errors()) as e:
+        print(f"flame.train: {_kind(e)} error (rank {world.rank}): {e}", file=sys.stderr, flush=True)
+        return 2
+    finally:
+        with contextlib.suppress(Exception):
+            fdist.shutdown()
+
+
+def _data_errors() -> type:
+    try:
+        from flame.data import DataSourceError
+        return DataSourceError
+    except ImportError:  # pragma: no cover
+        return ValueError
+
+
+def _kind(e: Exception) -> str:
+    return {"ConfigError": "config", "ModelConfigError": "model config", "CheckpointError": "checkpoint",
+            "DataSourceError": "data"}.get(type(e).__name__, type(e).__name__)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
