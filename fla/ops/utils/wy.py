@@ -157,14 +157,285 @@ def _wy_bwd_torch(k, v, beta, A, dw, du, g=None, cu_seqlens=None, chunk_size=64)
     return dk, dv, dbeta.to(beta.dtype), dg
 
 
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Triton kernels: one program per (chunk, batch * head); under cu_seqlens the chunk axis is the flat list of
+# (sequence, chunk) pairs from `prepare_chunk_indices`. Layouts: k [B, T, H, K] (row stride H*K), v [B, T, H, V],
+# beta/g [B, T, H], L/A [B, T, H, BT] (row stride H*BT). Rows past the sequence end are masked (zero in, not stored).
+# ----------------------------------------------------------------------------------------------------------------------
+
+_HEURISTICS = {
+    "USE_G": lambda args: args["g"] is not None,
+    "IS_VARLEN": lambda args: args["cu_seqlens"] is not None,
+}
+_CONFIGS = [triton.Config({}, num_warps=w, num_stages=s) for w in (4, 2, 8) for s in (2, 3, 4)]
+
+
+@triton.jit
+def _chunk_rows(i_t, i_b, cu_seqlens, chunk_indices, T, BT: tl.constexpr, IS_VARLEN: tl.constexpr):
+    """(first token row of the sequence, chunk index within it, sequence length)."""
+    if IS_VARLEN:
+        i_n = tl.load(chunk_indices + i_t * 2).to(tl.int32)
+        i_t = tl.load(chunk_indices + i_t * 2 + 1).to(tl.int32)
+        bos = tl.load(cu_seqlens + i_n).to(tl.int64)
+        T = (tl.load(cu_seqlens + i_n + 1).to(tl.int64) - bos).to(tl.int32)
+    else:
+        bos = (i_b * T).to(tl.int64)
+    return bos, i_t, T
+
+
+@triton.heuristics(_HEURISTICS)
+@autotune(_CONFIGS, key=["H", "K", "BT", "USE_G", "IS_VARLEN"])
+@triton.jit
+def chunk_scaled_dot_kkt_kernel(
+    k, beta, g, L, cu_seqlens, chunk_indices,
+    T, H: tl.constexpr, K: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
+    USE_G: tl.constexpr, IS_VARLEN: tl.constexpr,
+):
+    i_t, i_bh = tl.program_id(0), tl.program_id(1)
+    i_b, i_h = i_bh // H, i_bh % H
+    bos, i_t, T = _chunk_rows(i_t, i_b, cu_seqlens, chunk_indices, T, BT, IS_VARLEN)
+    o_i = tl.arange(0, BT)
+    o_t = i_t * BT + o_i
+    m_t = o_t < T
+    rows = bos + o_t
+    b_A = tl.zeros([BT, BT], dtype=tl.float32)
+    for i_k in range(tl.cdiv(K, BK)):
+        o_k = i_k * BK + tl.arange(0, BK)
+        m_k = o_k < K
+        b_k = tl.load(k + (rows[:, None] * H + i_h) * K + o_k[None, :], mask=m_t[:, None] & m_k[None, :], other=0.)
+        b_A += tl.dot(b_k, tl.trans(b_k))
+    b_beta = tl.load(beta + rows * H + i_h, mask=m_t, other=0.).to(tl.float32)
+    m_A = (o_i[:, None] > o_i[None, :]) & m_t[:, None] & m_t[None, :]
+    if USE_G:
+        b_g = tl.load(g + rows * H + i_h, mask=m_t, other=0.)
+        b_A *= tl.exp(tl.where(m_A, b_g[:, None] - b_g[None, :], 0.))
+    b_A = tl.where(m_A, b_A * b_beta[:, None], 0.)
+    tl.store(L + (rows[:, None] * H + i_h) * BT + o_i[None, :], b_A, mask=m_t[:, None])
+
+
+@triton.jit
+def _mm(a, b):
+    # The solve stays in true float32 (tf32 would cost ~3 digits in A, which every later block multiplies).
+    return tl.dot(a, b, input_precision="ieee")
+
+
+@triton.heuristics({"IS_VARLEN": lambda args: args["cu_seqlens"] is not None})
+@autotune(_CONFIGS, key=["H", "BT", "IS_VARLEN"])
+@triton.jit
+def solve_tril_kernel(
+    L, A, cu_seqlens, chunk_indices,
+    T, H: tl.constexpr, BT: tl.constexpr, IS_VARLEN: tl.constexpr,
+):
+    # (I + L)^{-1} of a unit lower-triangular BT x BT block (BT in 16, 32, 64), in float32:
+    # 1. the 16 x 16 diagonal blocks, all at once, by forward substitution (row i of every block per step:
+    #    row i of X - I is -L_i + sum_{j < i} (-L_ij) (row j of X - I));
+    # 2. the merge: with Ld the block-diagonal and Lo the rest of L, I + L = (I + Ld)(I + N) with N = Xd Lo, and N
+    #    is block strictly lower with at most 4 blocks, so N^4 = 0 and (I + N)^{-1} = (I - N)(I + N^2).
+    i_t, i_bh = tl.program_id(0), tl.program_id(1)
+    i_b, i_h = i_bh // H, i_bh % H
+    bos, i_t, T = _chunk_rows(i_t, i_b, cu_seqlens, chunk_indices, T, BT, IS_VARLEN)
+    o_i = tl.arange(0, BT)
+    o_t = i_t * BT + o_i
+    m_t = o_t < T
+    rows = bos + o_t
+    p = (rows[:, None] * H + i_h) * BT + o_i[None, :]
+    b_L = tl.load(L + p, mask=m_t[:, None], other=0.)
+    b_L = tl.where(o_i[:, None] > o_i[None, :], b_L, 0.)
+    same_block = (o_i[:, None] // 16) == (o_i[None, :] // 16)
+    eye = tl.where(o_i[:, None] == o_i[None, :], 1., 0.)
+    b_X = -tl.where(same_block, b_L, 0.)
+    for i in range(1, 16):
+        sel = ((o_i % 16) == i)[:, None]
+        b_a = tl.where(sel, b_X, 0.)
+        b_a += _mm(b_a, b_X)
+        b_X = tl.where(sel, b_a, b_X)
+    b_X += eye
+    if BT > 16:
+        b_N = _mm(b_X, tl.where(same_block, 0., b_L))
+        b_X = _mm(eye - b_N, _mm(eye + _mm(b_N, b_N), b_X))
+    tl.store(A + p, b_X, mask=m_t[:, None])
+
+
+@triton.heuristics(_HEURISTICS)
+@autotune(_CONFIGS, key=["H", "K", "V", "BT", "USE_G", "IS_VARLEN"])
+@triton.jit
+def recompute_w_u_kernel(
+    k, v, beta, A, g, w, u, cu_seqlens, chunk_indices,
+    T, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+    USE_G: tl.constexpr, IS_VARLEN: tl.constexpr,
+):
+    i_t, i_bh = tl.program_id(0), tl.program_id(1)
+    i_b, i_h = i_bh // H, i_bh % H
+    bos, i_t, T = _chunk_rows(i_t, i_b, cu_seqlens, chunk_indices, T, BT, IS_VARLEN)
+    o_i = tl.arange(0, BT)
+    o_t = i_t * BT + o_i
+    m_t = o_t < T
+    rows = bos + o_t
+    b_A = tl.load(A + (rows[:, None] * H + i_h) * BT + o_i[None, :], mask=m_t[:, None], other=0.)
+    b_beta = tl.load(beta + rows * H + i_h, mask=m_t, other=0.).to(tl.float32)
+    b_kb = b_beta
+    if USE_G:
+        b_kb *= tl.exp(tl.load(g + rows * H + i_h, mask=m_t, other=0.))
+    for i_v in range(tl.cdiv(V, BV)):
+        o_v = i_v * BV + tl.arange(0, BV)
+        m = m_t[:, None] & (o_v < V)[None, :]
+        p = (rows[:, None] * H + i_h) * V + o_v[None, :]
+        b_v = tl.load(v + p, mask=m, other=0.)
+        b_u = tl.dot(b_A.to(b_v.dtype), (b_v * b_beta[:, None]).to(b_v.dtype))
+        tl.store(u + p, b_u.to(u.dtype.element_ty), mask=m)
+    for i_k in range(tl.cdiv(K, BK)):
+        o_k = i_k * BK + tl.arange(0, BK)
+        m = m_t[:, None] & (o_k < K)[None, :]
+        p = (rows[:, None] * H + i_h) * K + o_k[None, :]
+        b_k = tl.load(k + p, mask=m, other=0.)
+        b_w = tl.dot(b_A.to(b_k.dtype), (b_k * b_kb[:, None]).to(b_k.dtype))
+        tl.store(w + p, b_w.to(w.dtype.element_ty), mask=m)
+
+
+@triton.heuristics(_HEURISTICS)
+@autotune(_CONFIGS, key=["H", "K", "V", "BT", "USE_G", "IS_VARLEN"])
+@triton.jit
+def wy_bwd_kernel(
+    k, v, beta, A, g, dw, du, dk, dv, dbeta, dg, cu_seqlens, chunk_indices,
+    T, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+    USE_G: tl.constexpr, IS_VARLEN: tl.constexpr,
+):
+    # See the module docstring for the formulas; x = beta k exp(G), y = beta v.
+    i_t, i_bh = tl.program_id(0), tl.program_id(1)
+    i_b, i_h = i_bh // H, i_bh % H
+    bos, i_t, T = _chunk_rows(i_t, i_b, cu_seqlens, chunk_indices, T, BT, IS_VARLEN)
+    o_i = tl.arange(0, BT)
+    o_t = i_t * BT + o_i
+    m_t = o_t < T
+    rows = bos + o_t
+    b_A = tl.load(A + (rows[:, None] * H + i_h) * BT + o_i[None, :], mask=m_t[:, None], other=0.)
+    b_beta = tl.load(beta + rows * H + i_h, mask=m_t, other=0.).to(tl.float32)
+    b_eg = tl.where(m_t, 1., 0.)
+    if USE_G:
+        b_g = tl.load(g + rows * H + i_h, mask=m_t, other=0.)
+        b_eg = tl.exp(b_g)
+    b_dA = tl.zeros([BT, BT], dtype=tl.float32)
+    b_kk = tl.zeros([BT, BT], dtype=tl.float32)
+    b_dbeta = tl.zeros([BT], dtype=tl.float32)
+    b_dg = tl.zeros([BT], dtype=tl.float32)
+    for i_v in range(tl.cdiv(V, BV)):
+        o_v = i_v * BV + tl.arange(0, BV)
+        m = m_t[:, None] & (o_v < V)[None, :]
+        p = (rows[:, None] * H + i_h) * V + o_v[None, :]
+        b_v = tl.load(v + p, mask=m, other=0.)
+        b_du = tl.load(du + p, mask=m, other=0.)
+        b_y = (b_v * b_beta[:, None]).to(b_v.dtype)
+        b_dA += tl.dot(b_du.to(b_v.dtype), tl.trans(b_y))
+        b_dy = tl.dot(tl.trans(b_A).to(b_du.dtype), b_du)
+        b_dbeta += tl.sum(b_dy * b_v, axis=1)
+        tl.store(dv + p, (b_dy * b_beta[:, None]).to(dv.dtype.element_ty), mask=m)
+    for i_k in range(tl.cdiv(K, BK)):
+        o_k = i_k * BK + tl.arange(0, BK)
+        m = m_t[:, None] & (o_k < K)[None, :]
+        p = (rows[:, None] * H + i_h) * K + o_k[None, :]
+        b_k = tl.load(k + p, mask=m, other=0.)
+        b_dw = tl.load(dw + p, mask=m, other=0.)
+        b_x = (b_k * (b_beta * b_eg)[:, None]).to(b_k.dtype)
+        b_dA += tl.dot(b_dw.to(b_k.dtype), tl.trans(b_x))
+        b_kk += tl.dot(b_k, tl.trans(b_k))
+        b_dx = tl.dot(tl.trans(b_A).to(b_dw.dtype), b_dw)
+        b_dbeta += tl.sum(b_dx * b_k * b_eg[:, None], axis=1)
+        if USE_G:
+            b_dg += tl.sum(b_dx * b_x, axis=1)
+    # dL = -(A^T dA A^T) on the strict lower triangle of valid rows.
+    m_A = (o_i[:, None] > o_i[None, :]) & m_t[:, None] & m_t[None, :]
+    b_At = tl.trans(b_A)
+    b_dL = tl.where(m_A, -_mm(_mm(b_At, b_dA), b_At), 0.)
+    if USE_G:
+        b_ratio = tl.where(m_A, tl.exp(tl.where(m_A, b_g[:, None] - b_g[None, :], 0.)), 0.)
+    else:
+        b_ratio = tl.where(m_A, 1., 0.)
+    b_dLk = b_dL * b_ratio  # d/d(k_t . k_s) without beta
+    b_dbeta += tl.sum(b_dLk * b_kk, axis=1)
+    b_P = b_dLk * b_beta[:, None]
+    if USE_G:
+        b_DL = b_P * b_kk
+        b_dg += tl.sum(b_DL, axis=1) - tl.sum(b_DL, axis=0)
+        tl.store(dg + rows * H + i_h, b_dg, mask=m_t)
+    tl.store(dbeta + rows * H + i_h, b_dbeta, mask=m_t)
+    for i_k in range(tl.cdiv(K, BK)):
+        o_k = i_k * BK + tl.arange(0, BK)
+        m = m_t[:, None] & (o_k < K)[None, :]
+        p = (rows[:, None] * H + i_h) * K + o_k[None, :]
+        b_k = tl.load(k + p, mask=m, other=0.)
+        b_dw = tl.load(dw + p, mask=m, other=0.)
+        b_dx = tl.dot(tl.trans(b_A).to(b_dw.dtype), b_dw)
+        b_dk = b_dx * (b_beta * b_eg)[:, None] + tl.dot(b_P.to(b_k.dtype), b_k) + tl.dot(tl.trans(b_P).to(b_k.dtype), b_k)
+        tl.store(dk + p, b_dk.to(dk.dtype.element_ty), mask=m)
+
+
+def _grid(k, cu_seqlens, chunk_size):
+    B, T, H = k.shape[:3]
+    if cu_seqlens is None:
+        return None, (triton.cdiv(T, chunk_size), B * H)
+    chunk_indices = prepare_chunk_indices(cu_seqlens, chunk_size)
+    return chunk_indices, (len(chunk_indices), B * H)
+
+
+def _tiles(K: int, V: int) -> tuple[int, int]:
+    return min(64, max(16, triton.next_power_of_2(K))), min(64, max(16, triton.next_power_of_2(V)))
+
+
+def _kkt_triton(k, beta, g=None, cu_seqlens=None, chunk_size=64):
+    B, T, H, K = k.shape
+    L = torch.empty(B, T, H, chunk_size, device=k.device, dtype=torch.float32)
+    chunk_indices, grid = _grid(k, cu_seqlens, chunk_size)
+    if grid[0]:
+        chunk_scaled_dot_kkt_kernel[grid](k, beta, g, L, cu_seqlens, chunk_indices, T=T, H=H, K=K, BT=chunk_size,
+                                          BK=_tiles(K, K)[0])
+    return L
+
+
+def _solve_tril_triton(L, cu_seqlens=None, chunk_size=64):
+    if chunk_size not in (16, 32, 64):  # the merge in solve_tril_kernel assumes at most 4 diagonal blocks
+        return _solve_tril_torch(L, cu_seqlens, chunk_size)
+    B, T, H = L.shape[:3]
+    A = torch.empty_like(L)
+    chunk_indices, grid = _grid(L, cu_seqlens, chunk_size)
+    if grid[0]:
+        solve_tril_kernel[grid](L, A, cu_seqlens, chunk_indices, T=T, H=H, BT=chunk_size)
+    return A
+
+
+def _recompute_w_u_triton(k, v, beta, A, g=None, cu_seqlens=None, chunk_size=64):
+    B, T, H, K = k.shape
+    V = v.shape[-1]
+    w, u = torch.empty_like(k), torch.empty_like(v)
+    chunk_indices, grid = _grid(k, cu_seqlens, chunk_size)
+    BK, BV = _tiles(K, V)
+    if grid[0]:
+        recompute_w_u_kernel[grid](k, v, beta, A, g, w, u, cu_seqlens, chunk_indices, T=T, H=H, K=K, V=V,
+                                   BT=chunk_size, BK=BK, BV=BV)
+    return w, u
+
+
+def _wy_bwd_triton(k, v, beta, A, dw, du, g=None, cu_seqlens=None, chunk_size=64):
+    B, T, H, K = k.shape
+    V = v.shape[-1]
+    dk, dv = torch.empty_like(k), torch.empty_like(v)
+    dbeta = torch.empty(B, T, H, device=k.device, dtype=torch.float32)
+    dg = torch.empty(B, T, H, device=k.device, dtype=torch.float32) if g is not None else None
+    chunk_indices, grid = _grid(k, cu_seqlens, chunk_size)
+    BK, BV = _tiles(K, V)
+    if grid[0]:
+        wy_bwd_kernel[grid](k, v, beta, A, g, dw.contiguous(), du.contiguous(), dk, dv, dbeta, dg, cu_seqlens,
+                            chunk_indices, T=T, H=H, K=K, V=V, BT=chunk_size, BK=BK, BV=BV)
+    return dk, dv, dbeta.to(beta.dtype), dg
+
 # ----------------------------------------------------------------------------------------------------------------------
 # Public launchers
 # ----------------------------------------------------------------------------------------------------------------------
 
-_kkt = dispatch(_kkt_torch, _kkt_torch)
-_solve_tril = dispatch(_solve_tril_torch, _solve_tril_torch)
-_recompute_w_u = dispatch(_recompute_w_u_torch, _recompute_w_u_torch)
-_wy_bwd = dispatch(_wy_bwd_torch, _wy_bwd_torch)
+_kkt = dispatch(_kkt_triton, _kkt_torch)
+_solve_tril = dispatch(_solve_tril_triton, _solve_tril_torch)
+_recompute_w_u = dispatch(_recompute_w_u_triton, _recompute_w_u_torch)
+_wy_bwd = dispatch(_wy_bwd_triton, _wy_bwd_torch)
 
 
 def chunk_scaled_dot_kkt_fwd(k, beta, g=None, cu_seqlens=None, chunk_size=64) -> torch.Tensor:
