@@ -89,8 +89,175 @@ def _bwd_dhu_torch(q, k, w, do, dv, g=None, h0=None, dht=None, scale=1.0, cu_seq
     return dh, dh0, dv2
 
 
-_fwd_h = dispatch(_fwd_h_torch, _fwd_h_torch)
-_bwd_dhu = dispatch(_bwd_dhu_torch, _bwd_dhu_torch)
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Triton kernels. One program owns the full key dim and a BV column tile of one (sequence, head) state (v_new = u - w h
+# sums over every key) and walks the chunks. Layouts: k, w, q [B, T, H, K] (row stride H*K); u, v_new, do, dv
+# [B, T, H, V]; g [B, T, H]; h, dh [B, NT, H, K, V]; h0, ht, dht, dh0 [N, H, K, V].
+# ----------------------------------------------------------------------------------------------------------------------
+
+_CONFIGS = [
+    triton.Config({"BV": BV}, num_warps=w, num_stages=s)
+    for BV in (32, 64, 16) for w in (4, 8, 2) for s in (2, 3, 4)
+]
+
+
+@triton.heuristics({
+    "USE_G": lambda args: args["g"] is not None,
+    "USE_INITIAL_STATE": lambda args: args["h0"] is not None,
+    "STORE_FINAL_STATE": lambda args: args["ht"] is not None,
+    "IS_VARLEN": lambda args: args["cu_seqlens"] is not None,
+})
+@autotune(_CONFIGS, key=["H", "K", "V", "BT", "USE_G", "IS_VARLEN"])
+@triton.jit
+def delta_fwd_h_kernel(
+    k, w, u, g, h, v_new, h0, ht, cu_seqlens, chunk_offsets,
+    T, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+    USE_G: tl.constexpr, USE_INITIAL_STATE: tl.constexpr, STORE_FINAL_STATE: tl.constexpr, IS_VARLEN: tl.constexpr,
+):
+    i_v, i_nh = tl.program_id(0), tl.program_id(1)
+    i_n, i_h = i_nh // H, i_nh % H
+    if IS_VARLEN:
+        bos, eos = tl.load(cu_seqlens + i_n).to(tl.int64), tl.load(cu_seqlens + i_n + 1).to(tl.int64)
+        T = (eos - bos).to(tl.int32)
+        NT = tl.cdiv(T, BT)
+        boh = tl.load(chunk_offsets + i_n).to(tl.int64)
+    else:
+        bos = (i_n * T).to(tl.int64)
+        NT = tl.cdiv(T, BT)
+        boh = (i_n * NT).to(tl.int64)
+    o_k = tl.arange(0, BK)
+    o_v = i_v * BV + tl.arange(0, BV)
+    m_k, m_v = o_k < K, o_v < V
+    m_kv = m_k[:, None] & m_v[None, :]
+    o_kv = o_k[:, None] * V + o_v[None, :]
+
+    b_h = tl.zeros([BK, BV], dtype=tl.float32)
+    if USE_INITIAL_STATE:
+        b_h += tl.load(h0 + i_nh * K * V + o_kv, mask=m_kv, other=0.)
+    for i_t in range(NT):
+        tl.store(h + ((boh + i_t) * H + i_h) * K * V + o_kv, b_h.to(h.dtype.element_ty), mask=m_kv)
+        o_t = i_t * BT + tl.arange(0, BT)
+        m_t = o_t < T
+        rows = bos + o_t
+        m_tk = m_t[:, None] & m_k[None, :]
+        m_tv = m_t[:, None] & m_v[None, :]
+        b_w = tl.load(w + (rows[:, None] * H + i_h) * K + o_k[None, :], mask=m_tk, other=0.)
+        p_u = (rows[:, None] * H + i_h) * V + o_v[None, :]
+        b_v = tl.load(u + p_u, mask=m_tv, other=0.).to(tl.float32) - tl.dot(b_w, b_h.to(b_w.dtype))
+        tl.store(v_new + p_u, b_v.to(v_new.dtype.element_ty), mask=m_tv)
+        # k loaded transposed, [BK, BT], so the state update is one dot.
+        b_k = tl.load(k + (rows[None, :] * H + i_h) * K + o_k[:, None], mask=m_k[:, None] & m_t[None, :], other=0.)
+        if USE_G:
+            last = tl.minimum(i_t * BT + BT, T) - 1
+            b_g = tl.load(g + rows * H + i_h, mask=m_t, other=0.)
+            b_g_last = tl.load(g + (bos + last) * H + i_h)
+            b_h *= tl.exp(b_g_last)
+            b_v *= tl.where(m_t, tl.exp(b_g_last - b_g), 0.)[:, None]
+        b_h += tl.dot(b_k, b_v.to(b_k.dtype))
+    if STORE_FINAL_STATE:
+        tl.store(ht + i_nh * K * V + o_kv, b_h, mask=m_kv)
+
+
+@triton.heuristics({
+    "USE_G": lambda args: args["g"] is not None,
+    "USE_INITIAL_STATE": lambda args: args["dh0"] is not None,
+    "USE_FINAL_STATE_GRADIENT": lambda args: args["dht"] is not None,
+    "IS_VARLEN": lambda args: args["cu_seqlens"] is not None,
+})
+@autotune(_CONFIGS, key=["H", "K", "V", "BT", "USE_G", "IS_VARLEN"])
+@triton.jit
+def delta_bwd_dhu_kernel(
+    q, k, w, do, dv, g, dh, dv2, dht, dh0, cu_seqlens, chunk_offsets, scale,
+    T, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+    USE_G: tl.constexpr, USE_INITIAL_STATE: tl.constexpr, USE_FINAL_STATE_GRADIENT: tl.constexpr,
+    IS_VARLEN: tl.constexpr,
+):
+    i_v, i_nh = tl.program_id(0), tl.program_id(1)
+    i_n, i_h = i_nh // H, i_nh % H
+    if IS_VARLEN:
+        bos, eos = tl.load(cu_seqlens + i_n).to(tl.int64), tl.load(cu_seqlens + i_n + 1).to(tl.int64)
+        T = (eos - bos).to(tl.int32)
+        NT = tl.cdiv(T, BT)
+        boh = tl.load(chunk_offsets + i_n).to(tl.int64)
+    else:
+        bos = (i_n * T).to(tl.int64)
+        NT = tl.cdiv(T, BT)
+        boh = (i_n * NT).to(tl.int64)
+    o_k = tl.arange(0, BK)
+    o_v = i_v * BV + tl.arange(0, BV)
+    m_k, m_v = o_k < K, o_v < V
+    m_kv = m_k[:, None] & m_v[None, :]
+    o_kv = o_k[:, None] * V + o_v[None, :]
+
+    b_dh = tl.zeros([BK, BV], dtype=tl.float32)
+    if USE_FINAL_STATE_GRADIENT:
+        b_dh += tl.load(dht + i_nh * K * V + o_kv, mask=m_kv, other=0.)
+    # A reversed range with a negative step is not portable across triton versions: count up, index down.
+    for i_r in range(NT):
+        i_t = NT - 1 - i_r
+        tl.store(dh + ((boh + i_t) * H + i_h) * K * V + o_kv, b_dh.to(dh.dtype.element_ty), mask=m_kv)
+        o_t = i_t * BT + tl.arange(0, BT)
+        m_t = o_t < T
+        rows = bos + o_t
+        m_tk = m_t[:, None] & m_k[None, :]
+        m_tv = m_t[:, None] & m_v[None, :]
+        b_k = tl.load(k + (rows[:, None] * H + i_h) * K + o_k[None, :], mask=m_tk, other=0.)
+        # q and w loaded transposed, [BK, BT].
+        b_q = tl.load(q + (rows[None, :] * H + i_h) * K + o_k[:, None], mask=m_k[:, None] & m_t[None, :], other=0.)
+        b_wt = tl.load(w + (rows[None, :] * H + i_h) * K + o_k[:, None], mask=m_k[:, None] & m_t[None, :], other=0.)
+        p_v = (rows[:, None] * H + i_h) * V + o_v[None, :]
+        b_do = tl.load(do + p_v, mask=m_tv, other=0.)
+        b_q = b_q.to(tl.float32) * scale
+        if USE_G:
+            last = tl.minimum(i_t * BT + BT, T) - 1
+            b_g = tl.load(g + rows * H + i_h, mask=m_t, other=0.)
+            b_g_last = tl.load(g + (bos + last) * H + i_h)
+            b_k = (b_k * tl.where(m_t, tl.exp(b_g_last - b_g), 0.)[:, None]).to(b_k.dtype)
+            b_q *= tl.where(m_t, tl.exp(b_g), 0.)[None, :]
+        b_dv = tl.load(dv + p_v, mask=m_tv, other=0.).to(tl.float32) + tl.dot(b_k, b_dh.to(b_k.dtype))
+        tl.store(dv2 + p_v, b_dv.to(dv2.dtype.element_ty), mask=m_tv)
+        if USE_G:
+            b_dh *= tl.exp(b_g_last)
+        b_dh += tl.dot(b_q.to(b_do.dtype), b_do) - tl.dot(b_wt, b_dv.to(b_wt.dtype))
+    if USE_INITIAL_STATE:
+        tl.store(dh0 + i_nh * K * V + o_kv, b_dh, mask=m_kv)
+
+
+def _state_launch(k, V, cu_seqlens, chunk_size):
+    B, T, H, K = k.shape
+    N = B if cu_seqlens is None else len(cu_seqlens) - 1
+    chunk_offsets = prepare_chunk_offsets(cu_seqlens, chunk_size) if cu_seqlens is not None else None
+    grid = lambda meta: (triton.cdiv(V, meta["BV"]), N * H)  # noqa: E731
+    return N, chunk_offsets, grid, max(16, triton.next_power_of_2(K))
+
+
+def _fwd_h_triton(k, w, u, g=None, h0=None, output_final_state=False, cu_seqlens=None, chunk_size=64):
+    B, T, H, K = k.shape
+    V = u.shape[-1]
+    N, chunk_offsets, grid, BK = _state_launch(k, V, cu_seqlens, chunk_size)
+    h = k.new_empty(B, _num_chunks(T, cu_seqlens, chunk_size), H, K, V)
+    v_new = torch.empty_like(u)
+    ht = k.new_empty(N, H, K, V, dtype=torch.float32) if output_final_state else None
+    delta_fwd_h_kernel[grid](k, w, u, g, h, v_new, h0, ht, cu_seqlens, chunk_offsets,
+                             T=T, H=H, K=K, V=V, BT=chunk_size, BK=BK)
+    return h, v_new, ht
+
+
+def _bwd_dhu_triton(q, k, w, do, dv, g=None, h0=None, dht=None, scale=1.0, cu_seqlens=None, chunk_size=64):
+    B, T, H, K = q.shape
+    V = do.shape[-1]
+    N, chunk_offsets, grid, BK = _state_launch(q, V, cu_seqlens, chunk_size)
+    dh = q.new_empty(B, _num_chunks(T, cu_seqlens, chunk_size), H, K, V)
+    dv2 = torch.empty_like(dv)
+    dh0 = q.new_empty(N, H, K, V, dtype=torch.float32) if h0 is not None else None
+    delta_bwd_dhu_kernel[grid](q, k, w, do, dv, g, dh, dv2, dht, dh0, cu_seqlens, chunk_offsets, scale,
+                               T=T, H=H, K=K, V=V, BT=chunk_size, BK=BK)
+    return dh, dh0, dv2
+
+
+_fwd_h = dispatch(_fwd_h_triton, _fwd_h_torch)
+_bwd_dhu = dispatch(_bwd_dhu_triton, _bwd_dhu_torch)
 
 
 def chunk_gated_delta_rule_fwd_h(k, w, u, g=None, h0=None, output_final_state=False, cu_seqlens=None,
