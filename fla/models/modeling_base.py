@@ -100,10 +100,14 @@ class FLAPreTrainedModel(PreTrainedModel):
     def reset_parameters(self) -> None:
         """Re-initialize every parameter and recompute non-persistent buffers, deterministically under
         `torch.manual_seed` (module order is fixed). For the trainer's meta-device build: `to_empty()` then this."""
+        self.tie_weights()  # to_empty() unties shared weights; tie first so a shared weight is drawn once
+        seen: set[int] = set()
         for module in self.modules():
-            if module is not self:
-                self._init_weights(module)
-        self.tie_weights()
+            own = [id(p) for p in module.parameters(recurse=False)]
+            if module is self or (own and all(i in seen for i in own)):
+                continue
+            self._init_weights(module)
+            seen.update(own)
 
     @classmethod
     def _supports_default_dynamic_cache(cls) -> bool:
