@@ -302,7 +302,7 @@ class ShortConvolution(nn.Conv1d):
             if not cache.is_contiguous():
                 raise ValueError("cache must be contiguous: call .contiguous() on it")
 
-    def forward(self, x, cache=None, output_final_state=False, cu_seqlens=None, **kwargs):
+    def forward(self, x, cache=None, output_final_state=False, cu_seqlens=None):
         self._check(x, cache, cu_seqlens)
         W = self.kernel_size[0]
         weight = self.weight.view(self.hidden_size, W)
