@@ -58,9 +58,9 @@ def make_inputs(B, T, H, K, V, gate, use_h0, cu, dtype=torch.float32):
 
 CASES = [
     # B, T, H, K, V, gate, initial state, cu_seqlens
-    (2, 100, 2, 32, 48, "g", True, None),
-    (2, 70, 2, 40, 32, "g_gamma", False, None),
-    (1, 140, 2, 32, 32, "g", True, [0, 1, 70, 75, 140]),
+    (2, 70, 2, 32, 48, "g", True, None),
+    (2, 66, 1, 40, 32, "g_gamma", False, None),
+    (1, 140, 1, 32, 32, "g", True, [0, 1, 70, 75, 140]),
     (1, 80, 1, 16, 24, None, True, [0, 13, 80]),
 ]
 
@@ -80,7 +80,7 @@ def test_simple_gla_matches_naive(path, B, T, H, K, V, gate, use_h0, cu):
 @pytest.mark.parametrize("gate", ["g", "g_gamma"])
 def test_fused_recurrent_reverse_matches_naive(path, gate):
     seed("reverse", path, gate)
-    inputs, names, do, dht = make_inputs(1, 50, 2, 16, 32, gate, True, [0, 20, 21, 50])
+    inputs, names, do, dht = make_inputs(1, 30, 2, 16, 32, gate, True, [0, 12, 13, 30])
     got = forward_backward(lambda **a: run_path(path, None, fused_recurrent_simple_gla, reverse=True, **a),
                            inputs, names, do, dht)
     want = forward_backward(lambda **a: naive_recurrent_simple_gla(reverse=True, **a), inputs, names, do, dht)
@@ -92,7 +92,7 @@ def test_varlen_matches_per_sequence(path):
     """Packed sequences give what each sequence gives alone (outputs, final states, gradients)."""
     seed("varlen", path)
     cu = [0, 1, 66, 90]
-    inputs, names, do, dht = make_inputs(1, 90, 2, 16, 16, "g", True, cu)
+    inputs, names, do, dht = make_inputs(1, 90, 1, 16, 16, "g", True, cu)
     packed = forward_backward(lambda **a: run_path(path, chunk_simple_gla, fused_recurrent_simple_gla, **a),
                               inputs, names, do, dht)
     for i, (bos, eos) in enumerate(zip(cu[:-1], cu[1:])):
@@ -110,7 +110,7 @@ def test_varlen_matches_per_sequence(path):
 @pytest.mark.parametrize("path", ["chunk-triton", "recurrent-triton"])
 def test_float16(path):
     seed("fp16", path)
-    inputs, names, do, dht = make_inputs(2, 72, 2, 32, 32, "g", True, None, torch.float16)
+    inputs, names, do, dht = make_inputs(2, 72, 1, 32, 32, "g", True, None, torch.float16)
     got = forward_backward(lambda **a: run_path(path, chunk_simple_gla, fused_recurrent_simple_gla, **a),
                            inputs, names, do, dht)
     assert got[0].dtype == torch.float16 and got[1].dtype == torch.float32
