@@ -64,9 +64,9 @@ def check_gla_inputs(q, k, v, gates, scale, initial_state, cu_seqlens):
             layout = "[B, T, H, K]" if size == K else "[B, T, H, V]"
             check_tensor(name, x, layout, (B, T, H, size), device=q.device)
     check_scale(scale)
-    N = B if cu_seqlens is None else check_cu_seqlens(cu_seqlens, B, T)
-    if cu_seqlens is not None and cu_seqlens.device != q.device:
+    if isinstance(cu_seqlens, torch.Tensor) and cu_seqlens.device != q.device:
         raise ValueError(f"cu_seqlens is on {cu_seqlens.device} but q is on {q.device}; move it with .to(q.device)")
+    N = B if cu_seqlens is None else check_cu_seqlens(cu_seqlens, B, T)
     check_initial_state(initial_state, N, (H, K, v.shape[-1]), "[N, H, K, V]", q.device)
     return N
 

@@ -90,13 +90,15 @@ def fused_recurrent_gla_fwd_kernel(
 @autotune(_CONFIGS, key=["H", "K", "V", "BK", "BV"])
 @triton.jit
 def fused_recurrent_gla_bwd_kernel(
-    q, k, v, gk, gv, do, dht, h0, dq, dk, dv, dgk, dgv, dh0, cu_seqlens, scale, T,
+    q, k, v, gk, gv, do, dht, h0, dq, dk, dv, dgk, dgv, odo, dh0, cu_seqlens, scale, T,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, REVERSE: tl.constexpr,
     USE_GK: tl.constexpr, USE_GV: tl.constexpr, USE_INITIAL_STATE: tl.constexpr,
     USE_FINAL_STATE_GRADIENT: tl.constexpr, IS_VARLEN: tl.constexpr,
 ):
     # grid: (V blocks, N * H). dq, dk, dgk are float32 [NV, B, T, H, K] partial sums over this program's value block
-    # (summed on the host); dv, dgv [B, T, H, V] are complete here. dgv first holds o * do (walk 1), then the answer.
+    # (summed on the host); dv, dgv [B, T, H, V] are complete here. odo (float32 [B, T, H, V]) holds walk 1's
+    # o * do for dgv: a separate buffer, since reading and rewriting one address inside walk 2 could race between
+    # threads that hold replicated copies of a value-block vector.
     i_v, i_nh = tl.program_id(0), tl.program_id(1)
     i_n, i_h = i_nh // H, i_nh % H
     if IS_VARLEN:
@@ -136,7 +138,7 @@ def fused_recurrent_gla_bwd_kernel(
         if USE_GV:
             b_q = tl.load(q + p_k, mask=m_k, other=0.).to(tl.float32)
             b_o = tl.sum(b_h * b_q[:, None], axis=0) * scale
-            tl.store(dgv + p_v, b_o * b_do, mask=m_v)
+            tl.store(odo + p_v, b_o * b_do, mask=m_v)
 
     # walk 2, against it: dS_t = scale * q_t^T do_t + decay_{t+1} * dS_{t+1}, starting from dht
     b_dh = tl.zeros([BK, BV], dtype=tl.float32)
@@ -144,7 +146,7 @@ def fused_recurrent_gla_bwd_kernel(
         b_dh += tl.load(dht + p_state, mask=m_h, other=0.).to(tl.float32)
     b_dgk = tl.sum(b_dh * b_h, axis=1)
     b_dgv = tl.sum(b_dh * b_h, axis=0)
-    tl.debug_barrier()  # walk 1's stores (dq, o * do) are read back below, possibly by other threads
+    tl.debug_barrier()  # walk 1's stores (dq, o * do) are read back below, possibly by other threads of this program
     for i in range(0, T):
         if REVERSE:
             t = i
@@ -167,7 +169,7 @@ def fused_recurrent_gla_bwd_kernel(
             tl.store(dgk + p_part + p_k, b_dgk, mask=m_k)
             b_dh *= tl.exp(tl.load(gk + p_k, mask=m_k, other=0.).to(tl.float32))[:, None]
         if USE_GV:
-            b_dgv += tl.load(dgv + p_v, mask=m_v, other=0.) - b_v * b_dv
+            b_dgv += tl.load(odo + p_v, mask=m_v, other=0.) - b_v * b_dv
             tl.store(dgv + p_v, b_dgv.to(dgv.dtype.element_ty), mask=m_v)
             b_dh *= tl.exp(tl.load(gv + p_v, mask=m_v, other=0.).to(tl.float32))[None, :]
     if USE_INITIAL_STATE:
@@ -196,15 +198,14 @@ def _bwd_triton(q, k, v, gk, gv, do, dht, scale, h0, reverse, cu_seqlens):
     dk = torch.empty_like(dq)
     dgk = torch.empty_like(dq) if gk is not None else None
     dv = torch.empty_like(v)
-    # float32 while it holds walk 1's o * do; cast at the end
-    dgv = torch.empty_like(gv, dtype=torch.float32) if gv is not None else None
+    dgv = torch.empty_like(gv) if gv is not None else None
+    odo = torch.empty_like(gv, dtype=torch.float32) if gv is not None else None
     dh0 = torch.empty_like(h0, dtype=torch.float32) if h0 is not None else None
     fused_recurrent_gla_bwd_kernel[(NV, N * H)](
-        q, k, v, gk, gv, do, dht, h0, dq, dk, dv, dgk, dgv, dh0, cu_seqlens, scale, T,
+        q, k, v, gk, gv, do, dht, h0, dq, dk, dv, dgk, dgv, odo, dh0, cu_seqlens, scale, T,
         H=H, K=K, V=V, BK=BK, BV=BV, REVERSE=reverse)
     dq, dk = dq.sum(0).to(q.dtype), dk.sum(0).to(k.dtype)
     dgk = dgk.sum(0).to(gk.dtype) if gk is not None else None
-    dgv = dgv.to(gv.dtype) if gv is not None else None
     return dq, dk, dv, dgk, dgv, dh0
 
 

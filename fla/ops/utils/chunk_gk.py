@@ -129,7 +129,8 @@ def chunk_gk_fwd_o_kernel(
             offs_j = (bos + rows_j)[:, None] * HK + i_h * K + o_kk[None, :]
             b_kj = tl.load(k + offs_j, mask=m_k[None, :], other=0.).to(tl.float32)
             b_gj = tl.load(g + offs_j, mask=m_k[None, :], other=0.).to(tl.float32)
-            b_qn = tl.where(m_rk, b_q * tl.exp(b_g - b_gn[None, :]), 0.)
+            # masked rows get -inf inside the exp (not a where around it): nothing overflows, no 0 * inf
+            b_qn = b_q * tl.exp(tl.where(m_rk, b_g - b_gn[None, :], float("-inf")))
             b_kn = b_kj * tl.exp(b_gn[None, :] - b_gj)
             b_A += tl.dot(b_qn.to(k.dtype.element_ty), tl.trans(b_kn.to(k.dtype.element_ty)), input_precision=PREC)
         b_vj = tl.load(v + (bos + rows_j)[:, None] * HV + i_h * V + o_v[None, :], mask=m_v[None, :], other=0.)
@@ -187,7 +188,7 @@ def chunk_gk_bwd_dv_kernel(
         b_g = tl.load(g + offs, mask=m_rk, other=0.).to(tl.float32)
         b_gl = tl.load(g + (bos + last) * HK + i_h * K + o_kk, mask=m_k, other=0.).to(tl.float32)
         b_dh = tl.load(p_dh + o_kk[:, None] * V + o_v[None, :], mask=m_k[:, None] & m_v[None, :], other=0.)
-        b_kl = tl.where(m_rk, b_k * tl.exp(b_gl[None, :] - b_g), 0.)
+        b_kl = b_k * tl.exp(tl.where(m_rk, b_gl[None, :] - b_g, float("-inf")))
         b_dv += tl.dot(b_kl.to(b_dh.dtype), b_dh, input_precision=PREC)
         # [s, t, k], -inf where s > t before the exp
         b_d = tl.exp(tl.where(m_tri[:, :, None], b_g[None, :, :] - b_g[:, None, :], float("-inf")))
@@ -214,7 +215,7 @@ def chunk_gk_bwd_dv_kernel(
             b_qj = tl.load(q + offs_j, mask=m_jk, other=0.).to(tl.float32)
             b_gj = tl.load(g + offs_j, mask=m_jk, other=0.).to(tl.float32)
             b_km = b_k * tl.exp(b_gm[None, :] - b_g)
-            b_qm = tl.where(m_jk, b_qj * tl.exp(b_gj - b_gm[None, :]), 0.)
+            b_qm = b_qj * tl.exp(tl.where(m_jk, b_gj - b_gm[None, :], float("-inf")))
             b_At += tl.dot(b_km.to(q.dtype.element_ty), tl.trans(b_qm.to(q.dtype.element_ty)), input_precision=PREC)
         m_jv = m_rj[:, None] & m_v[None, :]
         b_doj = tl.load(do + (bos + rows_j)[:, None] * HV + i_h * V + o_v[None, :], mask=m_jv, other=0.)
@@ -272,12 +273,12 @@ def chunk_gk_bwd_dqk_intra_kernel(
             b_do = tl.load(do + (bos + rows)[:, None] * HV + i_h * V + o_vv[None, :],
                            mask=m_r[:, None] & m_v[None, :], other=0.)
             b_vj = tl.load(v + (bos + rows_j)[:, None] * HV + i_h * V + o_vv[None, :], mask=m_v[None, :], other=0.)
-            b_dA += tl.dot(b_do, tl.trans(b_vj), input_precision=PREC)
+            b_dA += tl.dot(b_do, tl.trans(b_vj.to(b_do.dtype)), input_precision=PREC)
         offs_j = (bos + rows_j)[:, None] * HK + i_h * K + o_kk[None, :]
         b_kj = tl.load(k + offs_j, mask=m_k[None, :], other=0.).to(tl.float32)
         b_gj = tl.load(g + offs_j, mask=m_k[None, :], other=0.).to(tl.float32)
         b_dq += tl.dot(b_dA, b_kj * tl.exp(b_gn[None, :] - b_gj), input_precision=PREC)
-    b_dq *= tl.where(m_rk, tl.exp(b_g - b_gn[None, :]), 0.)
+    b_dq *= tl.exp(tl.where(m_rk, b_g - b_gn[None, :], float("-inf")))
 
     # dk from later sub-chunks j > i, reference row m = e_i
     b_dk = tl.zeros([BC, BK], dtype=tl.float32)
@@ -291,14 +292,14 @@ def chunk_gk_bwd_dqk_intra_kernel(
             b_v = tl.load(v + (bos + rows)[:, None] * HV + i_h * V + o_vv[None, :], mask=m_v[None, :], other=0.)
             b_doj = tl.load(do + (bos + rows_j)[:, None] * HV + i_h * V + o_vv[None, :],
                             mask=m_rj[:, None] & m_v[None, :], other=0.)
-            b_dAt += tl.dot(b_v, tl.trans(b_doj), input_precision=PREC)
+            b_dAt += tl.dot(b_v.to(b_doj.dtype), tl.trans(b_doj), input_precision=PREC)
         offs_j = (bos + rows_j)[:, None] * HK + i_h * K + o_kk[None, :]
         m_jk = m_rj[:, None] & m_k[None, :]
         b_qj = tl.load(q + offs_j, mask=m_jk, other=0.).to(tl.float32)
         b_gj = tl.load(g + offs_j, mask=m_jk, other=0.).to(tl.float32)
-        b_qm = tl.where(m_jk, b_qj * tl.exp(b_gj - b_gm[None, :]), 0.)
+        b_qm = b_qj * tl.exp(tl.where(m_jk, b_gj - b_gm[None, :], float("-inf")))
         b_dk += tl.dot(b_dAt, b_qm, input_precision=PREC)
-    b_dk *= tl.where(m_rk, tl.exp(b_gm[None, :] - b_g), 0.)
+    b_dk *= tl.exp(tl.where(m_rk, b_gm[None, :] - b_g, float("-inf")))
 
     # the diagonal sub-chunk, element by element
     b_dA = tl.zeros([BC, BC], dtype=tl.float32)
@@ -308,7 +309,7 @@ def chunk_gk_bwd_dqk_intra_kernel(
         offs_v = (bos + rows)[:, None] * HV + i_h * V + o_vv[None, :]
         b_do = tl.load(do + offs_v, mask=m_rv, other=0.)
         b_v = tl.load(v + offs_v, mask=m_rv, other=0.)
-        b_dA += tl.dot(b_do, tl.trans(b_v), input_precision=PREC)
+        b_dA += tl.dot(b_do, tl.trans(b_v.to(b_do.dtype)), input_precision=PREC)
     b_dA = tl.where((o_c[:, None] >= o_c[None, :]), b_dA, 0.)
     b_q = tl.load(q + offs, mask=m_rk, other=0.).to(tl.float32)
     b_k = tl.load(k + offs, mask=m_rk, other=0.).to(tl.float32)
@@ -372,8 +373,8 @@ def chunk_gk_bwd_dqkg_inter_kernel(
     b_k = tl.load(k + offs, mask=m_rk, other=0.).to(tl.float32)
     b_g = tl.load(g + offs, mask=m_rk, other=0.).to(tl.float32)
     b_gl = tl.load(g + (bos + last) * HK + i_h * K + o_kk, mask=m_k, other=0.).to(tl.float32)
-    b_dq = tl.load(dq_intra + offs, mask=m_rk, other=0.) + scale * tl.where(m_rk, tl.exp(b_g), 0.) * b_dq
-    b_dk_inter = tl.where(m_rk, tl.exp(b_gl[None, :] - b_g), 0.) * b_dk
+    b_dq = tl.load(dq_intra + offs, mask=m_rk, other=0.) + scale * tl.exp(tl.where(m_rk, b_g, float("-inf"))) * b_dq
+    b_dk_inter = tl.exp(tl.where(m_rk, b_gl[None, :] - b_g, float("-inf"))) * b_dk
     b_dk = tl.load(dk_intra + offs, mask=m_rk, other=0.) + b_dk_inter
     # dL/dG_t = q_t dq_t - k_t dk_t, plus at the last row the two paths into the state leaving the chunk:
     # exp(G_L) h (carried state) and sum_s k_s exp(G_L - G_s) v_s (new keys).
