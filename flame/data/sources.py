@@ -87,6 +87,8 @@ def load_source(cfg: SourceConfig, label: str | None = None) -> Source:
         names = list(first)
     elif len(dataset) == 0:
         raise DataSourceError(f"{what} is empty: it has no documents")
+    if column not in names and column == "text" and "input_ids" in names:
+        column = "input_ids"  # written by flame.tools.prepare_data
     if column not in names:
         raise DataSourceError(f"{what} has no column {column!r} (columns: {names}); set text_column")
     if first is None:
