@@ -1,0 +1,143 @@
+"""`fla.ops.gated_delta_rule`: chunk and fused recurrent, Triton (interpreted on CPU) and PyTorch paths, against the
+token-by-token naive recurrence: output, final state and every gradient (q, k, v, g, beta, initial state, with a
+final-state gradient flowing in)."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from fla.ops.gated_delta_rule import (chunk_gated_delta_rule, fused_recurrent_gated_delta_rule,
+                                      naive_recurrent_gated_delta_rule)
+from fla.ops.utils.dispatch import use_backend
+from tests.helpers import assert_close, poisoned_empty, seed
+
+OPS = {"chunk": chunk_gated_delta_rule, "recurrent": fused_recurrent_gated_delta_rule}
+NAMES = ("o", "ht", "dq", "dk", "dv", "dg", "dbeta", "dh0")
+
+
+def make_inputs(B, T, H, HV, K, V, num_states, use_h0, l2norm, dtype):
+    q = torch.randn(B, T, H, K)
+    k = torch.randn(B, T, H, K)
+    if not l2norm:
+        # The delta rule is only stable for ||k||^2 beta <= ~1: without the in-kernel norm, feed unit keys.
+        k = F.normalize(k, dim=-1)
+    v = torch.randn(B, T, HV, V)
+    g = F.logsigmoid(torch.randn(B, T, HV))
+    beta = torch.randn(B, T, HV).sigmoid()
+    h0 = torch.randn(num_states, HV, K, V) if use_h0 else None
+    xs = [q.to(dtype), k.to(dtype), v.to(dtype), g.to(dtype), beta.to(dtype), h0]
+    return [x.requires_grad_() if x is not None else None for x in xs]
+
+
+def run(fn, xs, do, dht, output_final_state, l2norm, cu_seqlens):
+    q, k, v, g, beta, h0 = xs
+    o, ht = fn(q, k, v, g, beta, initial_state=h0, output_final_state=output_final_state,
+               use_qk_l2norm_in_kernel=l2norm, cu_seqlens=cu_seqlens)
+    loss = (o.float() * do).sum() + ((ht * dht).sum() if output_final_state else 0.)
+    leaves = [x for x in xs if x is not None]
+    grads = iter(torch.autograd.grad(loss, leaves))
+    return [o, ht] + [next(grads) if x is not None else None for x in xs]
+
+
+CASES = [
+    # op, backend, B, T, H, HV, K, V, cu_seqlens, h0, final_state, l2norm, dtype
+    ("chunk", "triton", 2, 100, 1, 2, 20, 24, None, True, True, False, "float32"),  # grouped values
+    ("chunk", "triton", 1, 163, 2, 2, 72, 40, [0, 1, 64, 100, 163], True, True, True, "float32"),
+    ("chunk", "triton", 2, 70, 2, 2, 32, 16, None, False, False, True, "float32"),
+    ("chunk", "triton", 1, 80, 1, 2, 32, 32, [0, 37, 80], True, True, False, "float16"),
+    ("chunk", "torch", 1, 150, 2, 4, 20, 24, [0, 1, 70, 150], True, True, False, "float32"),
+    ("chunk", "torch", 2, 100, 2, 2, 32, 32, None, False, True, True, "float32"),
+    ("recurrent", "triton", 2, 20, 1, 2, 20, 24, None, True, True, False, "float32"),
+    ("recurrent", "triton", 1, 24, 2, 2, 40, 72, [0, 1, 9, 24], False, True, True, "float32"),
+    ("recurrent", "triton", 1, 24, 1, 1, 32, 16, None, True, False, False, "float16"),
+    ("recurrent", "torch", 1, 40, 1, 2, 20, 24, [0, 1, 17, 40], True, True, True, "float32"),
+]
+
+
+@pytest.mark.parametrize("op,backend,B,T,H,HV,K,V,cu,use_h0,final_state,l2norm,dtype", CASES)
+def test_matches_naive(op, backend, B, T, H, HV, K, V, cu, use_h0, final_state, l2norm, dtype):
+    seed(op, backend, B, T, H, HV, K, V, cu, use_h0, final_state, l2norm, dtype)
+    dtype = getattr(torch, dtype)
+    cu_seqlens = torch.tensor(cu, dtype=torch.int32) if cu is not None else None
+    N = len(cu) - 1 if cu is not None else B
+    xs = make_inputs(B, T, H, HV, K, V, N, use_h0, l2norm, dtype)
+    do, dht = torch.randn(B, T, HV, V), torch.randn(N, HV, K, V)
+    with use_backend(backend), poisoned_empty():
+        got = run(OPS[op], xs, do, dht, final_state, l2norm, cu_seqlens)
+    # The reference sees the same (possibly float16-rounded) inputs in float32.
+    ref_xs = [x.detach().float().requires_grad_() if x is not None else None for x in xs]
+    want = run(naive_recurrent_gated_delta_rule, ref_xs, do, dht, final_state, l2norm, cu_seqlens)
+    rel = 1e-4 if dtype == torch.float32 else 1e-2
+    for name, a, b in zip(NAMES, got, want):
+        if b is None:
+            assert a is None, f"{name}: expected None"
+            continue
+        assert a.dtype == (torch.float32 if name in ("ht", "dh0") else dtype), f"{name}: dtype {a.dtype}"
+        assert_close(name, a.float(), b, rel)
+
+
+def test_chunk_and_recurrent_agree_on_long_decay():
+    """Strong gates over several chunks: the chunk form's exp(G_t - G_s) ratios stay finite and match."""
+    seed("long-decay")
+    B, T, H, K, V = 1, 130, 1, 16, 16
+    q, k, v = torch.randn(B, T, H, K), F.normalize(torch.randn(B, T, H, K), dim=-1), torch.randn(B, T, H, V)
+    g = F.logsigmoid(torch.randn(B, T, H) - 3) * 4  # cumsums down to ~ -1000 within a chunk
+    beta = torch.rand(B, T, H)
+    o, ht = chunk_gated_delta_rule(q, k, v, g, beta, output_final_state=True)
+    o_ref, ht_ref = naive_recurrent_gated_delta_rule(q, k, v, g, beta, output_final_state=True)
+    assert_close("o", o, o_ref, 1e-4)
+    assert_close("ht", ht, ht_ref, 1e-4)
+
+
+def _bad(name):
+    B, T, H, K, V = 2, 8, 2, 16, 16
+    q, k, v = torch.randn(B, T, H, K), torch.randn(B, T, H, K), torch.randn(B, T, H, V)
+    g, beta = torch.randn(B, T, H), torch.rand(B, T, H)
+    kw = dict(q=q, k=k, v=v, g=g, beta=beta)
+    if name == "q_rank":
+        kw["q"] = q[0]
+    elif name == "k_shape":
+        kw["k"] = torch.randn(B, T, H, K + 1)
+    elif name == "k_dtype":
+        kw["k"] = k.half()
+    elif name == "v_heads":
+        kw["v"] = torch.randn(B, T, 3, V)
+    elif name == "g_shape":
+        kw["g"] = torch.randn(B, T, H, K)
+    elif name == "g_none":
+        kw["g"] = None
+    elif name == "beta_shape":
+        kw["beta"] = torch.rand(B, T + 1, H)
+    elif name == "head_dim":
+        kw["q"], kw["k"] = torch.randn(B, T, H, 300), torch.randn(B, T, H, 300)
+    elif name == "cu_batch":
+        kw["cu_seqlens"] = torch.tensor([0, 3, 8])
+    elif name == "cu_end":
+        kw = {n: x[:1] for n, x in kw.items()}
+        kw["cu_seqlens"] = torch.tensor([0, 3, 7])
+    elif name == "h0_shape":
+        kw["initial_state"] = torch.zeros(B, H, K, V + 1)
+    elif name == "h0_dtype":
+        kw["initial_state"] = torch.zeros(B, H, K, V, dtype=torch.float16)
+    elif name == "scale":
+        kw["scale"] = torch.tensor(0.5)
+    elif name == "layout":
+        kw["q"] = torch.randn(B, H, T, K).transpose(1, 2)
+    return kw
+
+
+BAD = [
+    ("q_rank", "q must have 4 dims"), ("k_shape", "k must have shape"), ("k_dtype", "k must have dtype"),
+    ("v_heads", "multiple of"), ("g_shape", "g must have"), ("g_none", "g must be"),
+    ("beta_shape", "beta must have shape"), ("head_dim", "head dim"), ("cu_batch", "batch size must be 1"),
+    ("cu_end", "cu_seqlens must end"), ("h0_shape", "initial_state must have shape"),
+    ("h0_dtype", "initial_state must have dtype"), ("scale", "scale must be"), ("layout", "not contiguous"),
+]
+
+
+@pytest.mark.parametrize("op", ["chunk", "recurrent"])
+@pytest.mark.parametrize("name,match", BAD)
+def test_rejects_bad_input(op, name, match):
+    with pytest.raises(ValueError, match=match):
+        OPS[op](**_bad(name))
