@@ -142,8 +142,8 @@ def parallel_attn_fwd_kernel(
     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     USE_G: tl.constexpr, HAS_WINDOW: tl.constexpr, IS_VARLEN: tl.constexpr,
 ):
-    # grid: (query blocks, B * HQ)
-    i_m, i_bh = tl.program_id(0), tl.program_id(1)
+    # grid: (query blocks, B * HQ); the last (heaviest, causal) blocks launch first, so the tail of the grid is light
+    i_m, i_bh = tl.num_programs(0) - 1 - tl.program_id(0), tl.program_id(1)
     i_b, i_hq = i_bh // HQ, i_bh % HQ
     i_h = i_hq // GROUP
     i_m, tok0, bos, L = _seq_bounds(i_m, i_b, cu_seqlens, block_indices, T, IS_VARLEN)
@@ -232,8 +232,8 @@ def parallel_attn_bwd_dq_kernel(
     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     USE_G: tl.constexpr, HAS_WINDOW: tl.constexpr, IS_VARLEN: tl.constexpr,
 ):
-    # grid: (query blocks, B * HQ); dg receives rowsum(dS) per query
-    i_m, i_bh = tl.program_id(0), tl.program_id(1)
+    # grid: (query blocks, B * HQ), heaviest first as in the forward; dg receives rowsum(dS) per query
+    i_m, i_bh = tl.num_programs(0) - 1 - tl.program_id(0), tl.program_id(1)
     i_b, i_hq = i_bh // HQ, i_bh % HQ
     i_h = i_hq // GROUP
     i_m, tok0, bos, L = _seq_bounds(i_m, i_b, cu_seqlens, block_indices, T, IS_VARLEN)
@@ -450,7 +450,7 @@ class ParallelAttnFunction(torch.autograd.Function):
         q, k, v, o, G, lse, cu_seqlens = ctx.saved_tensors
         dq, dk, dv, dG = parallel_attn_bwd(q, k, v, o, G, lse, do, ctx.scale, ctx.window_size, cu_seqlens)
         dg = None
-        if dG is not None:
+        if dG is not None and ctx.needs_input_grad[3]:
             dg = segment_cumsum(dG.transpose(1, 2), cu_seqlens, reverse=True).to(ctx.g_dtype)
         return dq, dk, dv, dg, None, None, None
 
