@@ -63,46 +63,60 @@ def rms_norm_fwd_kernel(
 
 @triton.jit
 def rms_norm_bwd_kernel(
-    dy, dr_in, r, weight, g, rstd, dr, dg, dw_partial, M, N,
+    dy, dr_in, r, weight, g, rstd, dr, dg, dw_partial, M, N, NB,
     BM: tl.constexpr, BN: tl.constexpr,
     HAS_DR_IN: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_GATE: tl.constexpr, ACT_SIGMOID: tl.constexpr,
 ):
-    # grid: (cdiv(M, BM),); [M, N] row-major tensors; dw_partial is [grid, N] float32 (summed by the launcher).
-    i_m = tl.program_id(0)
-    o_m = i_m * BM + tl.arange(0, BM)
+    # grid: (G,) programs, each walking row blocks i_p, i_p + G, ... of the NB = cdiv(M, BM) blocks and keeping its
+    # share of dweight in registers; [M, N] row-major tensors; dw_partial is [G, N] float32 (summed by the launcher).
+    i_p = tl.program_id(0)
     o_n = tl.arange(0, BN)
-    m_m, m_n = o_m < M, o_n < N
-    m_x = m_m[:, None] & m_n[None, :]
-    offs = o_m.to(tl.int64)[:, None] * N + o_n[None, :]
-    b_rstd = tl.load(rstd + o_m, mask=m_m, other=0.)
-    b_xhat = tl.load(r + offs, mask=m_x, other=0.).to(tl.float32) * b_rstd[:, None]
-    b_dy = tl.load(dy + offs, mask=m_x, other=0.).to(tl.float32)
+    m_n = o_n < N
     if HAS_WEIGHT:
         b_w = tl.load(weight + o_n, mask=m_n, other=0.).to(tl.float32)[None, :]
-    if HAS_GATE:
-        b_g = tl.load(g + offs, mask=m_x, other=0.).to(tl.float32)
-        b_yn = b_xhat
+        b_dw = tl.zeros([BN], dtype=tl.float32)
+    for i_m in range(i_p, NB, tl.num_programs(0)):
+        o_m = i_m * BM + tl.arange(0, BM)
+        m_m = o_m < M
+        m_x = m_m[:, None] & m_n[None, :]
+        offs = o_m.to(tl.int64)[:, None] * N + o_n[None, :]
+        b_rstd = tl.load(rstd + o_m, mask=m_m, other=0.)
+        b_xhat = tl.load(r + offs, mask=m_x, other=0.).to(tl.float32) * b_rstd[:, None]
+        b_dy = tl.load(dy + offs, mask=m_x, other=0.).to(tl.float32)
+        if HAS_GATE:
+            b_g = tl.load(g + offs, mask=m_x, other=0.).to(tl.float32)
+            b_yn = b_xhat
+            if HAS_WEIGHT:
+                b_yn = b_xhat * b_w
+            tl.store(dg + offs, (b_dy * b_yn * _gate_grad(b_g, ACT_SIGMOID)).to(dg.dtype.element_ty), mask=m_x)
+            b_dy = b_dy * _gate(b_g, ACT_SIGMOID)
         if HAS_WEIGHT:
-            b_yn = b_xhat * b_w
-        tl.store(dg + offs, (b_dy * b_yn * _gate_grad(b_g, ACT_SIGMOID)).to(dg.dtype.element_ty), mask=m_x)
-        b_dy = b_dy * _gate(b_g, ACT_SIGMOID)
+            b_dw += tl.sum(b_dy * b_xhat, axis=0)
+            b_dy = b_dy * b_w
+        # d r = rstd * (dxhat - xhat * mean(dxhat * xhat)), plus the gradient of the returned r (prenorm).
+        b_c = tl.sum(b_dy * b_xhat, axis=1) / N
+        b_dr = (b_dy - b_xhat * b_c[:, None]) * b_rstd[:, None]
+        if HAS_DR_IN:
+            b_dr += tl.load(dr_in + offs, mask=m_x, other=0.).to(tl.float32)
+        tl.store(dr + offs, b_dr.to(dr.dtype.element_ty), mask=m_x)
     if HAS_WEIGHT:
-        tl.store(dw_partial + i_m * N + o_n, tl.sum(b_dy * b_xhat, axis=0), mask=m_n)
-        b_dy = b_dy * b_w
-    # d r = rstd * (dxhat - xhat * mean(dxhat * xhat)), plus the gradient of the returned r (prenorm).
-    b_c = tl.sum(b_dy * b_xhat, axis=1) / N
-    b_dr = (b_dy - b_xhat * b_c[:, None]) * b_rstd[:, None]
-    if HAS_DR_IN:
-        b_dr += tl.load(dr_in + offs, mask=m_x, other=0.).to(tl.float32)
-    tl.store(dr + offs, b_dr.to(dr.dtype.element_ty), mask=m_x)
+        tl.store(dw_partial + i_p * N + o_n, b_dw, mask=m_n)
 
 
-def _blocks(M: int, N: int) -> tuple[int, int, int]:
+def _blocks(M: int, N: int) -> tuple[int, int, int, int]:
+    """(rows per block BM, padded row BN, row blocks NB, warps)."""
     BN = triton.next_power_of_2(N)
     if BN > 65536:
         raise ValueError(f"the normalized size must be at most 65536 (got {N}); one block must hold a row")
     BM = max(1, min(16, 4096 // BN))
-    return BM, BN, triton.cdiv(M, BM)
+    return BM, BN, triton.cdiv(M, BM), 8 if BN >= 4096 else 4
+
+
+def _backward_programs(num_blocks: int, device: torch.device) -> int:
+    """Enough programs to fill the GPU a few times over; each sums its share of dweight, so fewer is less to add."""
+    if device.type == "cuda":
+        return max(1, min(num_blocks, 4 * torch.cuda.get_device_properties(device).multi_processor_count))
+    return max(1, min(num_blocks, 8))
 
 
 def _r_dtype(x: torch.Tensor, residual: torch.Tensor | None, residual_in_fp32: bool) -> torch.dtype:
@@ -124,10 +138,10 @@ class RMSNormFunction(torch.autograd.Function):
         y = torch.empty_like(x2)
         r = torch.empty(M, N, dtype=r_dtype, device=x.device) if store_r else x2
         rstd = torch.empty(M, dtype=torch.float32, device=x.device)
-        BM, BN, grid = _blocks(M, N)
+        BM, BN, NB, warps = _blocks(M, N)
         if M > 0:
-            rms_norm_fwd_kernel[(grid,)](
-                x2, res2, weight, g2, y, r, rstd, eps, M, N, BM=BM, BN=BN,
+            rms_norm_fwd_kernel[(NB,)](
+                x2, res2, weight, g2, y, r, rstd, eps, M, N, BM=BM, BN=BN, num_warps=warps,
                 HAS_RESIDUAL=residual is not None, STORE_R=store_r, HAS_WEIGHT=weight is not None,
                 HAS_GATE=g is not None, ACT_SIGMOID=activation == "sigmoid",
             )
@@ -144,13 +158,14 @@ class RMSNormFunction(torch.autograd.Function):
         dy = dy.reshape(M, N).contiguous()
         if dr_in is not None:
             dr_in = dr_in.reshape(M, N).contiguous()
-        BM, BN, grid = _blocks(M, N)
+        BM, BN, NB, warps = _blocks(M, N)
+        grid = _backward_programs(NB, r.device)
         dr = torch.empty(M, N, dtype=r.dtype, device=r.device)
         dg = torch.empty_like(g2) if g2 is not None else None
         dw_partial = torch.empty(grid, N, dtype=torch.float32, device=r.device) if weight is not None else None
         if M > 0:
             rms_norm_bwd_kernel[(grid,)](
-                dy, dr_in, r, weight, g2, rstd, dr, dg, dw_partial, M, N, BM=BM, BN=BN,
+                dy, dr_in, r, weight, g2, rstd, dr, dg, dw_partial, M, N, NB, BM=BM, BN=BN, num_warps=warps,
                 HAS_DR_IN=dr_in is not None, HAS_WEIGHT=weight is not None, HAS_GATE=g2 is not None,
                 ACT_SIGMOID=activation == "sigmoid",
             )
