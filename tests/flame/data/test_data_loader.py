@@ -196,3 +196,16 @@ def test_state_errors(tmp_path, tok):
     single = build_dataloader(sources=[SourceConfig(a)], tokenizer=tok, seq_len=16, batch_size=1)
     with pytest.raises(ValueError, match="needs all"):
         single.load_state_dict(state)  # rank 0's state alone cannot be resharded
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 5, 64, 1000, 4097])
+def test_permutation_is_a_bijection(n):
+    import numpy as np
+
+    from flame.data.stream import Permutation
+
+    orders = [Permutation(n, seed, 0, epoch)(np.arange(n)).tolist() for seed, epoch in ((0, 0), (0, 1), (1, 0))]
+    assert all(sorted(o) == list(range(n)) for o in orders)
+    if n >= 64:
+        assert orders[0] != orders[1] and orders[0] != orders[2], "epochs and seeds must reorder"
+        assert orders[0] != list(range(n))
