@@ -26,7 +26,7 @@ import torch
 import triton
 import triton.language as tl
 
-from fla.ops.utils.dispatch import autotune, dispatch
+from fla.ops.utils.dispatch import autotune, dispatch, tensor_core_dtype
 from fla.ops.utils.index import prepare_chunk_indices, prepare_chunk_offsets, sequence_spans
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -355,6 +355,11 @@ def chunk_bwd_dqkwg_kernel(
         tl.store(dw + (rows[:, None] * H + i_h) * K + o_k[None, :], (-b_dw).to(dw.dtype.element_ty), mask=m_tk)
 
 
+def _dot_ready(*xs):
+    """The interpreter computes bf16 dots wrongly: upcast bf16 operands there (outputs keep the callers' dtypes)."""
+    return [x.to(tensor_core_dtype(x.dtype)) if x is not None else None for x in xs]
+
+
 def _grid(cu_seqlens, chunk_size, B, T, H):
     """(chunk_indices, number of chunk programs, batch * heads)."""
     if cu_seqlens is None:
@@ -367,6 +372,7 @@ def _chunk_fwd_o_triton(q, k, v, h, g=None, scale=1.0, cu_seqlens=None, chunk_si
     B, T, H, K = q.shape
     V = v.shape[-1]
     o = torch.empty_like(v)
+    q, k, v, h = _dot_ready(q, k, v, h)
     chunk_indices, NT, BH = _grid(cu_seqlens, chunk_size, B, T, H)
     if NT > 0:
         chunk_fwd_o_kernel[lambda meta: (triton.cdiv(V, meta["BV"]), NT, BH)](
@@ -380,6 +386,7 @@ def _chunk_bwd_dv_triton(q, k, do, dh=None, g=None, scale=1.0, cu_seqlens=None, 
     B, T, H, K = q.shape
     V = do.shape[-1]
     dv = torch.empty_like(do)
+    q, k, do, dh = _dot_ready(q, k, do, dh)
     chunk_indices, NT, BH = _grid(cu_seqlens, chunk_size, B, T, H)
     if NT > 0:
         chunk_bwd_dv_kernel[lambda meta: (triton.cdiv(V, meta["BV"]), NT, BH)](
@@ -402,6 +409,7 @@ def _chunk_bwd_dqkwg_triton(q, k, v, do, h, dh, g=None, w=None, dv=None, scale=1
     dq, dk = torch.empty_like(q), torch.empty_like(k)
     dw = torch.empty_like(w) if w is not None and dv is not None else None
     dg = q.new_empty(NK, B, T, H, dtype=torch.float32) if g is not None else None
+    q, k, v, do, h, dh, dv = _dot_ready(q, k, v, do, h, dh, dv)
     chunk_indices, NT, BH = _grid(cu_seqlens, chunk_size, B, T, H)
     if NT > 0:
         chunk_bwd_dqkwg_kernel[(NK, NT, BH)](
