@@ -46,6 +46,7 @@ CASES = [
     (2, 45, None, 1, 48, 40, 16, "logsigmoid"),
     (1, 75, [0, 1, 20, 20, 75], 2, 16, 24, 32, "strong"),
     (1, 70, [0, 64, 70], 1, 32, 16, 64, "very strong"),
+    (1, 40, None, 1, 80, 72, 16, "logsigmoid"),  # several K and V blocks in every kernel
 ]
 
 

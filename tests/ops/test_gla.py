@@ -138,6 +138,7 @@ RECURRENT_CASES = [
     (1, 40, [0, 1, 17, 40], 2, 16, 24, ("gk", "gv"), "logsigmoid", False, True),
     (1, 30, [0, 13, 14, 30], 1, 32, 20, ("gk", "gv"), "strong", True, True),
     (2, 20, None, 1, 16, 16, ("gv",), "logsigmoid", True, False),
+    (1, 12, None, 1, 128, 40, ("gk", "gv"), "logsigmoid", False, True),  # two value blocks: partial sums of dq, dk, dgk
 ]
 
 
