@@ -101,6 +101,8 @@ def _build(root: Path) -> None:
     docs = iter_documents()
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=root.name + ".tmp-", dir=root.parent))
+    bars = datasets.utils.logging.is_progress_bar_enabled()
+    datasets.disable_progress_bars()  # a one-off few-second build: no bar per split
     try:
         for split in SPLITS:
             keep = [(n, t) for n, t in docs if _is_validation(n) == (split == "validation")]
@@ -114,3 +116,5 @@ def _build(root: Path) -> None:
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        if bars:
+            datasets.enable_progress_bars()

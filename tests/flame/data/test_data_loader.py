@@ -209,3 +209,46 @@ def test_permutation_is_a_bijection(n):
     if n >= 64:
         assert orders[0] != orders[1] and orders[0] != orders[2], "epochs and seeds must reorder"
         assert orders[0] != list(range(n))
+
+
+def _rank_main(rank: int, init_file: str, path: str, out: str) -> None:
+    import torch.distributed as dist
+
+    from flame.data import load_tokenizer
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    try:
+        loader = build_dataloader(sources=[SourceConfig(path)], tokenizer=load_tokenizer(None), seq_len=32,
+                                  batch_size=2, dp_rank=rank, dp_world_size=2, epochs=1, seed=1)
+        tokens = [t for b in take(loader, 2 + 3 * rank) for t in real_tokens(b).tolist()]
+        state = loader.state_dict()  # a collective: every rank gets every rank's shards
+        with open(f"{out}.{rank}", "w") as f:
+            json.dump({"tokens": tokens, "state": state}, f)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_distributed_state_gathers_all_ranks(tmp_path, tok):
+    """Under torch.distributed (2 gloo processes) state_dict() is the same on every rank and holds every rank's
+    shards, so one rank's copy resumes the whole run under another world size."""
+    import multiprocessing
+
+    lengths = doc_lengths(30, 70)
+    path = write_pretokenized(tmp_path / "docs", lengths)
+    ctx = multiprocessing.get_context("fork")
+    procs = [ctx.Process(target=_rank_main, args=(r, str(tmp_path / "init"), path, str(tmp_path / "out")))
+             for r in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+    assert [p.exitcode for p in procs] == [0, 0]
+    saved = [json.loads((tmp_path / f"out.{r}").read_text()) for r in range(2)]
+    assert saved[0]["state"] == saved[1]["state"] and sorted(saved[0]["state"]["shards"]) == ["0", "1"]
+    resumed = build_dataloader(sources=[SourceConfig(path)], tokenizer=tok, seq_len=32, batch_size=2, epochs=1,
+                               seed=1)
+    resumed.load_state_dict(saved[1]["state"])
+    tokens = saved[0]["tokens"] + saved[1]["tokens"] + [t for b in drain(resumed) for t in real_tokens(b).tolist()]
+    assert collections.Counter(t for t in tokens if t != EOS) == expected_tokens(lengths)
+    assert tokens.count(EOS) == len(lengths)
+    assert sum(resumed.tokens_per_source().values()) == len(tokens)

@@ -84,3 +84,29 @@ def test_prepare_data_matches_online(tmp_path, tok):
     assert len(online) == len(offline)
     assert all(torch.equal(a["input_ids"], b["input_ids"]) and torch.equal(a["cu_seqlens"], b["cu_seqlens"])
                for a, b in zip(online, offline))
+
+
+def test_default_data_is_learnable(tok):
+    """A bigram model trained for a few dozen steps on the default corpus lowers the held-out loss by > 1 nat:
+    the embedded data and tokenizer carry signal a tiny model can pick up."""
+    torch.manual_seed(0)
+    train = iter(build_dataloader(sources=[SourceConfig("default")], tokenizer=None, seq_len=128, batch_size=4))
+    valid = next(iter(build_dataloader(sources=[SourceConfig("default", split="validation")], tokenizer=None,
+                                       seq_len=512, batch_size=4, epochs=1)))
+    model = torch.nn.Sequential(torch.nn.Embedding(len(tok), 32), torch.nn.Linear(32, len(tok)))
+    opt = torch.optim.Adam(model.parameters(), lr=3e-2)
+
+    def loss_on(batch):
+        ids = batch["input_ids"]
+        return torch.nn.functional.cross_entropy(model(ids[:, :-1]).flatten(0, 1), ids[:, 1:].flatten())
+
+    with torch.no_grad():
+        before = loss_on(valid).item()
+    for _ in range(40):
+        opt.zero_grad()
+        loss_on(next(train)).backward()
+        opt.step()
+    with torch.no_grad():
+        after = loss_on(valid).item()
+    print(f"held-out loss {before:.2f} -> {after:.2f}")
+    assert before > 7.5 and after < before - 1.0
