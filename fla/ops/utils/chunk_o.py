@@ -166,7 +166,7 @@ def _chunk_bwd_dqkwg_torch(q, k, v, do, h, dh, g=None, w=None, dv=None, scale=1.
 
 _TILE_CONFIGS = [
     triton.Config({"BK": BK, "BV": BV}, num_warps=num_warps, num_stages=num_stages)
-    for BK, BV in ((64, 64), (32, 64), (64, 32)) for num_warps in (4, 8) for num_stages in (2, 3)
+    for BK, BV in ((64, 64), (32, 64), (64, 32), (128, 64)) for num_warps in (4, 8) for num_stages in (2, 3)
 ]
 _V_CONFIGS = [
     triton.Config({"BV": BV}, num_warps=num_warps, num_stages=num_stages)
