@@ -181,16 +181,16 @@ class Checkpointer:
         if lr_schedulers is not None:
             state["lr_scheduler"] = lr_schedulers
         dcp.save(state, checkpoint_id=tmp)
-        # Per-rank state (RNG, data position) travels as one object written by rank 0: DCP would keep a single
-        # copy of a per-rank key, and a different world size on resume needs all of them anyway.
-        per_rank = all_gather_object({"rng": train_state.get("rng"), "dataloader": dataloader_state})
+        # Per-rank RNG states travel in one object written by rank 0: DCP would keep a single copy of a per-rank
+        # key. The data-loader state is already global (flame.data gathers every rank's position in state_dict).
+        rngs = all_gather_object(train_state.get("rng"))
         if crash_hook is not None:
             crash_hook()
         if rank == 0:
             trainer_state = {k: v for k, v in train_state.items() if k != "rng"}
             trainer_state["world_size"] = dist.get_world_size()
-            trainer_state["rng"] = [r["rng"] for r in per_rank]
-            trainer_state["dataloader"] = [r["dataloader"] for r in per_rank]
+            trainer_state["rng"] = rngs
+            trainer_state["dataloader"] = dataloader_state
             buffer_path = os.path.join(tmp, "trainer_state.pt")
             torch.save(trainer_state, buffer_path)
             _fsync_write(os.path.join(tmp, "config.toml"), config_toml.encode())
@@ -230,7 +230,7 @@ class Checkpointer:
 
     def load(self, step: int, *, model, optimizers=None, lr_schedulers=None, model_config=None) -> dict[str, Any]:
         """Load step-N into the live objects (resharding as needed); return the trainer state (with this rank's
-        RNG state under 'rng' and every saved rank's loader state under 'dataloader'). Collective."""
+        RNG state under 'rng' and the global data-loader state under 'dataloader'). Collective."""
         self.check(step)
         path = self.step_dir(step)
         meta = self.read_meta(step)

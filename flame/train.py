@@ -87,10 +87,12 @@ def token_byte_lengths(tokenizer, vocab_size: int) -> torch.Tensor:
 
 
 def to_model_inputs(batch: dict[str, Any], device: torch.device, varlen: bool) -> tuple[dict[str, Any], int]:
-    """Loader batch -> model kwargs (labels included) and the number of predicted targets in it.
+    """Loader batch -> model kwargs (labels included) and the number of scored targets in it.
 
-    The model's loss shifts labels inside (Hugging Face convention), so the targets are labels[..., 1:]; counting
-    them here makes the token weighting exact whatever the layout ([B, L], or [1, B*L] for varlen)."""
+    The model shifts labels inside (token t predicts labels[t + 1]) and, under cu_seqlens, scores no prediction
+    across a document boundary. The labels given here already carry -100 at those places (every document start
+    but the first, and the loader's end padding), so the count `labels[..., 1:] != -100` is exact in either layout
+    ([B, L], or [1, B*L] for varlen) and the loss can be weighted by tokens."""
     input_ids = batch["input_ids"].to(device, non_blocking=True)
     position_ids = batch.get("position_ids")
     position_ids = position_ids.to(device, non_blocking=True) if position_ids is not None else None
@@ -101,7 +103,12 @@ def to_model_inputs(batch: dict[str, Any], device: torch.device, varlen: bool) -
         cu_seqlens = cu_seqlens.to(device, non_blocking=True)
     else:
         cu_seqlens = None
-    labels = input_ids
+    labels = input_ids.clone()
+    if cu_seqlens is not None:
+        labels[:, cu_seqlens[1:-1].long()] = -100
+    padding = int(batch.get("padding") or 0)
+    if padding:
+        labels.view(-1)[-padding:] = -100
     inputs = {"input_ids": input_ids, "labels": labels}
     if position_ids is not None:
         inputs["position_ids"] = position_ids
@@ -109,17 +116,6 @@ def to_model_inputs(batch: dict[str, Any], device: torch.device, varlen: bool) -
         inputs["cu_seqlens"] = cu_seqlens
     n_targets = int((labels[..., 1:] != -100).sum())
     return inputs, n_targets
-
-
-def restore_dataloader(dataloader, saved: list, rank: int, world_size: int) -> None:
-    """Give the loader its saved position. Same world size: this rank's own state. Another world size: the data
-    loader re-splits the saved ranks' states itself (flame.data supports a change of world size)."""
-    if not saved or saved[0] is None:
-        return
-    if len(saved) == world_size:
-        dataloader.load_state_dict(saved[rank])
-    else:
-        dataloader.load_state_dict({"ranks": saved})
 
 
 # ---------------------------------------------------------------------------------------------------- the run
@@ -215,7 +211,9 @@ def train(config: JobConfig, world) -> dict[str, Any]:
                                   model_config=model_config)
         if not saved.get("seed_checkpoint"):
             state.load(saved)
-            restore_dataloader(dataloader, saved.get("dataloader") or [], world.rank, world.world_size)
+            if saved.get("dataloader") is not None:
+                # flame.data's state holds every rank's position and re-splits it for another world size.
+                dataloader.load_state_dict(saved["dataloader"])
         _log(world, f"[checkpoint] resumed from {checkpointer.step_dir(resume_step)} (step {state.step}, "
                     f"saved on {saved.get('world_size', '?')} ranks, now {world.world_size})")
 
