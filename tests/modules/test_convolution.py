@@ -127,3 +127,19 @@ def test_conv_rejects_bad_inputs():
         conv(torch.randn(2, 5, 8), cu_seqlens=torch.tensor([0, 5]))
     with pytest.raises(ValueError, match="activation must be one of"):
         ShortConvolution(8, activation="relu")
+
+
+@pytest.mark.parametrize("backend", ["triton", "torch"])
+def test_conv_half(backend):
+    seed(backend)
+    D, W = 32, 4
+    conv = make_conv(D, W, True, "silu").half()
+    x = torch.randn(2, 30, D, dtype=torch.float16, requires_grad=True)
+    with use_backend(backend):
+        y, _ = conv(x)
+        y.float().sum().backward()
+    assert y.dtype == x.grad.dtype == conv.weight.grad.dtype == torch.float16
+    y_ref = torch.stack([reference(x[b], conv.weight[:, 0], conv.bias, torch.zeros(W - 1, D), "silu") for b in range(2)])
+    (dx_ref,) = torch.autograd.grad(y_ref.sum(), x)
+    assert_close("y", y, y_ref, 2e-3)
+    assert_close("dx", x.grad, dx_ref, 2e-3)

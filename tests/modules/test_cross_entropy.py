@@ -110,3 +110,20 @@ def test_losses_reject_bad_inputs():
         FusedCrossEntropyLoss()(torch.randn(2, 4, 10), t)
     with pytest.raises(ValueError, match="chunk_size or num_chunks, not both"):
         fused_linear_cross_entropy(h, t, w, chunk_size=2, num_chunks=2)
+
+
+@pytest.mark.parametrize("backend", ["triton", "torch"])
+def test_linear_cross_entropy_half(backend):
+    seed(backend)
+    hidden = torch.randn(40, 32, dtype=torch.float16, requires_grad=True)
+    weight = (torch.randn(200, 32) / 32**0.5).half().requires_grad_()
+    target = targets(40, 200, 4)
+    with use_backend(backend):
+        loss = fused_linear_cross_entropy(hidden, target, weight, chunk_size=16)
+        loss.backward()
+    assert hidden.grad.dtype == weight.grad.dtype == torch.float16
+    ref = F.cross_entropy(F.linear(hidden.double(), weight.double()), target)
+    dh, dw = torch.autograd.grad(ref, (hidden, weight))
+    assert_close("loss", loss, ref, 1e-3)
+    assert_close("dhidden", hidden.grad, dh, 5e-3)
+    assert_close("dweight", weight.grad, dw, 5e-3)

@@ -21,3 +21,8 @@ def test_l2norm_matches_reference(backend, shape):
     (dx_ref,) = torch.autograd.grad(y_ref, x, dy.double())
     assert_close("y", y, y_ref, 1e-6)
     assert_close("dx", dx, dx_ref, 1e-5)
+
+
+def test_l2norm_rejects_integer_input():
+    with pytest.raises(ValueError, match="floating-point"):
+        L2Norm()(torch.arange(6).view(2, 3))
