@@ -225,15 +225,48 @@ def chunk_gk_bwd_dv_kernel(
 
 
 @triton.heuristics({"IS_VARLEN": lambda args: args["cu_seqlens"] is not None})
-@autotune(_CONFIGS, key=["H", "K", "V", "BT", "BK", "BV"])
+@autotune(_CONFIGS, key=["H", "V", "BT", "BV"])
+@triton.jit
+def chunk_gk_bwd_dA_kernel(
+    v, do, dA, cu_seqlens, chunk_indices, scale, T,
+    H: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr,
+    IS_VARLEN: tl.constexpr,
+):
+    # grid: (chunks, B * H); dA [B, T, H, BT] float32: dA[t, s] = scale * do_t . v_s for s <= t in t's chunk (s is
+    # chunk-local), 0 above the diagonal. Computed once here so the dq/dk kernel (split over K) does not redo it.
+    i_t, i_bh = tl.program_id(0), tl.program_id(1)
+    i_b, i_h = i_bh // H, i_bh % H
+    if IS_VARLEN:
+        i_n, i_t = tl.load(chunk_indices + i_t * 2).to(tl.int32), tl.load(chunk_indices + i_t * 2 + 1).to(tl.int32)
+        bos, eos = tl.load(cu_seqlens + i_n).to(tl.int64), tl.load(cu_seqlens + i_n + 1).to(tl.int64)
+        T = (eos - bos).to(tl.int32)
+    else:
+        bos = (i_b * T).to(tl.int64)
+    o_s = tl.arange(0, BT)
+    rows = i_t * BT + o_s
+    m_r = rows < T
+    b_dA = tl.zeros([BT, BT], dtype=tl.float32)
+    for i_v in range(tl.cdiv(V, BV)):
+        o_vv = i_v * BV + tl.arange(0, BV)
+        m_rv = m_r[:, None] & (o_vv < V)[None, :]
+        offs_v = (bos + rows)[:, None] * (H * V) + i_h * V + o_vv[None, :]
+        b_do = tl.load(do + offs_v, mask=m_rv, other=0.)
+        b_v = tl.load(v + offs_v, mask=m_rv, other=0.)
+        b_dA += tl.dot(b_do, tl.trans(b_v.to(b_do.dtype)), input_precision=PREC)
+    b_dA = tl.where(o_s[:, None] >= o_s[None, :], b_dA * scale, 0.)
+    tl.store(dA + (bos + rows)[:, None] * (H * BT) + i_h * BT + o_s[None, :], b_dA, mask=m_r[:, None])
+
+
+@triton.heuristics({"IS_VARLEN": lambda args: args["cu_seqlens"] is not None})
+@autotune(_CONFIGS, key=["H", "K", "BT", "BK"])
 @triton.jit
 def chunk_gk_bwd_dqk_intra_kernel(
-    q, k, v, g, do, dq, dk, cu_seqlens, chunk_indices, scale, T,
-    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr,
-    BK: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr, IS_VARLEN: tl.constexpr,
+    q, k, g, dA, dq, dk, cu_seqlens, chunk_indices, T,
+    H: tl.constexpr, K: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    PREC: tl.constexpr, IS_VARLEN: tl.constexpr,
 ):
-    # grid: (K blocks, chunks * sub-chunks, B * H); the intra-chunk parts of dq and dk (float32, scaled) for BC rows:
-    # dq_i = scale * sum_{j <= i} (dA_ij . gated k_j),  dk_i = scale * sum_{j >= i} (dA_ji^T . gated q_j)
+    # grid: (K blocks, chunks * sub-chunks, B * H); the intra-chunk parts of dq and dk (float32) for BC rows, from the
+    # scaled dA: dq_i = sum_{j <= i} dA_ij (gated k_j),  dk_i = sum_{j >= i} dA_ji^T (gated q_j)
     i_k, i_tc, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_b, i_h = i_bh // H, i_bh % H
     NC: tl.constexpr = BT // BC
@@ -247,17 +280,17 @@ def chunk_gk_bwd_dqk_intra_kernel(
     s0 = i_t * BT + i_i * BC
     if s0 >= T:
         return
-    HK, HV = H * K, H * V
+    HK = H * K
     e_i = tl.minimum(s0 + BC, T) - 1
     n_sub = tl.cdiv(tl.minimum(BT, T - i_t * BT), BC)
     o_c = tl.arange(0, BC)
     o_kk = i_k * BK + tl.arange(0, BK)
     m_k = o_kk < K
-    o_v = tl.arange(0, BV)
     rows = s0 + o_c
     m_r = rows < T
     m_rk = m_r[:, None] & m_k[None, :]
     offs = (bos + rows)[:, None] * HK + i_h * K + o_kk[None, :]
+    p_dA = dA + i_h * BT  # row t of dA starts at (bos + t) * H * BT
     b_g = tl.load(g + offs, mask=m_rk, other=0.).to(tl.float32)
     b_gn = tl.load(g + (bos + s0) * HK + i_h * K + o_kk, mask=m_k, other=0.).to(tl.float32)
     b_gm = tl.load(g + (bos + e_i) * HK + i_h * K + o_kk, mask=m_k, other=0.).to(tl.float32)
@@ -266,14 +299,7 @@ def chunk_gk_bwd_dqk_intra_kernel(
     b_dq = tl.zeros([BC, BK], dtype=tl.float32)
     for j in range(0, i_i):
         rows_j = i_t * BT + j * BC + o_c
-        b_dA = tl.zeros([BC, BC], dtype=tl.float32)
-        for i_v in range(tl.cdiv(V, BV)):
-            o_vv = i_v * BV + o_v
-            m_v = o_vv < V
-            b_do = tl.load(do + (bos + rows)[:, None] * HV + i_h * V + o_vv[None, :],
-                           mask=m_r[:, None] & m_v[None, :], other=0.)
-            b_vj = tl.load(v + (bos + rows_j)[:, None] * HV + i_h * V + o_vv[None, :], mask=m_v[None, :], other=0.)
-            b_dA += tl.dot(b_do, tl.trans(b_vj.to(b_do.dtype)), input_precision=PREC)
+        b_dA = tl.load(p_dA + (bos + rows)[:, None] * (H * BT) + (j * BC + o_c)[None, :], mask=m_r[:, None], other=0.)
         offs_j = (bos + rows_j)[:, None] * HK + i_h * K + o_kk[None, :]
         b_kj = tl.load(k + offs_j, mask=m_k[None, :], other=0.).to(tl.float32)
         b_gj = tl.load(g + offs_j, mask=m_k[None, :], other=0.).to(tl.float32)
@@ -285,14 +311,9 @@ def chunk_gk_bwd_dqk_intra_kernel(
     for j in range(i_i + 1, n_sub):
         rows_j = i_t * BT + j * BC + o_c
         m_rj = rows_j < T
-        b_dAt = tl.zeros([BC, BC], dtype=tl.float32)  # b_dAt[s, t] = dA_ts, s in i, t in j
-        for i_v in range(tl.cdiv(V, BV)):
-            o_vv = i_v * BV + o_v
-            m_v = o_vv < V
-            b_v = tl.load(v + (bos + rows)[:, None] * HV + i_h * V + o_vv[None, :], mask=m_v[None, :], other=0.)
-            b_doj = tl.load(do + (bos + rows_j)[:, None] * HV + i_h * V + o_vv[None, :],
-                            mask=m_rj[:, None] & m_v[None, :], other=0.)
-            b_dAt += tl.dot(b_v.to(b_doj.dtype), tl.trans(b_doj), input_precision=PREC)
+        # b_dAt[s, t] = dA[t, s] for s in sub-chunk i, t in sub-chunk j
+        b_dAt = tl.load(p_dA + (bos + rows_j)[None, :] * (H * BT) + (i_i * BC + o_c)[:, None], mask=m_rj[None, :],
+                        other=0.)
         offs_j = (bos + rows_j)[:, None] * HK + i_h * K + o_kk[None, :]
         m_jk = m_rj[:, None] & m_k[None, :]
         b_qj = tl.load(q + offs_j, mask=m_jk, other=0.).to(tl.float32)
@@ -301,16 +322,8 @@ def chunk_gk_bwd_dqk_intra_kernel(
         b_dk += tl.dot(b_dAt, b_qm, input_precision=PREC)
     b_dk *= tl.exp(tl.where(m_rk, b_gm[None, :] - b_g, float("-inf")))
 
-    # the diagonal sub-chunk, element by element
-    b_dA = tl.zeros([BC, BC], dtype=tl.float32)
-    for i_v in range(tl.cdiv(V, BV)):
-        o_vv = i_v * BV + o_v
-        m_rv = m_r[:, None] & (o_vv < V)[None, :]
-        offs_v = (bos + rows)[:, None] * HV + i_h * V + o_vv[None, :]
-        b_do = tl.load(do + offs_v, mask=m_rv, other=0.)
-        b_v = tl.load(v + offs_v, mask=m_rv, other=0.)
-        b_dA += tl.dot(b_do, tl.trans(b_v.to(b_do.dtype)), input_precision=PREC)
-    b_dA = tl.where((o_c[:, None] >= o_c[None, :]), b_dA, 0.)
+    # the diagonal sub-chunk, element-wise (dA is already 0 above its diagonal)
+    b_dA = tl.load(p_dA + (bos + rows)[:, None] * (H * BT) + (i_i * BC + o_c)[None, :], mask=m_r[:, None], other=0.)
     b_q = tl.load(q + offs, mask=m_rk, other=0.).to(tl.float32)
     b_k = tl.load(k + offs, mask=m_rk, other=0.).to(tl.float32)
     # [t, s, k] = dA_ts exp(G_t - G_s) for s <= t (-inf before the exp elsewhere); dq sums over s, dk over t
@@ -318,8 +331,8 @@ def chunk_gk_bwd_dqk_intra_kernel(
     b_d = b_dA[:, :, None] * tl.exp(tl.where(m_tri[:, :, None], b_g[:, None, :] - b_g[None, :, :], float("-inf")))
     b_dq += tl.sum(b_d * b_k[None, :, :], axis=1)
     b_dk += tl.sum(b_d * b_q[:, None, :], axis=0)
-    tl.store(dq + offs, b_dq * scale, mask=m_rk)
-    tl.store(dk + offs, b_dk * scale, mask=m_rk)
+    tl.store(dq + offs, b_dq, mask=m_rk)
+    tl.store(dk + offs, b_dk, mask=m_rk)
 
 
 @triton.heuristics({"IS_VARLEN": lambda args: args["cu_seqlens"] is not None})
@@ -427,13 +440,16 @@ def _bwd_dqkg_triton(q, k, v, g, h, do, dh, scale, cu_seqlens=None, chunk_size=6
     chunk_indices, NT = _chunks(cu_seqlens, T, chunk_size)
     if NT == 0:
         return dq, dk, dg
+    BK, BV = _block(K, 32), _block(V)
+    dA = q.new_empty(B, T, H, chunk_size, dtype=torch.float32)
+    chunk_gk_bwd_dA_kernel[(NT, B * H)](v, do, dA, cu_seqlens, chunk_indices, scale, T, H=H, V=V, BT=chunk_size,
+                                        BV=BV, PREC=_precision(q))
     dq_intra = torch.empty_like(q, dtype=torch.float32)
     dk_intra = torch.empty_like(k, dtype=torch.float32)
     # the intra kernel holds [BC, BC, BK] blocks on the diagonal: a narrower K block keeps them in registers
-    BK, BV = _block(K, 32), _block(V)
     chunk_gk_bwd_dqk_intra_kernel[(triton.cdiv(K, BK), NT * (chunk_size // BC), B * H)](
-        q, k, v, g, do, dq_intra, dk_intra, cu_seqlens, chunk_indices, scale, T, H=H, K=K, V=V,
-        BT=chunk_size, BC=BC, BK=BK, BV=BV, PREC=_precision(q))
+        q, k, g, dA, dq_intra, dk_intra, cu_seqlens, chunk_indices, T, H=H, K=K, BT=chunk_size, BC=BC, BK=BK,
+        PREC=_precision(q))
     BK = _block(K)
     chunk_gk_bwd_dqkg_inter_kernel[(triton.cdiv(K, BK), NT, B * H)](
         q, k, v, g, h, do, dh, dq_intra, dk_intra, dq, dk, dg, cu_seqlens, chunk_indices, scale, T, H=H, K=K, V=V,
