@@ -97,7 +97,8 @@ class FlameDataLoader:
     def state_dict(self) -> dict:
         """This rank's position; with torch.distributed initialized, every rank's (a collective: call it on all
         ranks), so the state can be loaded under any world size. Plain Python values only."""
-        local = {"format": STATE_FORMAT, "sources": list(self.labels), "num_shards": self.num_shards,
+        local = {"format": STATE_FORMAT, "sources": list(self.labels),
+                 "streaming": [s.streaming for s in self.sources], "num_shards": self.num_shards,
                  "dp_world_size": self.dp_world_size, "num_workers": self.workers,
                  "shards": {str(self.dp_rank * self.workers + w): _plain(s) for w, s in enumerate(self.shards)},
                  "ranks": {str(self.dp_rank): {"next_worker": self.next_worker, "tokens": dict(self.tokens)}}}
@@ -115,6 +116,16 @@ class FlameDataLoader:
         if list(state["sources"]) != self.labels:
             raise ValueError(f"the saved data-loader state is for sources {state['sources']}, this loader reads "
                              f"{self.labels}; resume with the same sources, in the same order")
+        if list(state["streaming"]) != [s.streaming for s in self.sources]:
+            raise ValueError(f"the saved data-loader state read sources with streaming={state['streaming']}; a "
+                             "stream and a shuffled dataset have different document orders: keep the setting")
+        for k, src in enumerate(self.sources):
+            saved_len = next((sh["sources"][k]["length"] for sh in state["shards"].values()
+                              if sh["sources"][k]["length"] is not None), None)
+            if not src.streaming and saved_len is not None and saved_len != len(src.dataset):
+                raise ValueError(f"data source {src.label!r} has {len(src.dataset)} documents but the saved state "
+                                 f"was taken with {saved_len}: the document order would differ; resume on the "
+                                 "same data")
         mine = [str(self.dp_rank * self.workers + w) for w in range(self.workers)]
         same_layout = (state["dp_world_size"] == self.dp_world_size and state["num_workers"] == self.workers
                        and str(self.dp_rank) in state["ranks"])
@@ -170,7 +181,7 @@ def merge_states(states: list[dict]) -> dict:
     merged = {k: v for k, v in states[0].items() if k not in ("shards", "ranks")}
     merged["shards"], merged["ranks"] = {}, {}
     for s in states:
-        for key in ("format", "sources", "num_shards", "dp_world_size", "num_workers"):
+        for key in ("format", "sources", "streaming", "num_shards", "dp_world_size", "num_workers"):
             if s[key] != merged[key]:
                 raise ValueError(f"cannot merge data-loader states with different {key}: {s[key]} vs {merged[key]}")
         merged["shards"].update(s["shards"])

@@ -196,6 +196,26 @@ def test_state_errors(tmp_path, tok):
     single = build_dataloader(sources=[SourceConfig(a)], tokenizer=tok, seq_len=16, batch_size=1)
     with pytest.raises(ValueError, match="needs all"):
         single.load_state_dict(state)  # rank 0's state alone cannot be resharded
+    stream = build_dataloader(sources=[SourceConfig(a, streaming=True)], tokenizer=tok, seq_len=16, batch_size=1,
+                              dp_world_size=2)
+    with pytest.raises(ValueError, match="streaming"):
+        stream.load_state_dict(state)
+    write_pretokenized(tmp_path / "a", doc_lengths(12, 50))  # the data changed under the run
+    grown = build_dataloader(sources=[SourceConfig(a)], tokenizer=tok, seq_len=16, batch_size=1, dp_world_size=2)
+    with pytest.raises(ValueError, match="12 documents but the saved state was taken with 10"):
+        grown.load_state_dict(state)
+
+
+def test_local_directory_of_files(tmp_path, tok):
+    (tmp_path / "dir").mkdir()
+    write_jsonl(tmp_path / "dir" / "x.jsonl", ["alpha beta", "gamma"])
+    with gzip.open(tmp_path / "dir" / "y.jsonl.gz", "wt") as f:
+        f.write(json.dumps({"text": "delta epsilon zeta"}) + "\n")
+    (batch,) = list(build_dataloader(sources=[SourceConfig(str(tmp_path / "dir"))], tokenizer=tok, seq_len=64,
+                                     batch_size=1, epochs=1))
+    assert int((real_tokens(batch) == EOS).sum()) == 3
+    assert sorted(tok.decode(real_tokens(batch)).split("<|endoftext|>")) == ["", "alpha beta", "delta epsilon zeta",
+                                                                             "gamma"]
 
 
 @pytest.mark.parametrize("n", [1, 2, 3, 5, 64, 1000, 4097])
