@@ -10,7 +10,7 @@ import torch
 
 from flame.data import SourceConfig, build_dataloader, merge_states
 
-from .conftest import (EOS, STRIDE, check_batch, doc_lengths, expected_tokens, real_tokens, write_jsonl,
+from tests.flame.data.data_helpers import (EOS, STRIDE, check_batch, doc_lengths, expected_tokens, real_tokens, write_jsonl,
                        write_pretokenized)
 
 

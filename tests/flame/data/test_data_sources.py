@@ -6,7 +6,7 @@ import torch
 
 from flame.data import DataSourceError, SourceConfig, build_dataloader, default_corpus, load_source
 
-from .conftest import real_tokens, write_jsonl
+from tests.flame.data.data_helpers import real_tokens, write_jsonl
 
 
 def build(sources, tok, **kw):
