@@ -9,9 +9,8 @@ import pytest
 import torch
 
 from flame.data import SourceConfig, build_dataloader, merge_states
-
-from tests.flame.data.data_helpers import (EOS, STRIDE, check_batch, doc_lengths, expected_tokens, real_tokens, write_jsonl,
-                       write_pretokenized)
+from tests.flame.data.data_helpers import (EOS, STRIDE, check_batch, doc_lengths, expected_tokens, real_tokens,
+                                           write_jsonl, write_pretokenized)
 
 
 def drain(loader) -> list[dict]:
