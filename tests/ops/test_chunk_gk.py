@@ -14,7 +14,7 @@ from fla.ops.utils.chunk_gk import chunk_gk_bwd_dqkg, chunk_gk_bwd_dv, chunk_gk_
 from fla.ops.utils.cumsum import chunk_local_cumsum
 from fla.ops.utils.dispatch import use_backend
 from fla.ops.utils.index import prepare_chunk_offsets, sequence_spans
-from tests.helpers import assert_close, poisoned_empty, seed
+from tests.helpers import assert_close, device, poisoned_empty, seed
 
 
 def reference(q, k, v, g, h, do, dh, scale, cu_seqlens, chunk_size):
@@ -30,7 +30,7 @@ def reference(q, k, v, g, h, do, dh, scale, cu_seqlens, chunk_size):
             qc, kc, vc = q[b, start:end], k[b, start:end], v[b, start:end]
             G = g[b, start:end].cumsum(0)
             L = end - start
-            causal = torch.ones(L, L, dtype=torch.bool).tril()[:, :, None, None]
+            causal = torch.ones(L, L, dtype=torch.bool, device=q.device).tril()[:, :, None, None]
             D = torch.where(causal, (G[:, None] - G[None, :]).clamp(max=0), -torch.inf).exp()
             A = torch.einsum("thk,shk,tshk->hts", qc, kc, D)
             hc = h[b, c].double()
@@ -64,12 +64,13 @@ def decays(shape, kind):
 @pytest.mark.parametrize("B,T,cu,H,K,V,chunk_size,decay", CASES)
 def test_blocks_match_autograd(B, T, cu, H, K, V, chunk_size, decay, backend):
     seed(B, T, cu, H, K, V, chunk_size, decay)
-    cu_seqlens = torch.tensor(cu, dtype=torch.int32) if cu is not None else None
+    cu_seqlens = torch.tensor(cu, dtype=torch.int32, device=device()) if cu is not None else None
     NT = triton_cdiv(T, chunk_size) if cu is None else int(prepare_chunk_offsets(cu_seqlens, chunk_size)[-1])
     q, k, v = torch.randn(B, T, H, K), torch.randn(B, T, H, K), torch.randn(B, T, H, V)
     g = decays((B, T, H, K), decay)
     h, dh = torch.randn(B, NT, H, K, V), torch.randn(B, NT, H, K, V)
     do = torch.randn(B, T, H, V)
+    q, k, v, g, h, dh, do = (x.to(device()) for x in (q, k, v, g, h, dh, do))  # compiled kernels on a GPU machine
     scale = K ** -0.5
     o_ref, dq_ref, dk_ref, dv_ref, dg_ref = reference(q, k, v, g, h, do, dh, scale, cu_seqlens, chunk_size)
     with use_backend(backend), poisoned_empty():
