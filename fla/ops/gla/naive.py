@@ -27,11 +27,12 @@ def naive_recurrent_gla(
     """q, k, gk: [B, T, H, K]; v, gv: [B, T, H, V]; initial_state: [N, H, K, V].
     Returns o [B, T, H, V] (q's dtype) and the final state [N, H, K, V] float32 (or None). Differentiable."""
     B, T, H, K = q.shape
+    V = v.shape[-1]
     scale = K ** -0.5 if scale is None else scale
     outputs = [[None] * T for _ in range(B)]
     finals = []
     for i, (b, bos, eos) in enumerate(sequence_spans(cu_seqlens, B, T)):
-        S = initial_state[i].float() if initial_state is not None else q.new_zeros(H, K, v.shape[-1], dtype=torch.float32)
+        S = initial_state[i].float() if initial_state is not None else q.new_zeros(H, K, V, dtype=torch.float32)
         for t in (range(eos - 1, bos - 1, -1) if reverse else range(bos, eos)):
             if gk is not None:
                 S = S * gk[b, t].float().exp()[:, :, None]
@@ -40,6 +41,6 @@ def naive_recurrent_gla(
             S = S + k[b, t].float()[:, :, None] * v[b, t].float()[:, None, :]
             outputs[b][t] = scale * torch.einsum("hk,hkv->hv", q[b, t].float(), S)
         finals.append(S)
-    zero = q.new_zeros(H, v.shape[-1], dtype=torch.float32)
+    zero = q.new_zeros(H, V, dtype=torch.float32)  # outputs of empty sequences never exist
     o = torch.stack([torch.stack([x if x is not None else zero for x in row]) for row in outputs]).to(q.dtype)
     return o, (torch.stack(finals) if output_final_state else None)

@@ -19,6 +19,13 @@ is below float32's range too). On the diagonal sub-chunk no such row exists, so 
 [BC, BC, BK] tensor of exp(G_t - G_s), with the t < s half set to -inf BEFORE the exp (so an overflowing entry never
 reaches a product). The inter-chunk factors exp(G_t) and exp(G_L - G_s) are <= 1 on their own.
 
+Kernels (each launcher below has a chunked PyTorch twin with the same signature):
+    forward   chunk_gk_fwd_o: one program per (V block, 16-row sub-chunk): inter part, diagonal and earlier
+              sub-chunks of A recomputed in registers (A is never stored).
+    backward  chunk_gk_bwd_dv: per (V block, sub-chunk), A recomputed likewise;
+              chunk_gk_bwd_dqkg: dA once per chunk (stored [B, T, H, BT] float32), then the intra-chunk dq/dk per
+              (K block, sub-chunk), then per (K block, chunk) the inter parts, dg and its reverse cumsum.
+
 Layouts: q, k, g [B, T, H, K]; v, do [B, T, H, V]; h, dh [B, NT, H, K, V] (under cu_seqlens B == 1 and the chunks of
 all sequences are numbered in order, as `prepare_chunk_indices` lists them).
 """
