@@ -19,6 +19,9 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+# tl.sum is itself a @jit function: under the interpreter every call re-patches triton.language (~5 ms), which
+# dominates a per-token loop. tl.reduce with the standard combine is the same reduction and takes numpy's fast path.
+from triton.language.standard import _sum_combine
 
 from fla.ops.gated_delta_rule.naive import naive_recurrent_gated_delta_rule
 from fla.ops.utils.checks import (check_cu_seqlens, check_head_dim, check_initial_state, check_scale,
@@ -75,9 +78,9 @@ def fused_recurrent_gdr_fwd_kernel(
             b_beta = tl.load(beta + row * HV + i_hv).to(tl.float32)
         if USE_G:
             b_h *= tl.exp(tl.load(g + row * HV + i_hv).to(tl.float32))
-        b_u = b_v - tl.sum(b_h * b_k[:, None], axis=0)
+        b_u = b_v - tl.reduce(b_h * b_k[:, None], 0, _sum_combine)
         b_h += b_k[:, None] * (b_beta * b_u)[None, :]
-        b_o = scale * tl.sum(b_h * b_q[:, None], axis=0)
+        b_o = scale * tl.reduce(b_h * b_q[:, None], 0, _sum_combine)
         tl.store(o + (row * HV + i_hv) * V + o_v, b_o.to(o.dtype.element_ty), mask=m_v)
         if STORE_U:
             tl.store(u + (row * HV + i_hv) * V + o_v, b_u, mask=m_v)
@@ -123,7 +126,7 @@ def fused_recurrent_gdr_bwd_reverse_kernel(
     b_dg = tl.zeros([BV], dtype=tl.float32)  # per-column running sum; reduced at each store
     if USE_FINAL_STATE_GRADIENT:
         b_dh += tl.load(dht + i_nh * K * V + o_kv, mask=m_kv, other=0.)
-        b_dg += tl.sum(b_dh * tl.load(ht + i_nh * K * V + o_kv, mask=m_kv, other=0.), axis=0)
+        b_dg += tl.reduce(b_dh * tl.load(ht + i_nh * K * V + o_kv, mask=m_kv, other=0.), 0, _sum_combine)
     for i_r in range(T):
         row = bos + T - 1 - i_r
         b_q = tl.load(q + (row * H + i_h) * K + o_k, mask=m_k, other=0.).to(tl.float32)
@@ -138,18 +141,18 @@ def fused_recurrent_gdr_bwd_reverse_kernel(
             b_beta = tl.load(beta + row * HV + i_hv).to(tl.float32)
         b_dh += scale * b_q[:, None] * b_do[None, :]
         b_vn = b_beta * b_u
-        b_dvn = tl.sum(b_dh * b_k[:, None], axis=0)
+        b_dvn = tl.reduce(b_dh * b_k[:, None], 0, _sum_combine)
         b_du = b_beta * b_dvn
-        b_dk = tl.sum(b_dh * b_vn[None, :], axis=1)
+        b_dk = tl.reduce(b_dh * b_vn[None, :], 1, _sum_combine)
         tl.store(dk + ((tile + row) * HV + i_hv) * K + o_k, b_dk, mask=m_k)
         tl.store(dv + (row * HV + i_hv) * V + o_v, b_du.to(dv.dtype.element_ty), mask=m_v)
         if BETA_PER_CHANNEL:
             tl.store(dbeta + (row * HV + i_hv) * V + o_v, (b_dvn * b_u).to(dbeta.dtype.element_ty), mask=m_v)
         else:
-            tl.store(dbeta + (tile + row) * HV + i_hv, tl.sum(b_dvn * b_u, axis=0))
+            tl.store(dbeta + (tile + row) * HV + i_hv, tl.reduce(b_dvn * b_u, 0, _sum_combine))
         if USE_G:
             b_dg += b_do * b_o - b_dvn * b_vn - (b_v - b_u) * b_du
-            tl.store(dg + (tile + row) * HV + i_hv, tl.sum(b_dg, axis=0))
+            tl.store(dg + (tile + row) * HV + i_hv, tl.reduce(b_dg, 0, _sum_combine))
         b_dh -= b_k[:, None] * b_du[None, :]
         if USE_G:
             b_dh *= tl.exp(tl.load(g + row * HV + i_hv).to(tl.float32))
@@ -204,10 +207,10 @@ def fused_recurrent_gdr_bwd_forward_kernel(
         if USE_G:
             b_h *= tl.exp(tl.load(g + row * HV + i_hv).to(tl.float32))
         p_dk = dk + ((tile + row) * HV + i_hv) * K + o_k
-        tl.store(p_dk, tl.load(p_dk, mask=m_k, other=0.) - tl.sum(b_h * b_du[None, :], axis=1), mask=m_k)
-        b_u = b_v - tl.sum(b_h * b_k[:, None], axis=0)
+        tl.store(p_dk, tl.load(p_dk, mask=m_k, other=0.) - tl.reduce(b_h * b_du[None, :], 1, _sum_combine), mask=m_k)
+        b_u = b_v - tl.reduce(b_h * b_k[:, None], 0, _sum_combine)
         b_h += b_k[:, None] * (b_beta * b_u)[None, :]
-        tl.store(dq + ((tile + row) * HV + i_hv) * K + o_k, scale * tl.sum(b_h * b_do[None, :], axis=1), mask=m_k)
+        tl.store(dq + ((tile + row) * HV + i_hv) * K + o_k, scale * tl.reduce(b_h * b_do[None, :], 1, _sum_combine), mask=m_k)
 
 
 def _block_sizes(K: int, V: int) -> tuple[int, int]:

@@ -19,6 +19,9 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+# tl.sum is itself a @jit function: under the interpreter every call re-patches triton.language (~5 ms), which
+# dominates a per-token loop. tl.reduce with the standard combine is the same reduction and takes numpy's fast path.
+from triton.language.standard import _sum_combine
 
 from fla.ops.utils.dispatch import autotune, dispatch
 from fla.ops.utils.index import prepare_chunk_indices, sequence_spans
@@ -214,47 +217,83 @@ def chunk_scaled_dot_kkt_kernel(
     tl.store(L + (rows[:, None] * H + i_h) * BT + o_i[None, :], b_A, mask=m_t[:, None])
 
 
-@triton.jit
-def _mm(a, b):
-    # The solve stays in true float32 (tf32 would cost ~3 digits in A, which every later block multiplies).
-    return tl.dot(a, b, input_precision="ieee")
-
-
 @triton.heuristics({"IS_VARLEN": lambda args: args["cu_seqlens"] is not None})
 @autotune(_CONFIGS, key=["H", "BT", "IS_VARLEN"])
 @triton.jit
 def solve_tril_kernel(
     L, A, cu_seqlens, chunk_indices,
-    T, H: tl.constexpr, BT: tl.constexpr, IS_VARLEN: tl.constexpr,
+    T, H: tl.constexpr, BT: tl.constexpr, IS_VARLEN: tl.constexpr, PREC: tl.constexpr,
 ):
-    # (I + L)^{-1} of a unit lower-triangular BT x BT block (BT in 16, 32, 64), in float32:
-    # 1. the 16 x 16 diagonal blocks, all at once, by forward substitution (row i of every block per step:
-    #    row i of X - I is -L_i + sum_{j < i} (-L_ij) (row j of X - I));
-    # 2. the merge: with Ld the block-diagonal and Lo the rest of L, I + L = (I + Ld)(I + N) with N = Xd Lo, and N
-    #    is block strictly lower with at most 4 blocks, so N^4 = 0 and (I + N)^{-1} = (I - N)(I + N^2).
+    # (I + L)^{-1} of a unit lower-triangular BT x BT block (BT in 16, 32, 64), in float32, in 16 x 16 blocks:
+    # 1. the (up to 4) diagonal blocks at once, as a [4, 16, 16] stack, by forward substitution with vector ops:
+    #    row i of X_bb - I is -L_i + sum_{j < i} (-L_ij) (row j of X_bb - I);
+    # 2. block forward substitution for the rest: X_ij = -X_ii sum_{j <= m < i} L_im X_mj, with dots in PREC
+    #    ("ieee": tf32 would cost ~3 digits in A, which every later block multiplies).
+    # No nested @triton.jit helpers here: each call costs ~1 ms in the interpreter.
     i_t, i_bh = tl.program_id(0), tl.program_id(1)
     i_b, i_h = i_bh // H, i_bh % H
-    bos, i_t, T = _chunk_rows(i_t, i_b, cu_seqlens, chunk_indices, T, BT, IS_VARLEN)
-    o_i = tl.arange(0, BT)
-    o_t = i_t * BT + o_i
-    m_t = o_t < T
-    rows = bos + o_t
-    p = (rows[:, None] * H + i_h) * BT + o_i[None, :]
-    b_L = tl.load(L + p, mask=m_t[:, None], other=0.)
-    b_L = tl.where(o_i[:, None] > o_i[None, :], b_L, 0.)
-    same_block = (o_i[:, None] // 16) == (o_i[None, :] // 16)
-    eye = tl.where(o_i[:, None] == o_i[None, :], 1., 0.)
-    b_X = -tl.where(same_block, b_L, 0.)
+    if IS_VARLEN:
+        i_n = tl.load(chunk_indices + i_t * 2).to(tl.int32)
+        i_t = tl.load(chunk_indices + i_t * 2 + 1).to(tl.int32)
+        bos = tl.load(cu_seqlens + i_n).to(tl.int64)
+        T = (tl.load(cu_seqlens + i_n + 1).to(tl.int64) - bos).to(tl.int32)
+    else:
+        bos = (i_b * T).to(tl.int64)
+    o_b = tl.arange(0, 4)
+    o_r = tl.arange(0, 16)
+    r3 = i_t * BT + o_b[:, None, None] * 16 + o_r[None, :, None]  # [4, 16, 1] position in the sequence
+    m_d = (r3 < T) & (o_b[:, None, None] < BT // 16)
+    p_d = ((bos + r3) * H + i_h) * BT + o_b[:, None, None] * 16 + o_r[None, None, :]
+    b_X = -tl.load(L + p_d, mask=m_d, other=0.)
+    b_X = tl.where(o_r[None, :, None] > o_r[None, None, :], b_X, 0.)
     for i in range(1, 16):
-        sel = ((o_i % 16) == i)[:, None]
-        b_a = tl.where(sel, b_X, 0.)
-        b_a += _mm(b_a, b_X)
-        b_X = tl.where(sel, b_a, b_X)
-    b_X += eye
+        sel = (o_r == i)[None, :, None]
+        b_a = tl.reduce(tl.where(sel, b_X, 0.), 1, _sum_combine)
+        b_a += tl.reduce(b_a[:, :, None] * b_X, 1, _sum_combine)
+        b_X = tl.where(sel, b_a[:, None, :], b_X)
+    b_X += tl.where(o_r[:, None] == o_r[None, :], 1., 0.)[None, :, :]
+    tl.store(A + p_d, b_X, mask=m_d)
     if BT > 16:
-        b_N = _mm(b_X, tl.where(same_block, 0., b_L))
-        b_X = _mm(eye - b_N, _mm(eye + _mm(b_N, b_N), b_X))
-    tl.store(A + p, b_X, mask=m_t[:, None])
+        z = tl.zeros([16, 16], dtype=tl.float32)
+        # [16, 16] offsets of row block j, column block 0, and its row mask.
+        r = i_t * BT + o_r
+        p0, m0 = ((bos + r[:, None]) * H + i_h) * BT + o_r[None, :], (r < T)[:, None]
+        p1, m1 = p0 + 16 * H * BT, (r + 16 < T)[:, None]
+        X00 = tl.reduce(tl.where((o_b == 0)[:, None, None], b_X, 0.), 0, _sum_combine)
+        X11 = tl.reduce(tl.where((o_b == 1)[:, None, None], b_X, 0.), 0, _sum_combine)
+        L10 = tl.load(L + p1, mask=m1, other=0.)
+        X10 = -tl.dot(X11, tl.dot(L10, X00, input_precision=PREC), input_precision=PREC)
+        tl.store(A + p1, X10, mask=m1)
+        tl.store(A + p0 + 16, z, mask=m0)
+    if BT > 32:
+        p2, m2 = p0 + 32 * H * BT, (r + 32 < T)[:, None]
+        p3, m3 = p0 + 48 * H * BT, (r + 48 < T)[:, None]
+        X22 = tl.reduce(tl.where((o_b == 2)[:, None, None], b_X, 0.), 0, _sum_combine)
+        X33 = tl.reduce(tl.where((o_b == 3)[:, None, None], b_X, 0.), 0, _sum_combine)
+        L20 = tl.load(L + p2, mask=m2, other=0.)
+        L21 = tl.load(L + p2 + 16, mask=m2, other=0.)
+        L30 = tl.load(L + p3, mask=m3, other=0.)
+        L31 = tl.load(L + p3 + 16, mask=m3, other=0.)
+        L32 = tl.load(L + p3 + 32, mask=m3, other=0.)
+        X21 = -tl.dot(X22, tl.dot(L21, X11, input_precision=PREC), input_precision=PREC)
+        S20 = tl.dot(L20, X00, input_precision=PREC) + tl.dot(L21, X10, input_precision=PREC)
+        X20 = -tl.dot(X22, S20, input_precision=PREC)
+        X32 = -tl.dot(X33, tl.dot(L32, X22, input_precision=PREC), input_precision=PREC)
+        S31 = tl.dot(L31, X11, input_precision=PREC) + tl.dot(L32, X21, input_precision=PREC)
+        X31 = -tl.dot(X33, S31, input_precision=PREC)
+        S30 = tl.dot(L30, X00, input_precision=PREC) + tl.dot(L31, X10, input_precision=PREC) \
+            + tl.dot(L32, X20, input_precision=PREC)
+        X30 = -tl.dot(X33, S30, input_precision=PREC)
+        tl.store(A + p2, X20, mask=m2)
+        tl.store(A + p2 + 16, X21, mask=m2)
+        tl.store(A + p3, X30, mask=m3)
+        tl.store(A + p3 + 16, X31, mask=m3)
+        tl.store(A + p3 + 32, X32, mask=m3)
+        tl.store(A + p0 + 32, z, mask=m0)
+        tl.store(A + p0 + 48, z, mask=m0)
+        tl.store(A + p1 + 32, z, mask=m1)
+        tl.store(A + p1 + 48, z, mask=m1)
+        tl.store(A + p2 + 48, z, mask=m2)
 
 
 @triton.heuristics(_HEURISTICS)
@@ -328,7 +367,7 @@ def wy_bwd_kernel(
         b_y = (b_v * b_beta[:, None]).to(b_v.dtype)
         b_dA += tl.dot(b_du.to(b_v.dtype), tl.trans(b_y))
         b_dy = tl.dot(tl.trans(b_A).to(b_du.dtype), b_du)
-        b_dbeta += tl.sum(b_dy * b_v, axis=1)
+        b_dbeta += tl.reduce(b_dy * b_v, 1, _sum_combine)
         tl.store(dv + p, (b_dy * b_beta[:, None]).to(dv.dtype.element_ty), mask=m)
     for i_k in range(tl.cdiv(K, BK)):
         o_k = i_k * BK + tl.arange(0, BK)
@@ -340,23 +379,24 @@ def wy_bwd_kernel(
         b_dA += tl.dot(b_dw.to(b_k.dtype), tl.trans(b_x))
         b_kk += tl.dot(b_k, tl.trans(b_k))
         b_dx = tl.dot(tl.trans(b_A).to(b_dw.dtype), b_dw)
-        b_dbeta += tl.sum(b_dx * b_k * b_eg[:, None], axis=1)
+        b_dbeta += tl.reduce(b_dx * b_k * b_eg[:, None], 1, _sum_combine)
         if USE_G:
-            b_dg += tl.sum(b_dx * b_x, axis=1)
+            b_dg += tl.reduce(b_dx * b_x, 1, _sum_combine)
     # dL = -(A^T dA A^T) on the strict lower triangle of valid rows.
     m_A = (o_i[:, None] > o_i[None, :]) & m_t[:, None] & m_t[None, :]
     b_At = tl.trans(b_A)
-    b_dL = tl.where(m_A, -_mm(_mm(b_At, b_dA), b_At), 0.)
+    b_dL = tl.dot(tl.dot(b_At, b_dA, input_precision="ieee"), b_At, input_precision="ieee")
+    b_dL = tl.where(m_A, -b_dL, 0.)
     if USE_G:
         b_ratio = tl.where(m_A, tl.exp(tl.where(m_A, b_g[:, None] - b_g[None, :], 0.)), 0.)
     else:
         b_ratio = tl.where(m_A, 1., 0.)
     b_dLk = b_dL * b_ratio  # d/d(k_t . k_s) without beta
-    b_dbeta += tl.sum(b_dLk * b_kk, axis=1)
+    b_dbeta += tl.reduce(b_dLk * b_kk, 1, _sum_combine)
     b_P = b_dLk * b_beta[:, None]
     if USE_G:
         b_DL = b_P * b_kk
-        b_dg += tl.sum(b_DL, axis=1) - tl.sum(b_DL, axis=0)
+        b_dg += tl.reduce(b_DL, 1, _sum_combine) - tl.reduce(b_DL, 0, _sum_combine)
         tl.store(dg + rows * H + i_h, b_dg, mask=m_t)
     tl.store(dbeta + rows * H + i_h, b_dbeta, mask=m_t)
     for i_k in range(tl.cdiv(K, BK)):
@@ -393,13 +433,13 @@ def _kkt_triton(k, beta, g=None, cu_seqlens=None, chunk_size=64):
 
 
 def _solve_tril_triton(L, cu_seqlens=None, chunk_size=64):
-    if chunk_size not in (16, 32, 64):  # the merge in solve_tril_kernel assumes at most 4 diagonal blocks
+    if chunk_size not in (16, 32, 64):  # solve_tril_kernel merges at most 4 diagonal blocks of 16
         return _solve_tril_torch(L, cu_seqlens, chunk_size)
     B, T, H = L.shape[:3]
     A = torch.empty_like(L)
     chunk_indices, grid = _grid(L, cu_seqlens, chunk_size)
     if grid[0]:
-        solve_tril_kernel[grid](L, A, cu_seqlens, chunk_indices, T=T, H=H, BT=chunk_size)
+        solve_tril_kernel[grid](L, A, cu_seqlens, chunk_indices, T=T, H=H, BT=chunk_size, PREC="ieee")
     return A
 
 
