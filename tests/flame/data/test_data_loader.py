@@ -46,6 +46,24 @@ def test_packing_epoch_is_exact(tmp_path, tok, streaming, batch_size, seq_len, c
     assert loader.tokens_per_source() == {"docs": sum(lengths) + len(lengths)}
 
 
+def test_workers_epoch_is_exact(tmp_path, tok):
+    """Two worker processes over one epoch: every token once; a restore after the end yields nothing more."""
+    lengths = doc_lengths(50, 120, seed=5)
+    path = write_pretokenized(tmp_path / "docs", lengths)
+    loader = build_dataloader(sources=[SourceConfig(path)], tokenizer=tok, seq_len=48, batch_size=2, num_workers=2,
+                              epochs=1)
+    batches = drain(loader)
+    for batch in batches:
+        check_batch(batch, 2, 48, None)
+    tokens = [t for b in batches for t in real_tokens(b).tolist()]
+    assert collections.Counter(t for t in tokens if t != EOS) == expected_tokens(lengths)
+    assert tokens.count(EOS) == len(lengths)
+    again = build_dataloader(sources=[SourceConfig(path)], tokenizer=tok, seq_len=48, batch_size=2, num_workers=2,
+                             epochs=1)
+    again.load_state_dict(roundtrip(loader.state_dict()))
+    assert drain(again) == []
+
+
 def test_text_sources_count_tokens(tmp_path, tok):
     """Online tokenization of jsonl, gzip'd jsonl, parquet and txt: the epoch holds every token + one EOS per doc."""
     import datasets
