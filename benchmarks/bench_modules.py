@@ -33,6 +33,7 @@ from fla.modules import (
     ShortConvolution,
     swiglu,
 )
+from fla.ops.utils.dispatch import get_backend
 
 
 class LiveTensorBytes(TorchDispatchMode):
@@ -184,8 +185,9 @@ def main() -> None:
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     tokens = args.tokens or (16384 if device == "cuda" else 1024)
     hidden = args.hidden or (2048 if device == "cuda" else 256)
+    probe = torch.empty(0, device=device)
     print(f"device {torch.cuda.get_device_name() if device == 'cuda' else 'cpu'}, {dtype}, tokens {tokens}, "
-          f"hidden {hidden}, vocab {args.vocab}, torch {torch.__version__}")
+          f"hidden {hidden}, vocab {args.vocab}, torch {torch.__version__}, fla path {get_backend(probe)}")
 
     rows = []
     header = f"{'module':<22}{'ours ms':>10}{'ref ms':>10}{'speedup':>9}{'ours MB':>10}{'ref MB':>10}{'mem ratio':>11}"
@@ -195,7 +197,7 @@ def main() -> None:
         step_ours, step_ref = fwd_bwd(ours, leaves), fwd_bwd(ref, leaves)
         t_ours, t_ref = milliseconds(step_ours, device, args.reps), milliseconds(step_ref, device, args.reps)
         m_ours, m_ref = peak_bytes(step_ours, device) / 2**20, peak_bytes(step_ref, device) / 2**20
-        row = dict(module=name, device=device, dtype=str(dtype).replace("torch.", ""), tokens=tokens, hidden=hidden,
+        row = dict(module=name, device=device, path=get_backend(leaves[0]), dtype=str(dtype).replace("torch.", ""), tokens=tokens, hidden=hidden,
                    vocab=args.vocab, ours_ms=round(t_ours, 3), ref_ms=round(t_ref, 3),
                    speedup=round(t_ref / t_ours, 2), ours_mb=round(m_ours, 1), ref_mb=round(m_ref, 1),
                    mem_ratio=round(m_ours / m_ref, 3) if m_ref else float("nan"))
