@@ -189,20 +189,29 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
+def hub_offline() -> bool:
+    """True when the hub cannot be reached (or HF_HUB_OFFLINE is set); then switch `datasets`, `transformers` and
+    `huggingface_hub` to offline mode, so a name is looked up in the local cache at once instead of being retried
+    over the network for half a minute."""
+    offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() not in ("0", "", "false") or not _hub_reachable()
+    if offline:
+        os.environ["HF_HUB_OFFLINE"] = "1"
+        import huggingface_hub.constants
+
+        huggingface_hub.constants.HF_HUB_OFFLINE = True
+        try:
+            import datasets.config
+
+            datasets.config.HF_HUB_OFFLINE = True
+        except ImportError:
+            pass
+    return offline
+
+
 def _load_hub(cfg: SourceConfig, what: str):
     import datasets
 
-    offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false") or not _hub_reachable()
-    if offline:
-        # Only the local cache can answer; `datasets` would otherwise retry the network for half a minute.
-        os.environ["HF_HUB_OFFLINE"] = "1"
-        datasets.config.HF_HUB_OFFLINE = True
-        try:
-            import huggingface_hub.constants
-
-            huggingface_hub.constants.HF_HUB_OFFLINE = True
-        except ImportError:
-            pass
+    offline = hub_offline()
     try:
         return datasets.load_dataset(cfg.path, cfg.name, split=cfg.split, streaming=cfg.streaming,
                                      data_files=cfg.data_files)

@@ -15,10 +15,17 @@ def load_tokenizer(path_or_name: str | None = None):
             raise FileNotFoundError(f"the default tokenizer is missing from {DEFAULT_TOKENIZER_DIR}; "
                                     "rebuild it with `python -m flame.tools.build_tokenizer`")
         return PreTrainedTokenizerFast.from_pretrained(str(DEFAULT_TOKENIZER_DIR))
+    local = Path(path_or_name).expanduser().exists()
+    offline = False
+    if not local:
+        from flame.data.sources import hub_offline
+
+        offline = hub_offline()
     try:
         tokenizer = AutoTokenizer.from_pretrained(path_or_name)
     except (OSError, ValueError) as e:
-        where = "local directory" if Path(path_or_name).exists() else "hub name (is the machine offline?)"
+        where = "local directory" if local else \
+            "hub name while offline and not in the local cache" if offline else "hub name"
         raise ValueError(f"could not load tokenizer {path_or_name!r} as a {where}: {e}") from e
     if not getattr(tokenizer, "is_fast", False):
         raise ValueError(f"tokenizer {path_or_name!r} has no fast (Rust) implementation; flame needs one for speed")

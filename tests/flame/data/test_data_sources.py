@@ -35,6 +35,10 @@ def test_bad_sources_name_themselves(tmp_path, tok, monkeypatch, streaming):
         build([SourceConfig("nobody/no-such-dataset", streaming=streaming)], tok)
     with pytest.raises(DataSourceError, match="no data source"):
         build([], tok)
+    with pytest.raises(ValueError, match="'nobody/no-such-tokenizer' as a hub name while offline"):
+        build([SourceConfig(str(tmp_path / "ok.jsonl"))], "nobody/no-such-tokenizer")
+    with pytest.raises(ValueError, match="as a local directory"):
+        build([SourceConfig(str(tmp_path / "ok.jsonl"))], str(tmp_path))
 
 
 def test_tokenizer_without_eos(tmp_path, tok):
