@@ -43,8 +43,8 @@ def fused_recurrent_gla_fwd_kernel(
     USE_GK: tl.constexpr, USE_GV: tl.constexpr, USE_INITIAL_STATE: tl.constexpr, STORE_FINAL_STATE: tl.constexpr,
     IS_VARLEN: tl.constexpr,
 ):
-    # grid: (V blocks, N * H); q, k, gk are [B, T, H, K] (row stride H * K), v, gv, o [B, T, H, V]; states [N, H, K, V].
-    i_v, i_nh = tl.program_id(0), tl.program_id(1)
+    # grid: (N * H, V blocks); q, k, gk are [B, T, H, K] (row stride H * K), v, gv, o [B, T, H, V]; states [N, H, K, V].
+    i_nh, i_v = tl.program_id(0), tl.program_id(1)
     i_n, i_h = i_nh // H, i_nh % H
     if IS_VARLEN:
         bos, eos = tl.load(cu_seqlens + i_n).to(tl.int64), tl.load(cu_seqlens + i_n + 1).to(tl.int64)
@@ -95,19 +95,19 @@ def fused_recurrent_gla_bwd_kernel(
     USE_GK: tl.constexpr, USE_GV: tl.constexpr, USE_INITIAL_STATE: tl.constexpr,
     USE_FINAL_STATE_GRADIENT: tl.constexpr, IS_VARLEN: tl.constexpr,
 ):
-    # grid: (V blocks, N * H). dq, dk, dgk are float32 [NV, B, T, H, K] partial sums over this program's value block
+    # grid: (N * H, V blocks). dq, dk, dgk are float32 [NV, B, T, H, K] partial sums over this program's value block
     # (summed on the host); dv, dgv [B, T, H, V] are complete here. odo (float32 [B, T, H, V]) holds walk 1's
     # o * do for dgv: a separate buffer, since reading and rewriting one address inside walk 2 could race between
     # threads that hold replicated copies of a value-block vector.
-    i_v, i_nh = tl.program_id(0), tl.program_id(1)
+    i_nh, i_v = tl.program_id(0), tl.program_id(1)
     i_n, i_h = i_nh // H, i_nh % H
     if IS_VARLEN:
         bos, eos = tl.load(cu_seqlens + i_n).to(tl.int64), tl.load(cu_seqlens + i_n + 1).to(tl.int64)
         T = (eos - bos).to(tl.int32)
-        T_all = tl.load(cu_seqlens + tl.num_programs(1) // H).to(tl.int64)
+        T_all = tl.load(cu_seqlens + tl.num_programs(0) // H).to(tl.int64)
     else:
         bos = (i_n * T).to(tl.int64)
-        T_all = (tl.num_programs(1) // H * T).to(tl.int64)
+        T_all = (tl.num_programs(0) // H * T).to(tl.int64)
     o_k = tl.arange(0, BK)
     o_v = i_v * BV + tl.arange(0, BV)
     m_k, m_v = o_k < K, o_v < V
@@ -183,7 +183,7 @@ def _fwd_triton(q, k, v, gk, gv, scale, h0, output_final_state, reverse, cu_seql
     BK, BV = _blocks(K, V)
     o = torch.empty_like(v)
     ht = q.new_empty(N, H, K, V, dtype=torch.float32) if output_final_state else None
-    fused_recurrent_gla_fwd_kernel[(triton.cdiv(V, BV), N * H)](
+    fused_recurrent_gla_fwd_kernel[(N * H, triton.cdiv(V, BV))](
         q, k, v, gk, gv, o, h0, ht, cu_seqlens, scale, T, H=H, K=K, V=V, BK=BK, BV=BV, REVERSE=reverse)
     return o, ht
 
@@ -201,7 +201,7 @@ def _bwd_triton(q, k, v, gk, gv, do, dht, scale, h0, reverse, cu_seqlens):
     dgv = torch.empty_like(gv) if gv is not None else None
     odo = torch.empty_like(gv, dtype=torch.float32) if gv is not None else None
     dh0 = torch.empty_like(h0, dtype=torch.float32) if h0 is not None else None
-    fused_recurrent_gla_bwd_kernel[(NV, N * H)](
+    fused_recurrent_gla_bwd_kernel[(N * H, NV)](
         q, k, v, gk, gv, do, dht, h0, dq, dk, dv, dgk, dgv, odo, dh0, cu_seqlens, scale, T,
         H=H, K=K, V=V, BK=BK, BV=BV, REVERSE=reverse)
     dq, dk = dq.sum(0).to(q.dtype), dk.sum(0).to(k.dtype)

@@ -54,7 +54,7 @@ def _precision(x: torch.Tensor) -> str:
 
 
 def _chunks(cu_seqlens, T, chunk_size):
-    """(chunk_indices or None, number of chunks along grid axis 1 per batch row)."""
+    """(chunk_indices or None, number of chunks per batch row (grid axis 0, the only one allowed past 65535))."""
     if cu_seqlens is None:
         return None, triton.cdiv(T, chunk_size)
     chunk_indices = prepare_chunk_indices(cu_seqlens, chunk_size)
@@ -74,8 +74,8 @@ def chunk_gk_fwd_o_kernel(
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr,
     BK: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr, IS_VARLEN: tl.constexpr,
 ):
-    # grid: (V blocks, chunks * sub-chunks, B * H); one program writes BC rows x BV columns of o.
-    i_v, i_tc, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    # grid: (chunks * sub-chunks, V blocks, B * H); one program writes BC rows x BV columns of o.
+    i_tc, i_v, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_b, i_h = i_bh // H, i_bh % H
     NC: tl.constexpr = BT // BC
     i_t, i_i = i_tc // NC, i_tc % NC
@@ -153,9 +153,9 @@ def chunk_gk_bwd_dv_kernel(
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr,
     BK: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr, IS_VARLEN: tl.constexpr,
 ):
-    # grid: (V blocks, chunks * sub-chunks, B * H); rows of sub-chunk i play the key role s:
+    # grid: (chunks * sub-chunks, V blocks, B * H); rows of sub-chunk i play the key role s:
     # dv_i = (k_i * exp(G_L - G_i)) dh + scale * sum_{j >= i} A_ji^T do_j
-    i_v, i_tc, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    i_tc, i_v, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_b, i_h = i_bh // H, i_bh % H
     NC: tl.constexpr = BT // BC
     i_t, i_i = i_tc // NC, i_tc % NC
@@ -272,9 +272,9 @@ def chunk_gk_bwd_dqk_intra_kernel(
     H: tl.constexpr, K: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
     PREC: tl.constexpr, IS_VARLEN: tl.constexpr,
 ):
-    # grid: (K blocks, chunks * sub-chunks, B * H); the intra-chunk parts of dq and dk (float32) for BC rows, from the
+    # grid: (chunks * sub-chunks, K blocks, B * H); the intra-chunk parts of dq and dk (float32) for BC rows, from the
     # scaled dA: dq_i = sum_{j <= i} dA_ij (gated k_j),  dk_i = sum_{j >= i} dA_ji^T (gated q_j)
-    i_k, i_tc, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    i_tc, i_k, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_b, i_h = i_bh // H, i_bh % H
     NC: tl.constexpr = BT // BC
     i_t, i_i = i_tc // NC, i_tc % NC
@@ -350,8 +350,8 @@ def chunk_gk_bwd_dqkg_inter_kernel(
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
     BK: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr, IS_VARLEN: tl.constexpr,
 ):
-    # grid: (K blocks, chunks, B * H); adds the inter-chunk parts to dq, dk and forms dg for a whole chunk.
-    i_k, i_t, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    # grid: (chunks, K blocks, B * H); adds the inter-chunk parts to dq, dk and forms dg for a whole chunk.
+    i_t, i_k, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_b, i_h = i_bh // H, i_bh % H
     if IS_VARLEN:
         i_tg = i_t.to(tl.int64)
@@ -419,7 +419,7 @@ def _fwd_o_triton(q, k, v, g, h, scale, cu_seqlens=None, chunk_size=64):
     if NT == 0:
         return o
     BK, BV = _block(K, 32), _block(V)
-    grid = (triton.cdiv(V, BV), NT * (chunk_size // BC), B * H)
+    grid = (NT * (chunk_size // BC), triton.cdiv(V, BV), B * H)
     chunk_gk_fwd_o_kernel[grid](q, k, v, g, h, o, cu_seqlens, chunk_indices, scale, T, H=H, K=K, V=V,
                                 BT=chunk_size, BC=BC, BK=BK, BV=BV, PREC=_precision(q))
     return o
@@ -433,7 +433,7 @@ def _bwd_dv_triton(q, k, g, do, dh, scale, cu_seqlens=None, chunk_size=64):
     if NT == 0:
         return dv
     BK, BV = _block(K, 32), _block(V)
-    grid = (triton.cdiv(V, BV), NT * (chunk_size // BC), B * H)
+    grid = (NT * (chunk_size // BC), triton.cdiv(V, BV), B * H)
     chunk_gk_bwd_dv_kernel[grid](q, k, g, do, dh, dv, cu_seqlens, chunk_indices, scale, T, H=H, K=K, V=V,
                                  BT=chunk_size, BC=BC, BK=BK, BV=BV, PREC=_precision(q))
     return dv
@@ -454,11 +454,11 @@ def _bwd_dqkg_triton(q, k, v, g, h, do, dh, scale, cu_seqlens=None, chunk_size=6
     dq_intra = torch.empty_like(q, dtype=torch.float32)
     dk_intra = torch.empty_like(k, dtype=torch.float32)
     # the intra kernel holds [BC, BC, BK] blocks on the diagonal: a narrower K block keeps them in registers
-    chunk_gk_bwd_dqk_intra_kernel[(triton.cdiv(K, BK), NT * (chunk_size // BC), B * H)](
+    chunk_gk_bwd_dqk_intra_kernel[(NT * (chunk_size // BC), triton.cdiv(K, BK), B * H)](
         q, k, g, dA, dq_intra, dk_intra, cu_seqlens, chunk_indices, T, H=H, K=K, BT=chunk_size, BC=BC, BK=BK,
         PREC=_precision(q))
     BK = _block(K)
-    chunk_gk_bwd_dqkg_inter_kernel[(triton.cdiv(K, BK), NT, B * H)](
+    chunk_gk_bwd_dqkg_inter_kernel[(NT, triton.cdiv(K, BK), B * H)](
         q, k, v, g, h, do, dh, dq_intra, dk_intra, dq, dk, dg, cu_seqlens, chunk_indices, scale, T, H=H, K=K, V=V,
         BT=chunk_size, BK=BK, BV=BV, PREC=_precision(q))
     return dq, dk, dg
