@@ -25,9 +25,10 @@ def rotary_kernel(
     R2: tl.constexpr, BT: tl.constexpr, BR: tl.constexpr, BP: tl.constexpr,
     INTERLEAVED: tl.constexpr, INVERSE: tl.constexpr, HAS_PASS: tl.constexpr,
 ):
-    # grid: (cdiv(T, BT), H, B); x/out [B, T, H, D] contiguous (row stride H * D); positions [B or 1, T] with batch
+    # grid: (cdiv(T, BT), B); x/out [B, T, H, D] contiguous (row stride H * D); positions [B or 1, T] with batch
     # stride pos_stride (0 when shared); R2 = rotary dim / 2 rotated pairs; INVERSE rotates by -angle (backward).
-    i_t, i_h, i_b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    # One program serves every head of its tokens, so cos/sin are computed once per token, not once per head.
+    i_t, i_b = tl.program_id(0), tl.program_id(1)
     o_t = i_t * BT + tl.arange(0, BT)
     o_r = tl.arange(0, BR)
     m_t, m_r = o_t < T, o_r < R2
@@ -36,22 +37,23 @@ def rotary_kernel(
     b_cos, b_sin = tl.cos(b_angle), tl.sin(b_angle)
     if INVERSE:
         b_sin = -b_sin
-    row = ((i_b * T + o_t).to(tl.int64) * H + i_h) * D
     if INTERLEAVED:
         o_1, o_2 = 2 * o_r, 2 * o_r + 1
     else:
         o_1, o_2 = o_r, o_r + R2
     m = m_t[:, None] & m_r[None, :]
-    p_1, p_2 = row[:, None] + o_1[None, :], row[:, None] + o_2[None, :]
-    b_x1 = tl.load(x + p_1, mask=m, other=0.).to(tl.float32)
-    b_x2 = tl.load(x + p_2, mask=m, other=0.).to(tl.float32)
-    tl.store(out + p_1, (b_x1 * b_cos - b_x2 * b_sin).to(out.dtype.element_ty), mask=m)
-    tl.store(out + p_2, (b_x2 * b_cos + b_x1 * b_sin).to(out.dtype.element_ty), mask=m)
-    if HAS_PASS:
-        o_p = 2 * R2 + tl.arange(0, BP)
-        m_p = m_t[:, None] & (o_p < D)[None, :]
-        p_p = row[:, None] + o_p[None, :]
-        tl.store(out + p_p, tl.load(x + p_p, mask=m_p, other=0.), mask=m_p)
+    o_p = 2 * R2 + tl.arange(0, BP)
+    m_p = m_t[:, None] & (o_p < D)[None, :]
+    for i_h in range(H):
+        row = ((i_b * T + o_t).to(tl.int64) * H + i_h) * D
+        p_1, p_2 = row[:, None] + o_1[None, :], row[:, None] + o_2[None, :]
+        b_x1 = tl.load(x + p_1, mask=m, other=0.).to(tl.float32)
+        b_x2 = tl.load(x + p_2, mask=m, other=0.).to(tl.float32)
+        tl.store(out + p_1, (b_x1 * b_cos - b_x2 * b_sin).to(out.dtype.element_ty), mask=m)
+        tl.store(out + p_2, (b_x2 * b_cos + b_x1 * b_sin).to(out.dtype.element_ty), mask=m)
+        if HAS_PASS:
+            p_p = row[:, None] + o_p[None, :]
+            tl.store(out + p_p, tl.load(x + p_p, mask=m_p, other=0.), mask=m_p)
 
 
 def _rotate(x, positions, inv_freq, interleaved, inverse):
@@ -61,7 +63,7 @@ def _rotate(x, positions, inv_freq, interleaved, inverse):
     if x.numel() == 0:
         return out
     BT = 32
-    rotary_kernel[(triton.cdiv(T, BT), H, B)](
+    rotary_kernel[(triton.cdiv(T, BT), B)](
         x, positions, inv_freq, out, T, H, D, 0 if positions.shape[0] == 1 else T,
         R2=R2, BT=BT, BR=triton.next_power_of_2(R2), BP=triton.next_power_of_2(max(1, D - 2 * R2)),
         INTERLEAVED=interleaved, INVERSE=inverse, HAS_PASS=D > 2 * R2,
