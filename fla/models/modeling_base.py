@@ -155,7 +155,8 @@ class FLAModel(FLAPreTrainedModel):
         every document), the attention mask (padding is not a position) and the cache (tokens already seen)."""
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids and inputs_embeds")
-        use_cache = use_cache if use_cache is not None else (self.config.use_cache and not self.training)
+        if use_cache is None:  # cache only for inference on unpacked input
+            use_cache = self.config.use_cache and not self.training and cu_seqlens is None
         if past_key_values is not None and not isinstance(past_key_values, FLACache):
             raise ValueError(
                 f"past_key_values must be an fla.models.FLACache (got {type(past_key_values).__name__}): linear-"
@@ -224,6 +225,8 @@ class FLAForCausalLM(FLAPreTrainedModel, GenerationMixin):
             loss (with labels); logits [B, T or n, V] (None when labels are given and
             config.fuse_linear_cross_entropy, which never materializes them); past_key_values (with use_cache)
         """
+        if use_cache is None and labels is not None:
+            use_cache = False  # scoring, not generating
         outputs = self.model(
             input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
             past_key_values=past_key_values, inputs_embeds=inputs_embeds, use_cache=use_cache, cu_seqlens=cu_seqlens,

@@ -111,6 +111,16 @@ def test_greedy_generate_matches_argmax_of_full_forwards(family):
     assert torch.equal(got, seq)
 
 
+@pytest.mark.parametrize("family", ["gla_hybrid", "gated_deltanet", "retnet"])
+def test_beam_search_with_cache_matches_without(family):
+    """Beam search reorders the cache (FLACache.reorder_cache) between steps; without a cache it recomputes."""
+    model = make_model(family)
+    seed(family, "beam")
+    prompt = torch.randint(1, VOCAB, (2, 6))
+    kwargs = dict(max_new_tokens=6, num_beams=3, do_sample=False, pad_token_id=0)
+    assert torch.equal(model.generate(prompt, use_cache=True, **kwargs), model.generate(prompt, use_cache=False, **kwargs))
+
+
 @pytest.mark.parametrize("family", ["gla", "gated_deltanet", "transformer"])
 def test_sampling_generate_is_reproducible(family):
     model = make_model(family)
