@@ -43,13 +43,13 @@ def run(fn, xs, do, dht, output_final_state, l2norm, cu_seqlens):
 CASES = [
     # op, backend, B, T, H, HV, K, V, cu_seqlens, h0, final_state, l2norm, dtype
     ("chunk", "triton", 2, 100, 1, 2, 20, 24, None, True, True, False, "float32"),  # grouped values
-    ("chunk", "triton", 1, 163, 2, 2, 72, 40, [0, 1, 64, 100, 163], True, True, True, "float32"),
+    ("chunk", "triton", 1, 163, 2, 2, 72, 40, [0, 1, 64, 64, 100, 163], True, True, True, "float32"),  # len 0
     ("chunk", "triton", 2, 70, 2, 2, 32, 16, None, False, False, True, "float32"),
     ("chunk", "triton", 1, 80, 1, 2, 32, 32, [0, 37, 80], True, True, False, "float16"),
     ("chunk", "torch", 1, 150, 2, 4, 20, 24, [0, 1, 70, 150], True, True, False, "float32"),
     ("chunk", "torch", 2, 100, 2, 2, 32, 32, None, False, True, True, "float32"),
     ("recurrent", "triton", 2, 20, 1, 2, 20, 24, None, True, True, False, "float32"),
-    ("recurrent", "triton", 1, 24, 2, 2, 40, 72, [0, 1, 9, 24], False, True, True, "float32"),
+    ("recurrent", "triton", 1, 24, 2, 2, 40, 72, [0, 1, 9, 9, 24], False, True, True, "float32"),
     ("recurrent", "triton", 1, 24, 1, 1, 32, 16, None, True, False, False, "float16"),
     ("recurrent", "torch", 1, 40, 1, 2, 20, 24, [0, 1, 17, 40], True, True, True, "float32"),
 ]

@@ -32,5 +32,6 @@ def fused_recurrent_delta_rule(
     """
     check_delta_rule_inputs(q, k, v, None, beta, scale, initial_state, cu_seqlens, per_channel_beta=True)
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
-    return _fused_recurrent(q, k, v, None, beta, scale, initial_state, output_final_state, use_qk_l2norm_in_kernel,
-                            cu_seqlens)
+    return _fused_recurrent(q, k, v, None, beta, scale,
+                            initial_state.contiguous() if initial_state is not None else None, output_final_state,
+                            use_qk_l2norm_in_kernel, cu_seqlens)

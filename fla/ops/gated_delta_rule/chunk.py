@@ -84,6 +84,8 @@ def chunk_delta_rule_family(q, k, v, g, beta, scale, initial_state, output_final
     group = v.shape[2] // q.shape[2]
     if group > 1:
         q, k = q.repeat_interleave(group, dim=2), k.repeat_interleave(group, dim=2)
+    if initial_state is not None:
+        initial_state = initial_state.contiguous()
     o, ht = ChunkGatedDeltaRuleFunction.apply(q.contiguous(), k.contiguous(), v, g, beta, scale, initial_state,
                                               output_final_state, cu_seqlens)
     return o, ht

@@ -19,7 +19,7 @@ import torch
 import triton
 import triton.language as tl
 
-from fla.ops.utils.dispatch import autotune, dispatch
+from fla.ops.utils.dispatch import autotune, dispatch, tensor_core_dtype
 from fla.ops.utils.index import prepare_chunk_offsets, sequence_spans
 
 
@@ -239,6 +239,8 @@ def _fwd_h_triton(k, w, u, g=None, h0=None, output_final_state=False, cu_seqlens
     h = k.new_empty(B, _num_chunks(T, cu_seqlens, chunk_size), H, K, V)
     v_new = torch.empty_like(u)
     ht = k.new_empty(N, H, K, V, dtype=torch.float32) if output_final_state else None
+    # bf16 dot operands are upcast under the interpreter (it computes bf16 dots wrongly); outputs keep their dtype.
+    k, w, u = (x.to(tensor_core_dtype(x.dtype)) for x in (k, w, u))
     delta_fwd_h_kernel[grid](k, w, u, g, h, v_new, h0, ht, cu_seqlens, chunk_offsets,
                              T=T, H=H, K=K, V=V, BT=chunk_size, BK=BK)
     return h, v_new, ht
@@ -251,6 +253,7 @@ def _bwd_dhu_triton(q, k, w, do, dv, g=None, h0=None, dht=None, scale=1.0, cu_se
     dh = q.new_empty(B, _num_chunks(T, cu_seqlens, chunk_size), H, K, V)
     dv2 = torch.empty_like(dv)
     dh0 = q.new_empty(N, H, K, V, dtype=torch.float32) if h0 is not None else None
+    q, k, w, do, dv = (x.to(tensor_core_dtype(x.dtype)) for x in (q, k, w, do, dv))
     delta_bwd_dhu_kernel[grid](q, k, w, do, dv, g, dh, dv2, dht, dh0, cu_seqlens, chunk_offsets, scale,
                                T=T, H=H, K=K, V=V, BT=chunk_size, BK=BK)
     return dh, dh0, dv2

@@ -23,7 +23,7 @@ import triton.language as tl
 # dominates a per-token loop. tl.reduce with the standard combine is the same reduction and takes numpy's fast path.
 from triton.language.standard import _sum_combine
 
-from fla.ops.utils.dispatch import autotune, dispatch
+from fla.ops.utils.dispatch import autotune, dispatch, tensor_core_dtype
 from fla.ops.utils.index import prepare_chunk_indices, sequence_spans
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -418,6 +418,11 @@ def _grid(k, cu_seqlens, chunk_size):
     return chunk_indices, (len(chunk_indices), B * H)
 
 
+def _tc(*xs):
+    """Operands of tl.dot: bf16 is upcast under the interpreter (it computes bf16 dots wrongly)."""
+    return [x.to(tensor_core_dtype(x.dtype)) if x is not None else None for x in xs]
+
+
 def _tiles(K: int, V: int) -> tuple[int, int]:
     return min(64, max(16, triton.next_power_of_2(K))), min(64, max(16, triton.next_power_of_2(V)))
 
@@ -425,6 +430,7 @@ def _tiles(K: int, V: int) -> tuple[int, int]:
 def _kkt_triton(k, beta, g=None, cu_seqlens=None, chunk_size=64):
     B, T, H, K = k.shape
     L = torch.empty(B, T, H, chunk_size, device=k.device, dtype=torch.float32)
+    (k,) = _tc(k)
     chunk_indices, grid = _grid(k, cu_seqlens, chunk_size)
     if grid[0]:
         chunk_scaled_dot_kkt_kernel[grid](k, beta, g, L, cu_seqlens, chunk_indices, T=T, H=H, K=K, BT=chunk_size,
@@ -447,6 +453,7 @@ def _recompute_w_u_triton(k, v, beta, A, g=None, cu_seqlens=None, chunk_size=64)
     B, T, H, K = k.shape
     V = v.shape[-1]
     w, u = torch.empty_like(k), torch.empty_like(v)
+    k, v = _tc(k, v)
     chunk_indices, grid = _grid(k, cu_seqlens, chunk_size)
     BK, BV = _tiles(K, V)
     if grid[0]:
@@ -461,6 +468,7 @@ def _wy_bwd_triton(k, v, beta, A, dw, du, g=None, cu_seqlens=None, chunk_size=64
     dk, dv = torch.empty_like(k), torch.empty_like(v)
     dbeta = torch.empty(B, T, H, device=k.device, dtype=torch.float32)
     dg = torch.empty(B, T, H, device=k.device, dtype=torch.float32) if g is not None else None
+    k, v, dw, du = _tc(k, v, dw, du)
     chunk_indices, grid = _grid(k, cu_seqlens, chunk_size)
     BK, BV = _tiles(K, V)
     if grid[0]:
