@@ -34,8 +34,9 @@ def tokenizer_32k():
 
 
 def loader_rate(tokenizer, streaming: bool, seconds: float, seq_len: int, batch_size: int,
-                num_workers: int = 0) -> tuple[float, float]:
-    """(tokens/s, seconds per batch) of the loader after a warm-up batch."""
+                num_workers: int = 0) -> tuple[float, float, float]:
+    """(tokens per wall second, tokens per CPU second of this process, wall seconds per batch) after a warm-up
+    batch. The CPU-second rate is what one worker can do on an idle core (this box is shared)."""
     import torch
 
     from flame.data import SourceConfig, build_dataloader
@@ -45,13 +46,14 @@ def loader_rate(tokenizer, streaming: bool, seconds: float, seq_len: int, batch_
                               seq_len=seq_len, batch_size=batch_size, num_workers=num_workers, seed=0)
     it = iter(loader)
     next(it)
-    n, start = 0, time.perf_counter()
+    n, start, cpu = 0, time.perf_counter(), time.process_time()
     while time.perf_counter() - start < seconds:
         batch = next(it)
         n += 1
-    elapsed = time.perf_counter() - start
+    elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
     assert batch["input_ids"].shape == (batch_size, seq_len)
-    return n * batch_size * seq_len / elapsed, elapsed / n
+    tokens = n * batch_size * seq_len
+    return tokens / elapsed, tokens / cpu, elapsed / n
 
 
 def bare_tokenizer_rate(tokenizer, seconds: float) -> float:
@@ -61,12 +63,12 @@ def bare_tokenizer_rate(tokenizer, seconds: float) -> float:
 
     texts = list(datasets.load_from_disk(default_corpus("train"))["text"])
     backend = tokenizer.backend_tokenizer
-    n_tokens, start, i = 0, time.perf_counter(), 0
+    n_tokens, start, cpu, i = 0, time.perf_counter(), time.process_time(), 0
     while time.perf_counter() - start < seconds:
         block = texts[i:i + 256] or texts[:256]
         i = (i + 256) % len(texts)
         n_tokens += sum(len(e.ids) for e in backend.encode_batch_fast(block, add_special_tokens=False))
-    return n_tokens / (time.perf_counter() - start)
+    return n_tokens / (time.perf_counter() - start), n_tokens / (time.process_time() - cpu)
 
 
 def main() -> None:
@@ -82,27 +84,32 @@ def main() -> None:
 
     tokenizers = {"default-4k": load_tokenizer(None), "bpe-32k": tokenizer_32k()}
     rows = []
-    for name, tok in tokenizers.items():
-        rows.append({"tokenizer": name, "vocab": len(tok), "case": "bare tokenizer (encode_batch_fast)", "workers": 1,
-                     "tokens_per_s": bare_tokenizer_rate(tok, args.seconds), "ms_per_batch": ""})
-        for streaming in (False, True):
-            rate, per_batch = loader_rate(tok, streaming, args.seconds, args.seq_len, args.batch_size)
-            rows.append({"tokenizer": name, "vocab": len(tok), "workers": 1, "tokens_per_s": rate,
-                         "case": f"loader, {'streaming' if streaming else 'random access'}",
-                         "ms_per_batch": f"{per_batch * 1e3:.1f}"})
-        if args.workers > 1:
-            rate, per_batch = loader_rate(tok, False, args.seconds, args.seq_len, args.batch_size, args.workers)
-            rows.append({"tokenizer": name, "vocab": len(tok), "workers": args.workers, "tokens_per_s": rate,
-                         "case": "loader, random access, all workers together", "ms_per_batch": f"{per_batch * 1e3:.1f}"})
-        for r in rows[-4:]:
-            print(f"{r['tokenizer']:>10s} {r['case']:<45s} workers={r['workers']}  {r['tokens_per_s'] / 1e3:8.0f}k tokens/s",
-                  flush=True)
 
-    print(f"\nbatch {args.batch_size} x {args.seq_len} tokens, {os.cpu_count()} CPU cores, one thread per worker\n")
-    header = f"| tokenizer | vocab | case | workers | tokens/s | ms/batch |\n|---|---|---|---|---|---|"
-    print(header)
+    def row(name, tok, case, workers, wall, cpu, per_batch):
+        rows.append({"tokenizer": name, "vocab": len(tok), "case": case, "workers": workers,
+                     "tokens_per_s": round(wall), "tokens_per_cpu_s": "" if cpu is None else round(cpu),
+                     "ms_per_batch": "" if per_batch is None else round(per_batch * 1e3, 1)})
+        r = rows[-1]
+        print(f"{name:>10s} {case:<40s} workers={workers}  {wall / 1e3:6.0f}k tokens/s"
+              + ("" if cpu is None else f"  {cpu / 1e3:6.0f}k tokens/CPU-s"), flush=True)
+
+    for name, tok in tokenizers.items():
+        wall, cpu = bare_tokenizer_rate(tok, args.seconds)
+        row(name, tok, "bare tokenizer (encode_batch_fast)", 1, wall, cpu, None)
+        for streaming in (False, True):
+            wall, cpu, per_batch = loader_rate(tok, streaming, args.seconds, args.seq_len, args.batch_size)
+            row(name, tok, f"loader, {'streaming' if streaming else 'random access'}", 1, wall, cpu, per_batch)
+        if args.workers > 1:
+            wall, _, per_batch = loader_rate(tok, False, args.seconds, args.seq_len, args.batch_size, args.workers)
+            row(name, tok, "loader, random access, worker processes", args.workers, wall, None, per_batch)
+
+    load = os.getloadavg()[0]
+    print(f"\nbatch {args.batch_size} x {args.seq_len} tokens, {os.cpu_count()} CPU cores (load average {load:.1f}), "
+          "one thread per worker\n")
+    print("| tokenizer | vocab | case | workers | tokens/s (wall) | tokens/CPU-s | ms/batch |\n|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['tokenizer']} | {r['vocab']} | {r['case']} | {r['workers']} | {r['tokens_per_s']:,.0f} | "
+        cpu = f"{r['tokens_per_cpu_s']:,}" if r["tokens_per_cpu_s"] != "" else ""
+        print(f"| {r['tokenizer']} | {r['vocab']} | {r['case']} | {r['workers']} | {r['tokens_per_s']:,} | {cpu} | "
               f"{r['ms_per_batch']} |")
     Path(args.csv).parent.mkdir(parents=True, exist_ok=True)
     with open(args.csv, "w", newline="") as f:
