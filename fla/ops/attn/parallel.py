@@ -460,23 +460,33 @@ def _parallel_attn_triton(q, k, v, g, scale, window_size, cu_seqlens):
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# The PyTorch path: SDPA with an explicit mask per sequence, in float32, autograd for the backward.
+# The PyTorch path: SDPA with an explicit mask per sequence and query block, in float32, autograd for the backward.
+
+TORCH_QUERY_BLOCK = 1024
+
 
 def _sdpa(q, k, v, G, scale, window_size):
-    """q [B, L, HQ, K] (float32), G [B, L, HQ] or None -> o [B, L, HQ, V]."""
-    L = q.shape[1]
-    i = torch.arange(L, device=q.device)
-    mask = i[:, None] >= i[None, :]
-    if window_size is not None:
-        mask &= i[:, None] - i[None, :] < window_size
-    if G is not None:
-        Gt = G.transpose(1, 2)
-        mask = (Gt[..., :, None] - Gt[..., None, :]).masked_fill(~mask, float("-inf"))
-    o = torch.nn.functional.scaled_dot_product_attention(
-        q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask, scale=scale,
-        enable_gqa=q.shape[2] != k.shape[2],
-    )
-    return o.transpose(1, 2)
+    """q [B, L, HQ, K] (float32), G [B, L, HQ] or None -> o [B, L, HQ, V]. Queries go in blocks of
+    TORCH_QUERY_BLOCK rows against the keys they can see, so a mask (and the gate bias) is at most block x L."""
+    L, block = q.shape[1], TORCH_QUERY_BLOCK
+    Gt = G.transpose(1, 2) if G is not None else None
+    pieces = []
+    for i0 in range(0, L, block):
+        i1 = min(i0 + block, L)
+        j0 = 0 if window_size is None else max(0, i0 - window_size + 1)
+        i = torch.arange(i0, i1, device=q.device)[:, None]
+        j = torch.arange(j0, i1, device=q.device)[None, :]
+        mask = j <= i
+        if window_size is not None:
+            mask &= i - j < window_size
+        if Gt is not None:
+            mask = (Gt[..., i0:i1, None] - Gt[..., None, j0:i1]).masked_fill(~mask, float("-inf"))
+        o = torch.nn.functional.scaled_dot_product_attention(
+            q[:, i0:i1].transpose(1, 2), k[:, j0:i1].transpose(1, 2), v[:, j0:i1].transpose(1, 2), attn_mask=mask,
+            scale=scale, enable_gqa=q.shape[2] != k.shape[2],
+        )
+        pieces.append(o.transpose(1, 2))
+    return torch.cat(pieces, 1)
 
 
 def _parallel_attn_torch(q, k, v, g, scale, window_size, cu_seqlens):
