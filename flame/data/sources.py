@@ -127,12 +127,16 @@ def _load(cfg: SourceConfig, what: str):
         if not files:
             raise DataSourceError(f"{what}: no file matches {path!r}" +
                                   (f" with data_files={cfg.data_files!r}" if cfg.data_files else ""))
+        if all(os.path.getsize(f) == 0 for f in files):
+            raise DataSourceError(f"{what} is empty: its files {files[:3]} hold no documents")
         builder = _builder(files, what)
         try:
             return datasets.load_dataset(builder, data_files={cfg.split: files}, split=cfg.split,
                                          streaming=cfg.streaming)
         except Exception as e:  # a parse error deep inside `datasets`: say which source
-            raise DataSourceError(f"{what}: could not read {builder} files {files[:3]}: {e}") from e
+            detail = e.__cause__ or e.__context__  # `datasets` often wraps the parser's message
+            raise DataSourceError(f"{what}: could not read {builder} files {files[:3]}: {type(e).__name__}: {e}"
+                                  + (f" ({detail})" if detail else "")) from e
     if local.is_dir():  # a directory of data files with its own layout (README/metadata): let `datasets` infer it
         try:
             return datasets.load_dataset(str(local), cfg.name, split=cfg.split, streaming=cfg.streaming,

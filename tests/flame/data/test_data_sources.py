@@ -21,7 +21,7 @@ def test_bad_sources_name_themselves(tmp_path, tok, monkeypatch, streaming):
     cases = [
         (SourceConfig(str(tmp_path / "missing.jsonl")), r"missing\.jsonl.*no such file"),
         (SourceConfig(str(tmp_path / "*.parquet")), r"no file matches"),
-        (SourceConfig(str(tmp_path / "empty.jsonl")), r"empty\.jsonl.*(empty|no documents|could not read)"),
+        (SourceConfig(str(tmp_path / "empty.jsonl")), r"empty\.jsonl.* is empty"),
         (SourceConfig(str(tmp_path / "other.jsonl")), r"other\.jsonl.*no column 'text'.*content"),
         (SourceConfig(str(tmp_path / "ok.jsonl"), weight=0.0), r"ok\.jsonl.*weight must be > 0"),
         (SourceConfig("default", split="test"), r"'default'.*splits"),
