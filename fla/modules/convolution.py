@@ -17,7 +17,7 @@ import triton.language as tl
 
 from fla.ops.utils.checks import check_cu_seqlens
 from fla.ops.utils.dispatch import dispatch
-from fla.ops.utils.index import prepare_chunk_indices, sequence_spans
+from fla.ops.utils.index import prepare_chunk_indices, prepare_token_indices
 
 ACTIVATIONS = (None, "silu", "swish")
 BT = 32  # tokens per program
@@ -170,23 +170,26 @@ def _short_conv_triton(x, weight, bias, cache, cu_seqlens, activation):
 
 
 def _short_conv_torch(x, weight, bias, cache, cu_seqlens, activation):
+    # Shift-and-add over the W taps, vectorized over documents: a token's position in its document decides whether
+    # a tap reads x, the cache, or zero (no host loop over documents).
     B, T, D = x.shape
     W = weight.shape[1]
-    w, b = weight.float()[:, None, :], None if bias is None else bias.float()
-
-    def conv(segments, prefix):  # segments [N, L, D], prefix [N, W - 1, D] -> [N, L, D]
-        z = F.conv1d(torch.cat([prefix, segments.float()], 1).transpose(1, 2), w, b, groups=D).transpose(1, 2)
-        return F.silu(z) if activation is not None else z
-
-    def prefix(n, count):
-        if cache is None:
-            return x.new_zeros(count, W - 1, D, dtype=torch.float32)
-        return cache[n:n + count, :, 1:].transpose(1, 2).float()
-
     if cu_seqlens is None:
-        return conv(x, prefix(0, B)).to(x.dtype)
-    outs = [conv(x[0:1, bos:eos], prefix(n, 1)) for n, (_, bos, eos) in enumerate(sequence_spans(cu_seqlens, B, T))]
-    return torch.cat(outs, 1).to(x.dtype)
+        seq = torch.arange(B, device=x.device)[:, None].expand(B, T)
+        pos = torch.arange(T, device=x.device)[None, :].expand(B, T)
+    else:
+        index = prepare_token_indices(cu_seqlens).long()
+        seq, pos = index[None, :, 0], index[None, :, 1]
+    xf = x.float()
+    z = xf.new_zeros(B, T, D)
+    for i in range(W):
+        shift = W - 1 - i  # tap i reads x[t - shift]
+        inside = (pos >= shift)[..., None]
+        earlier = cache[seq, :, (W + pos - shift).clamp(0, W - 1)].float() if cache is not None else 0.
+        z = z + torch.where(inside, F.pad(xf, (0, 0, shift, 0))[:, :T], earlier) * weight[:, i].float()
+    if bias is not None:
+        z = z + bias.float()
+    return (F.silu(z) if activation is not None else z).to(x.dtype)
 
 
 short_conv = dispatch(_short_conv_triton, _short_conv_torch)
