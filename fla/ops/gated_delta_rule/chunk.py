@@ -27,7 +27,8 @@ def chunk_gated_delta_rule_fwd(q, k, v, g, beta, scale, initial_state, output_fi
                                chunk_size=CHUNK_SIZE):
     """Returns (G, A, o, final_state); G is the chunk-local cumsum of g (None without a gate)."""
     G = chunk_local_cumsum(g, chunk_size, cu_seqlens=cu_seqlens) if g is not None else None
-    A = solve_tril(chunk_scaled_dot_kkt_fwd(k, beta, G, cu_seqlens, chunk_size), cu_seqlens, chunk_size)
+    L = chunk_scaled_dot_kkt_fwd(k, beta, G, cu_seqlens, chunk_size)
+    A = solve_tril(L, cu_seqlens, chunk_size, output_dtype=k.dtype)
     w, u = recompute_w_u_fwd(k, v, beta, A, G, cu_seqlens, chunk_size)
     h, v_new, ht = chunk_gated_delta_rule_fwd_h(k, w, u, G, initial_state, output_final_state, cu_seqlens,
                                                 chunk_size)

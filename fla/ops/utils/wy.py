@@ -94,9 +94,9 @@ def _kkt_torch(k, beta, g=None, cu_seqlens=None, chunk_size=64):
     return L
 
 
-def _solve_tril_torch(L, cu_seqlens=None, chunk_size=64):
+def _solve_tril_torch(L, cu_seqlens=None, chunk_size=64, output_dtype=torch.float32):
     B, T = L.shape[:2]
-    A = torch.empty_like(L)
+    A = torch.empty_like(L, dtype=output_dtype)
 
     def one(L):
         M = _rows_to_matrix(L, chunk_size)
@@ -252,9 +252,9 @@ def solve_tril_kernel(
         b_a += tl.reduce(b_a[:, :, None] * b_X, 1, _sum_combine)
         b_X = tl.where(sel, b_a[:, None, :], b_X)
     b_X += tl.where(o_r[:, None] == o_r[None, :], 1., 0.)[None, :, :]
-    tl.store(A + p_d, b_X, mask=m_d)
+    tl.store(A + p_d, b_X.to(A.dtype.element_ty), mask=m_d)
     if BT > 16:
-        z = tl.zeros([16, 16], dtype=tl.float32)
+        z = tl.zeros([16, 16], dtype=A.dtype.element_ty)
         # [16, 16] offsets of row block j, column block 0, and its row mask.
         r = i_t * BT + o_r
         p0, m0 = ((bos + r[:, None]) * H + i_h) * BT + o_r[None, :], (r < T)[:, None]
@@ -263,7 +263,7 @@ def solve_tril_kernel(
         X11 = tl.reduce(tl.where((o_b == 1)[:, None, None], b_X, 0.), 0, _sum_combine)
         L10 = tl.load(L + p1, mask=m1, other=0.)
         X10 = -tl.dot(X11, tl.dot(L10, X00, input_precision=PREC), input_precision=PREC)
-        tl.store(A + p1, X10, mask=m1)
+        tl.store(A + p1, X10.to(A.dtype.element_ty), mask=m1)
         tl.store(A + p0 + 16, z, mask=m0)
     if BT > 32:
         p2, m2 = p0 + 32 * H * BT, (r + 32 < T)[:, None]
@@ -284,11 +284,11 @@ def solve_tril_kernel(
         S30 = tl.dot(L30, X00, input_precision=PREC) + tl.dot(L31, X10, input_precision=PREC) \
             + tl.dot(L32, X20, input_precision=PREC)
         X30 = -tl.dot(X33, S30, input_precision=PREC)
-        tl.store(A + p2, X20, mask=m2)
-        tl.store(A + p2 + 16, X21, mask=m2)
-        tl.store(A + p3, X30, mask=m3)
-        tl.store(A + p3 + 16, X31, mask=m3)
-        tl.store(A + p3 + 32, X32, mask=m3)
+        tl.store(A + p2, X20.to(A.dtype.element_ty), mask=m2)
+        tl.store(A + p2 + 16, X21.to(A.dtype.element_ty), mask=m2)
+        tl.store(A + p3, X30.to(A.dtype.element_ty), mask=m3)
+        tl.store(A + p3 + 16, X31.to(A.dtype.element_ty), mask=m3)
+        tl.store(A + p3 + 32, X32.to(A.dtype.element_ty), mask=m3)
         tl.store(A + p0 + 32, z, mask=m0)
         tl.store(A + p0 + 48, z, mask=m0)
         tl.store(A + p1 + 32, z, mask=m1)
@@ -348,7 +348,7 @@ def wy_bwd_kernel(
     o_t = i_t * BT + o_i
     m_t = o_t < T
     rows = bos + o_t
-    b_A = tl.load(A + (rows[:, None] * H + i_h) * BT + o_i[None, :], mask=m_t[:, None], other=0.)
+    b_A = tl.load(A + (rows[:, None] * H + i_h) * BT + o_i[None, :], mask=m_t[:, None], other=0.).to(tl.float32)
     b_beta = tl.load(beta + rows * H + i_h, mask=m_t, other=0.).to(tl.float32)
     b_eg = tl.where(m_t, 1., 0.)
     if USE_G:
@@ -438,11 +438,11 @@ def _kkt_triton(k, beta, g=None, cu_seqlens=None, chunk_size=64):
     return L
 
 
-def _solve_tril_triton(L, cu_seqlens=None, chunk_size=64):
+def _solve_tril_triton(L, cu_seqlens=None, chunk_size=64, output_dtype=torch.float32):
     if chunk_size not in (16, 32, 64):  # solve_tril_kernel merges at most 4 diagonal blocks of 16
-        return _solve_tril_torch(L, cu_seqlens, chunk_size)
+        return _solve_tril_torch(L, cu_seqlens, chunk_size, output_dtype)
     B, T, H = L.shape[:3]
-    A = torch.empty_like(L)
+    A = torch.empty_like(L, dtype=output_dtype)
     chunk_indices, grid = _grid(L, cu_seqlens, chunk_size)
     if grid[0]:
         solve_tril_kernel[grid](L, A, cu_seqlens, chunk_indices, T=T, H=H, BT=chunk_size, PREC="ieee")
@@ -497,9 +497,10 @@ def chunk_scaled_dot_kkt_fwd(k, beta, g=None, cu_seqlens=None, chunk_size=64) ->
     return _kkt(k, beta, g, cu_seqlens, chunk_size)
 
 
-def solve_tril(L, cu_seqlens=None, chunk_size=64) -> torch.Tensor:
-    """A = (I + L)^{-1} per chunk, float32, for a strictly lower-triangular L in row layout [B, T, H, BT]."""
-    return _solve_tril(L, cu_seqlens, chunk_size)
+def solve_tril(L, cu_seqlens=None, chunk_size=64, output_dtype=torch.float32) -> torch.Tensor:
+    """A = (I + L)^{-1} per chunk for a strictly lower-triangular L in row layout [B, T, H, BT], solved in float32
+    and stored in `output_dtype` (the chunk ops store it in k's dtype: its consumers multiply it in that dtype)."""
+    return _solve_tril(L, cu_seqlens, chunk_size, output_dtype)
 
 
 def recompute_w_u_fwd(k, v, beta, A, g=None, cu_seqlens=None, chunk_size=64) -> tuple[torch.Tensor, torch.Tensor]:
