@@ -1,7 +1,11 @@
 """Fused cross entropy and fused linear cross entropy against PyTorch's cross_entropy (float64), both paths."""
+import weakref
+
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 
 from fla.modules import FusedCrossEntropyLoss, FusedLinearCrossEntropyLoss, fused_linear_cross_entropy
 from fla.ops.utils.dispatch import use_backend
@@ -127,3 +131,45 @@ def test_linear_cross_entropy_half(backend):
     assert_close("loss", loss, ref, 1e-3)
     assert_close("dhidden", hidden.grad, dh, 5e-3)
     assert_close("dweight", weight.grad, dw, 5e-3)
+
+
+class LiveBytes(TorchDispatchMode):
+    """Peak bytes of the tensors created inside the block that are alive at once."""
+
+    def __init__(self):
+        super().__init__()
+        self.alive, self.current, self.peak = {}, 0, 0
+
+    def _free(self, ptr):
+        self.alive[ptr][0] -= 1
+        if self.alive[ptr][0] == 0:
+            self.current -= self.alive.pop(ptr)[1]
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in tree_flatten(out)[0]:
+            if isinstance(t, torch.Tensor):
+                ptr = t.untyped_storage().data_ptr()
+                if ptr not in self.alive:
+                    self.alive[ptr] = [0, t.untyped_storage().nbytes()]
+                    self.current += self.alive[ptr][1]
+                    self.peak = max(self.peak, self.current)
+                self.alive[ptr][0] += 1
+                weakref.finalize(t, self._free, ptr)
+        return out
+
+
+@pytest.mark.parametrize("backend", ["triton", "torch"])
+def test_linear_cross_entropy_never_holds_full_logits(backend):
+    seed(backend)
+    N, D, V = 512, 16, 1000
+    hidden, weight = torch.randn(N, D, requires_grad=True), torch.randn(V, D, requires_grad=True)
+    target = targets(N, V, 10)
+    full_logits = N * V * 4
+    with use_backend(backend), LiveBytes() as fused:
+        fused_linear_cross_entropy(hidden, target, weight, chunk_size=64).backward()
+    with LiveBytes() as unfused:
+        F.cross_entropy(F.linear(hidden, weight), target).backward()
+    print(f"peak bytes: fused {fused.peak}, unfused {unfused.peak}, full logits {full_logits}")
+    assert unfused.peak >= full_logits  # the tally sees the logits when they exist
+    assert fused.peak < full_logits / 2
