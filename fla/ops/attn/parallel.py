@@ -101,7 +101,7 @@ def _query_range(k_start, L, W, BN: tl.constexpr, BM: tl.constexpr, HAS_WINDOW: 
 @triton.jit
 def _fwd_range(b_q, b_gq, b_acc, b_m, b_l, k, v, g, o_i, tok0, gbase, L, W, lo, hi, i_h, scale,
                H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
-               BV: tl.constexpr, USE_G: tl.constexpr, HAS_WINDOW: tl.constexpr, MASK: tl.constexpr):
+               BV: tl.constexpr, USE_G: tl.constexpr, HAS_WINDOW: tl.constexpr, MASK: tl.constexpr, PREC: tl.constexpr):
     o_k, o_v = tl.arange(0, BK), tl.arange(0, BV)
     for start in range(lo, hi, BN):
         o_j = start + tl.arange(0, BN)
@@ -111,7 +111,7 @@ def _fwd_range(b_q, b_gq, b_acc, b_m, b_l, k, v, g, o_i, tok0, gbase, L, W, lo, 
         b_v = tl.load(v + (tok0 + o_j)[:, None] * (H * V) + i_h * V + o_v[None, :],
                       mask=m_j[:, None] & (o_v < V)[None, :], other=0.)
         # scores in base 2: scale already carries log2(e)
-        b_s = tl.dot(b_q, b_kt) * scale
+        b_s = tl.dot(b_q, b_kt, input_precision=PREC) * scale
         if USE_G:
             b_gk = tl.load(g + gbase + o_j, mask=m_j, other=0.)
             b_s += (b_gq[:, None] - b_gk[None, :]) * 1.4426950408889634
@@ -124,7 +124,7 @@ def _fwd_range(b_q, b_gq, b_acc, b_m, b_l, k, v, g, o_i, tok0, gbase, L, W, lo, 
         b_p = tl.exp2(b_s - b_mn[:, None])
         b_r = tl.exp2(b_m - b_mn)
         b_l = b_l * b_r + tl.sum(b_p, 1)
-        b_acc = b_acc * b_r[:, None] + tl.dot(b_p.to(b_v.dtype), b_v)
+        b_acc = b_acc * b_r[:, None] + tl.dot(b_p.to(b_v.dtype), b_v, input_precision=PREC)
         b_m = b_mn
     return b_acc, b_m, b_l
 
@@ -140,7 +140,7 @@ def parallel_attn_fwd_kernel(
     q, k, v, g, o, lse, cu_seqlens, block_indices, scale, W, T,
     HQ: tl.constexpr, H: tl.constexpr, GROUP: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-    USE_G: tl.constexpr, HAS_WINDOW: tl.constexpr, IS_VARLEN: tl.constexpr,
+    USE_G: tl.constexpr, HAS_WINDOW: tl.constexpr, IS_VARLEN: tl.constexpr, PREC: tl.constexpr,
 ):
     # grid: (query blocks, B * HQ); the last (heaviest, causal) blocks launch first, so the tail of the grid is light
     i_m, i_bh = tl.num_programs(0) - 1 - tl.program_id(0), tl.program_id(1)
@@ -166,11 +166,11 @@ def parallel_attn_fwd_kernel(
 
     lo, m1, m2, hi = _key_range(i_m * BM, L, W, BM, BN, HAS_WINDOW)
     b_acc, b_m, b_l = _fwd_range(b_q, b_gq, b_acc, b_m, b_l, k, v, g, o_i, tok0, gbase, L, W, lo, m1, i_h, sl2,
-                                 H, K, V, BN, BK, BV, USE_G, HAS_WINDOW, True)
+                                 H, K, V, BN, BK, BV, USE_G, HAS_WINDOW, True, PREC)
     b_acc, b_m, b_l = _fwd_range(b_q, b_gq, b_acc, b_m, b_l, k, v, g, o_i, tok0, gbase, L, W, m1, m2, i_h, sl2,
-                                 H, K, V, BN, BK, BV, USE_G, HAS_WINDOW, False)
+                                 H, K, V, BN, BK, BV, USE_G, HAS_WINDOW, False, PREC)
     b_acc, b_m, b_l = _fwd_range(b_q, b_gq, b_acc, b_m, b_l, k, v, g, o_i, tok0, gbase, L, W, m2, hi, i_h, sl2,
-                                 H, K, V, BN, BK, BV, USE_G, HAS_WINDOW, True)
+                                 H, K, V, BN, BK, BV, USE_G, HAS_WINDOW, True, PREC)
 
     b_l = tl.where(b_l > 0, b_l, 1.)  # rows past the sequence end saw no key; they are not stored
     b_o = b_acc / b_l[:, None]
@@ -196,7 +196,7 @@ def parallel_attn_bwd_preprocess_kernel(o, do, delta, T, HQ: tl.constexpr, V: tl
 @triton.jit
 def _dq_range(b_q, b_do, b_gq, b_lse, b_delta, b_dq, b_dg, k, v, g, o_i, tok0, gbase, L, W, lo, hi, i_h, scale,
               H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
-              BV: tl.constexpr, USE_G: tl.constexpr, HAS_WINDOW: tl.constexpr, MASK: tl.constexpr):
+              BV: tl.constexpr, USE_G: tl.constexpr, HAS_WINDOW: tl.constexpr, MASK: tl.constexpr, PREC: tl.constexpr):
     o_k, o_v = tl.arange(0, BK), tl.arange(0, BV)
     for start in range(lo, hi, BN):
         o_j = start + tl.arange(0, BN)
@@ -205,7 +205,7 @@ def _dq_range(b_q, b_do, b_gq, b_lse, b_delta, b_dq, b_dg, k, v, g, o_i, tok0, g
                       mask=m_j[:, None] & (o_k < K)[None, :], other=0.)
         b_v = tl.load(v + (tok0 + o_j)[:, None] * (H * V) + i_h * V + o_v[None, :],
                       mask=m_j[:, None] & (o_v < V)[None, :], other=0.)
-        b_s = tl.dot(b_q, tl.trans(b_k)) * scale
+        b_s = tl.dot(b_q, tl.trans(b_k), input_precision=PREC) * scale
         if USE_G:
             b_gk = tl.load(g + gbase + o_j, mask=m_j, other=0.)
             b_s += (b_gq[:, None] - b_gk[None, :]) * 1.4426950408889634
@@ -215,9 +215,9 @@ def _dq_range(b_q, b_do, b_gq, b_lse, b_delta, b_dq, b_dg, k, v, g, o_i, tok0, g
             if HAS_WINDOW:
                 m_s = m_s & (o_i[:, None] - o_j[None, :] < W)
             b_p = tl.where(m_s, b_p, 0.)
-        b_dp = tl.dot(b_do, tl.trans(b_v))
+        b_dp = tl.dot(b_do, tl.trans(b_v), input_precision=PREC)
         b_ds = b_p * (b_dp - b_delta[:, None])
-        b_dq += tl.dot(b_ds.to(b_k.dtype), b_k)
+        b_dq += tl.dot(b_ds.to(b_k.dtype), b_k, input_precision=PREC)
         if USE_G:
             b_dg += tl.sum(b_ds, 1)
     return b_dq, b_dg
@@ -230,7 +230,7 @@ def parallel_attn_bwd_dq_kernel(
     q, k, v, g, lse, delta, do, dq, dg, cu_seqlens, block_indices, scale, W, T,
     HQ: tl.constexpr, H: tl.constexpr, GROUP: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-    USE_G: tl.constexpr, HAS_WINDOW: tl.constexpr, IS_VARLEN: tl.constexpr,
+    USE_G: tl.constexpr, HAS_WINDOW: tl.constexpr, IS_VARLEN: tl.constexpr, PREC: tl.constexpr,
 ):
     # grid: (query blocks, B * HQ), heaviest first as in the forward; dg receives rowsum(dS) per query
     i_m, i_bh = tl.num_programs(0) - 1 - tl.program_id(0), tl.program_id(1)
@@ -257,11 +257,11 @@ def parallel_attn_bwd_dq_kernel(
 
     lo, m1, m2, hi = _key_range(i_m * BM, L, W, BM, BN, HAS_WINDOW)
     b_dq, b_dg = _dq_range(b_q, b_do, b_gq, b_lse, b_delta, b_dq, b_dg, k, v, g, o_i, tok0, gbase, L, W, lo, m1,
-                           i_h, sl2, H, K, V, BN, BK, BV, USE_G, HAS_WINDOW, True)
+                           i_h, sl2, H, K, V, BN, BK, BV, USE_G, HAS_WINDOW, True, PREC)
     b_dq, b_dg = _dq_range(b_q, b_do, b_gq, b_lse, b_delta, b_dq, b_dg, k, v, g, o_i, tok0, gbase, L, W, m1, m2,
-                           i_h, sl2, H, K, V, BN, BK, BV, USE_G, HAS_WINDOW, False)
+                           i_h, sl2, H, K, V, BN, BK, BV, USE_G, HAS_WINDOW, False, PREC)
     b_dq, b_dg = _dq_range(b_q, b_do, b_gq, b_lse, b_delta, b_dq, b_dg, k, v, g, o_i, tok0, gbase, L, W, m2, hi,
-                           i_h, sl2, H, K, V, BN, BK, BV, USE_G, HAS_WINDOW, True)
+                           i_h, sl2, H, K, V, BN, BK, BV, USE_G, HAS_WINDOW, True, PREC)
 
     tl.store(dq + (tok0 + o_i)[:, None] * (HQ * K) + i_hq * K + o_k[None, :], (b_dq * scale).to(dq.dtype.element_ty),
              mask=m_qk)
@@ -272,7 +272,7 @@ def parallel_attn_bwd_dq_kernel(
 @triton.jit
 def _dkdv_range(b_k, b_v, b_gk, b_dk, b_dv, b_dg, q, do, lse, delta, g, o_j, tok0, gbase, L, W, lo, hi, i_hq, scale,
                 HQ: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BM: tl.constexpr, BK: tl.constexpr,
-                BV: tl.constexpr, USE_G: tl.constexpr, HAS_WINDOW: tl.constexpr, MASK: tl.constexpr):
+                BV: tl.constexpr, USE_G: tl.constexpr, HAS_WINDOW: tl.constexpr, MASK: tl.constexpr, PREC: tl.constexpr):
     # transposed view: scores are [keys BN, queries BM]
     o_k, o_v = tl.arange(0, BK), tl.arange(0, BV)
     for start in range(lo, hi, BM):
@@ -284,7 +284,7 @@ def _dkdv_range(b_k, b_v, b_gk, b_dk, b_dv, b_dg, q, do, lse, delta, g, o_j, tok
                        mask=m_i[:, None] & (o_v < V)[None, :], other=0.)
         b_lse = tl.load(lse + gbase + o_i, mask=m_i, other=0.)
         b_delta = tl.load(delta + gbase + o_i, mask=m_i, other=0.)
-        b_s = tl.dot(b_k, tl.trans(b_q)) * scale
+        b_s = tl.dot(b_k, tl.trans(b_q), input_precision=PREC) * scale
         if USE_G:
             b_gq = tl.load(g + gbase + o_i, mask=m_i, other=0.)
             b_s += (b_gq[None, :] - b_gk[:, None]) * 1.4426950408889634
@@ -294,10 +294,10 @@ def _dkdv_range(b_k, b_v, b_gk, b_dk, b_dv, b_dg, q, do, lse, delta, g, o_j, tok
             if HAS_WINDOW:
                 m_s = m_s & (o_i[None, :] - o_j[:, None] < W)
             b_p = tl.where(m_s, b_p, 0.)
-        b_dv += tl.dot(b_p.to(b_do.dtype), b_do)
-        b_dp = tl.dot(b_v, tl.trans(b_do))
+        b_dv += tl.dot(b_p.to(b_do.dtype), b_do, input_precision=PREC)
+        b_dp = tl.dot(b_v, tl.trans(b_do), input_precision=PREC)
         b_ds = b_p * (b_dp - b_delta[None, :])
-        b_dk += tl.dot(b_ds.to(b_q.dtype), b_q)
+        b_dk += tl.dot(b_ds.to(b_q.dtype), b_q, input_precision=PREC)
         if USE_G:
             b_dg -= tl.sum(b_ds, 1)
     return b_dk, b_dv, b_dg
@@ -310,7 +310,7 @@ def parallel_attn_bwd_dkdv_kernel(
     q, k, v, g, lse, delta, do, dk, dv, dg, cu_seqlens, block_indices, scale, W, T,
     HQ: tl.constexpr, H: tl.constexpr, GROUP: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-    USE_G: tl.constexpr, HAS_WINDOW: tl.constexpr, IS_VARLEN: tl.constexpr,
+    USE_G: tl.constexpr, HAS_WINDOW: tl.constexpr, IS_VARLEN: tl.constexpr, PREC: tl.constexpr,
 ):
     # grid: (key blocks, B * H); the query heads of the group are summed in order inside the program (deterministic);
     # dg receives -colsum(dS) per key and query head
@@ -338,11 +338,11 @@ def parallel_attn_bwd_dkdv_kernel(
             b_gk = tl.load(g + gbase + o_j, mask=m_j, other=0.)
         b_dg = tl.zeros([BN], dtype=tl.float32)
         b_dk, b_dv, b_dg = _dkdv_range(b_k, b_v, b_gk, b_dk, b_dv, b_dg, q, do, lse, delta, g, o_j, tok0, gbase, L,
-                                       W, lo, m1, i_hq, sl2, HQ, K, V, BM, BK, BV, USE_G, HAS_WINDOW, True)
+                                       W, lo, m1, i_hq, sl2, HQ, K, V, BM, BK, BV, USE_G, HAS_WINDOW, True, PREC)
         b_dk, b_dv, b_dg = _dkdv_range(b_k, b_v, b_gk, b_dk, b_dv, b_dg, q, do, lse, delta, g, o_j, tok0, gbase, L,
-                                       W, m1, m2, i_hq, sl2, HQ, K, V, BM, BK, BV, USE_G, HAS_WINDOW, False)
+                                       W, m1, m2, i_hq, sl2, HQ, K, V, BM, BK, BV, USE_G, HAS_WINDOW, False, PREC)
         b_dk, b_dv, b_dg = _dkdv_range(b_k, b_v, b_gk, b_dk, b_dv, b_dg, q, do, lse, delta, g, o_j, tok0, gbase, L,
-                                       W, m2, hi, i_hq, sl2, HQ, K, V, BM, BK, BV, USE_G, HAS_WINDOW, True)
+                                       W, m2, hi, i_hq, sl2, HQ, K, V, BM, BK, BV, USE_G, HAS_WINDOW, True, PREC)
         if USE_G:
             tl.store(dg + gbase + o_j, b_dg, mask=m_j)
 
@@ -356,8 +356,10 @@ def parallel_attn_bwd_dkdv_kernel(
 
 def _dims(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> dict:
     HQ, H, K, V = q.shape[2], k.shape[2], k.shape[3], v.shape[3]
+    # float32 inputs get float32 products (the default would be tf32 on a GPU); half types ignore the setting
     return dict(HQ=HQ, H=H, GROUP=HQ // H, K=K, V=V,
-                BK=max(16, triton.next_power_of_2(K)), BV=max(16, triton.next_power_of_2(V)))
+                BK=max(16, triton.next_power_of_2(K)), BV=max(16, triton.next_power_of_2(V)),
+                PREC="ieee" if q.dtype == torch.float32 else "tf32")
 
 
 def _block_grid(T: int, B: int, heads: int, block: int, cu_seqlens: torch.Tensor | None):
