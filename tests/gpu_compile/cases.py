@@ -1,0 +1,189 @@
+"""What the sm_90 compile check runs: every public op and module, forward and backward, on small CPU tensors.
+
+Each case is a function of no arguments; `CASES` lists them. Three variants per op cover both sides of every
+constexpr branch and the three GPU dtypes without the full product (every variant is a set of fresh compiles):
+- "full":  bfloat16, fixed length (B=2), K=V=128, initial state, final state (its gradient flows in), every gate;
+- "bare":  float16, varlen (a length-1 sequence, lengths not multiples of the chunk), K=96, V=80, nothing optional;
+- "fp32":  float32, varlen, K=V=64, initial and final state, the other gate form where an op has two.
+Outputs are garbage (nothing runs): only the compiles count. Add a case when a kernel or a flag is added; the
+harness lists every @triton.jit function under fla/ that no case compiled.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+VARIANTS = {
+    "full": dict(dtype=torch.bfloat16, varlen=False, K=128, V=128, state=True, gates=True),
+    "bare": dict(dtype=torch.float16, varlen=True, K=96, V=80, state=False, gates=False),
+    "fp32": dict(dtype=torch.float32, varlen=True, K=64, V=64, state=True, gates=True),
+}
+H, T_FIXED, LENGTHS = 2, 150, (1, 69, 80)
+
+
+class Inputs:
+    """Random inputs of one variant: q, k [B, T, H, K]; v [B, T, HV, V]; states [N, HV, K, V] float32."""
+
+    def __init__(self, dtype, varlen, K, V, state, gates, HV=H):
+        self.dtype, self.K, self.V, self.HV, self.state, self.gates = dtype, K, V, HV, state, gates
+        if varlen:
+            self.B, self.T, self.N = 1, sum(LENGTHS), len(LENGTHS)
+            self.cu_seqlens = torch.tensor([0, *torch.tensor(LENGTHS).cumsum(0).tolist()], dtype=torch.int32)
+        else:
+            self.B, self.T, self.N, self.cu_seqlens = 2, T_FIXED, 2, None
+
+    def x(self, *shape, dtype=None, fn=None):
+        t = torch.randn(self.B, self.T, *shape, dtype=torch.float32)
+        if fn is not None:
+            t = fn(t)
+        return t.to(dtype or self.dtype).requires_grad_()
+
+    def qkv(self):
+        return self.x(H, self.K), self.x(H, self.K), self.x(self.HV, self.V)
+
+    def h0(self, V=None):
+        if not self.state:
+            return None
+        return torch.randn(self.N, self.HV, self.K, V or self.V, dtype=torch.float32, requires_grad=True)
+
+    def log_decay(self, *shape, dtype=torch.float32):
+        return self.x(*shape, dtype=dtype, fn=lambda t: F.logsigmoid(t) / 8)
+
+
+def backward(out) -> None:
+    """Sum every output (the final state too, so its gradient flows in) and run the backward."""
+    outs = out if isinstance(out, tuple) else (out,)
+    loss = sum(o.float().sum() for o in outs if o is not None)
+    loss.backward()
+
+
+def each_variant(fn):
+    """One case per variant: `fn(Inputs)` runs the op forward and backward."""
+    cases = []
+    for name, variant in VARIANTS.items():
+        def case(variant=variant):
+            fn(Inputs(**variant))
+        case.__name__ = f"{fn.__name__}[{name}]"
+        cases.append(case)
+    return cases
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# fla.ops families
+
+
+def simple_gla(x: Inputs):
+    from fla.ops.simple_gla import chunk_simple_gla, fused_recurrent_simple_gla
+
+    q, k, v = x.qkv()
+    kw = dict(initial_state=x.h0(), output_final_state=x.state, cu_seqlens=x.cu_seqlens)
+    gate = {}
+    if x.gates:  # bf16: per-token gate; float32: per-head constant decay
+        gate = dict(g=x.log_decay(H)) if x.dtype == torch.bfloat16 else dict(g_gamma=-torch.rand(H) / 8)
+    backward(chunk_simple_gla(q, k, v, **gate, **kw))
+    backward(fused_recurrent_simple_gla(q, k, v, **gate, **kw, reverse=x.gates))
+
+
+def gla(x: Inputs):
+    from fla.ops.gla import chunk_gla, fused_recurrent_gla
+
+    q, k, v = x.qkv()
+    g = x.log_decay(H, x.K)
+    kw = dict(initial_state=x.h0(), output_final_state=x.state, cu_seqlens=x.cu_seqlens)
+    backward(chunk_gla(q, k, v, g, **kw))
+    gates = dict(gk=g, gv=x.log_decay(H, x.V)) if x.gates else dict(gk=g)
+    backward(fused_recurrent_gla(q, k, v, **gates, **kw, reverse=x.gates))
+    if x.gates:
+        backward(fused_recurrent_gla(q, k, v, gv=gates["gv"], **kw))
+
+
+def retention(x: Inputs):
+    from fla.ops.retention import chunk_retention, fused_recurrent_retention
+
+    q, k, v = x.qkv()
+    kw = dict(initial_state=x.h0(), output_final_state=x.state, cu_seqlens=x.cu_seqlens)
+    backward(chunk_retention(q, k, v, **kw))
+    backward(fused_recurrent_retention(q, k, v, **kw, reverse=x.gates))
+
+
+def linear_attn(x: Inputs):
+    from fla.ops.linear_attn import chunk_linear_attn, fused_recurrent_linear_attn
+
+    q, k, v = x.qkv()
+    normalize = x.gates
+    kw = dict(initial_state=x.h0(x.V + 1 if normalize else None), output_final_state=x.state,
+              cu_seqlens=x.cu_seqlens, normalize=normalize)
+    backward(chunk_linear_attn(q, k, v, **kw))
+    backward(fused_recurrent_linear_attn(q, k, v, **kw, reverse=x.gates))
+
+
+def delta_rule(x: Inputs):
+    from fla.ops.delta_rule import chunk_delta_rule, fused_recurrent_delta_rule
+
+    q, k, v = x.qkv()
+    beta = x.x(H, dtype=x.dtype, fn=torch.sigmoid)
+    kw = dict(initial_state=x.h0(), output_final_state=x.state, cu_seqlens=x.cu_seqlens,
+              use_qk_l2norm_in_kernel=x.gates)
+    backward(chunk_delta_rule(q, k, v, beta, **kw))
+    backward(fused_recurrent_delta_rule(q, k, v, beta, **kw))
+
+
+def gated_delta_rule(x: Inputs):
+    from fla.ops.gated_delta_rule import chunk_gated_delta_rule, fused_recurrent_gated_delta_rule
+
+    x.HV = 2 * H if x.gates else H  # grouped values in the full variants
+    q, k, v = x.qkv()
+    g = x.log_decay(x.HV)
+    beta = x.x(x.HV, dtype=x.dtype, fn=torch.sigmoid)
+    kw = dict(initial_state=x.h0(), output_final_state=x.state, cu_seqlens=x.cu_seqlens,
+              use_qk_l2norm_in_kernel=x.gates)
+    backward(chunk_gated_delta_rule(q, k, v, g, beta, **kw))
+    backward(fused_recurrent_gated_delta_rule(q, k, v, g, beta, **kw))
+    if x.gates:  # a beta per value channel
+        backward(fused_recurrent_gated_delta_rule(q, k, v, g, x.x(x.HV, x.V, fn=torch.sigmoid), **kw))
+
+
+def attn(x: Inputs):
+    from fla.ops.attn import parallel_attn
+
+    hkv = 1 if x.gates else H  # grouped queries, a forget gate and a window in the full variants
+    q = x.x(H, x.K)
+    k, v = x.x(hkv, x.K), x.x(hkv, x.K)
+    extra = dict(g=x.log_decay(H, dtype=x.dtype), window_size=64) if x.gates else {}
+    backward(parallel_attn(q, k, v, cu_seqlens=x.cu_seqlens, **extra))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# fla.modules (the shapes the layers use; dims of a small model)
+
+
+def modules(x: Inputs):
+    import fla.modules as M
+
+    dt, D = x.dtype, 256
+    a, b = x.x(D), x.x(D)
+    y, res = M.RMSNorm(D, dtype=dt)(a, b, prenorm=True, residual_in_fp32=x.gates)
+    backward((y, res))
+    backward(M.RMSNorm(D, dtype=dt, elementwise_affine=x.gates)(a))
+    backward(M.FusedRMSNormGated(D, dtype=dt, activation="swish" if x.gates else "sigmoid")(a, b))
+    logits = torch.randn(8, 5000, dtype=dt, requires_grad=True)
+    target = torch.randint(0, 5000, (8,))
+    backward(M.FusedCrossEntropyLoss(label_smoothing=0.1 if x.gates else 0.0)(logits, target))
+    weight = torch.randn(100, D, dtype=dt, requires_grad=True)
+    backward(M.fused_linear_cross_entropy(a.reshape(-1, D), torch.randint(0, 100, (a.shape[0] * a.shape[1],)),
+                                          weight))
+    conv = M.ShortConvolution(D, 4, bias=x.gates, activation="silu" if x.gates else None).to(dt)
+    cache = torch.zeros(x.B, D, 4, dtype=dt) if x.state else None
+    backward(conv(a, cache=cache, cu_seqlens=x.cu_seqlens)[0])
+    with torch.no_grad():
+        conv(a[:, :1].detach(), cache=torch.zeros(x.B, D, 4, dtype=dt))
+    q = x.x(4, x.K)
+    rope = M.RotaryEmbedding(x.K, interleaved=not x.gates)
+    offsets = torch.tensor([3, 5]) if x.cu_seqlens is None else 0
+    backward(rope(q, q, seqlen_offset=offsets, cu_seqlens=x.cu_seqlens))
+    backward(M.swiglu(a, b))
+    backward(M.L2Norm()(a))
+
+
+CASES = [c for fn in (simple_gla, gla, retention, linear_attn, delta_rule, gated_delta_rule, attn, modules)
+         for c in each_variant(fn)]

@@ -1,0 +1,322 @@
+"""Compile every fla Triton kernel for an H100 (sm_90) on a machine without a GPU.
+
+The interpreter (`TRITON_INTERPRET=1`, how the CPU tests run kernels) executes kernels as NumPy and forgives what
+the compiler rejects (loop-carried types, constexpr misuse, pointer dtypes, int32/int64 mixes), so a kernel can pass
+every CPU test and still fail to build on a GPU. Here, in a process where TRITON_INTERPRET is unset:
+
+1. a stand-in driver reports a CUDA sm_90 target, and every JIT launch becomes a warm-up (compile to cubin, never
+   launch); a failed compile is recorded and the run goes on, so one report lists every broken kernel;
+2. `triton.autotune` keeps one config per kernel (`FLA_COMPILE_CONFIGS=all` keeps them all), because every config
+   is a full compile and this box has two shared cores;
+3. the dispatch is pointed at the Triton launchers (`is_interpreter()` stays False, so the launchers pick their GPU
+   block sizes and keep bf16 `tl.dot` operands), and the cases of tests/gpu_compile/cases.py call every public op
+   forward and backward on small CPU tensors (their outputs are garbage: never compare them);
+4. every `@triton.jit` function defined under fla/ must have been compiled, or be called from a compiled kernel.
+
+Exit 0: all compiled; 1: a compile failed or a kernel was never compiled (listed); 77: this triton lacks the
+internals used here. Prints a table of registers / spills / shared memory per compiled kernel.
+
+    python -m tests.gpu_compile.harness [case-name-substring ...]
+"""
+from __future__ import annotations
+
+import ast
+import builtins
+import importlib
+import os
+import pkgutil
+import re
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from dataclasses import dataclass, field
+
+os.environ.pop("TRITON_INTERPRET", None)  # kernels must be real JITFunctions: unset before triton and fla load
+
+import torch  # noqa: E402
+
+SKIP = 77
+H100_SHARED_BYTES = 232448  # largest dynamic shared memory one H100 block may use (227 KiB)
+
+try:
+    import triton
+    import triton.runtime.jit as jit
+    from triton.backends.compiler import GPUTarget
+    from triton.runtime.autotuner import Autotuner, Heuristics
+    from triton.runtime.driver import driver
+except ImportError as e:  # pragma: no cover - depends on the installed triton
+    print(f"triton internals changed: {e}")
+    sys.exit(SKIP)
+
+
+class CompileOnlyDriver:
+    """Enough of a CUDA driver for the JIT to compile (never launch) kernels for sm_90."""
+
+    def get_current_target(self):
+        return GPUTarget("cuda", 90, 32)
+
+    def get_current_device(self):
+        return 0
+
+    def set_current_device(self, device):
+        pass
+
+    def get_current_stream(self, device=None):
+        return 0
+
+    def get_active_torch_device(self):
+        return torch.device("cpu")
+
+    def get_device_interface(self):
+        return torch.cuda
+
+    def get_benchmarker(self):
+        # with FLA_COMPILE_CONFIGS=all the autotuners "time" every config: each is compiled (so checked), all tie
+        def bench(fn, quantiles=None, **kwargs):
+            fn()
+            return [1.0] * len(quantiles) if quantiles else 1.0
+
+        return bench
+
+
+@dataclass
+class Compiled:
+    name: str  # module.qualname of the JITFunction
+    spec: str  # the dtypes of the pointer arguments and the constexprs, shortened
+    seconds: float
+    kernel: object = None
+    error: str | None = None
+    usage: dict = field(default_factory=dict)
+
+
+def qualified(fn) -> str:
+    """`module.qualname` of a JITFunction, Autotuner or Heuristics."""
+    while not isinstance(fn, jit.JITFunction):
+        fn = fn.fn
+    return f"{fn.fn.__module__}.{fn.fn.__qualname__}"
+
+
+class Recorder:
+    """Turns every JIT launch into a compile-only warm-up and records what was compiled and what failed."""
+
+    def __init__(self):
+        self.compiled: list[Compiled] = []
+        self.failed_keys: set = set()
+        self.current_case = ""
+
+    def install(self) -> None:
+        run = jit.JITFunction.run
+        recorder = self
+
+        def compile_only(self, *args, grid, warmup, **kwargs):
+            name = f"{self.fn.__module__}.{self.fn.__qualname__}"
+            spec = describe(self, args, kwargs)
+            if (name, spec) in recorder.failed_keys:
+                return None  # failed before: one report per specialization
+            cache = self.device_caches[0][0]
+            before = len(cache)
+            start = time.perf_counter()
+            record = Compiled(name, spec, 0.0)
+            try:
+                record.kernel = run(self, *args, grid=grid, warmup=True, **kwargs)
+            except Exception as e:  # a compile error is the finding: record it, keep compiling the rest
+                recorder.failed_keys.add((name, spec))
+                record.error = f"[case {recorder.current_case}] {type(e).__name__}: {e}"
+                record.error += "\n" + "".join(traceback.format_exception(e)[-3:])
+            record.seconds = time.perf_counter() - start
+            if record.error or len(cache) > before:  # a new specialization (not one the JIT cache already held)
+                recorder.compiled.append(record)
+            return None
+
+        jit.JITFunction.run = compile_only
+
+
+def describe(fn, args, kwargs) -> str:
+    """A short, stable description of one specialization: tensor dtypes and the constexpr values."""
+    values = dict(zip(fn.arg_names, args))
+    values.update(kwargs)
+    parts = []
+    for p in fn.params:
+        v = values.get(p.name)
+        if isinstance(v, torch.Tensor):
+            parts.append(f"{p.name}:{str(v.dtype).replace('torch.', '')}")
+        elif p.is_constexpr:
+            parts.append(f"{p.name}={v}")
+    opts = {k: kwargs[k] for k in ("num_warps", "num_stages") if k in kwargs}
+    parts += [f"{k}={v}" for k, v in opts.items()]
+    return " ".join(parts)
+
+
+def trim_autotune() -> None:
+    """`triton.autotune` keeps only its first config unless FLA_COMPILE_CONFIGS=all (each config is a compile)."""
+    if os.environ.get("FLA_COMPILE_CONFIGS", "first") == "all":
+        return
+    autotune = triton.autotune
+
+    def first_config(configs, key, **kwargs):
+        return autotune(list(configs)[:1], key, **kwargs)
+
+    triton.autotune = first_config
+
+
+def route_to_triton() -> None:
+    """Send every dispatch to the Triton launcher although the tensors are on the CPU and no interpreter runs."""
+    import fla.ops.utils.dispatch as dispatch
+
+    dispatch.get_backend = lambda x: "triton"
+
+
+def resource_usage(kernel) -> dict:
+    """Registers, spill stores/loads, stack (`cuobjdump -res-usage` on the cubin) and shared memory of a kernel."""
+    usage = {"shared": getattr(kernel.metadata, "shared", 0)}
+    cubin = kernel.asm.get("cubin") if hasattr(kernel, "asm") else None
+    try:
+        tool = triton.knobs.nvidia.cuobjdump.path
+    except Exception:
+        return usage
+    if not cubin:
+        return usage
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        out = subprocess.run([tool, "-res-usage", f.name], capture_output=True, text=True).stdout
+    for key, pattern in (("regs", r"REG:(\d+)"), ("stack", r"STACK:(\d+)"), ("local", r"LOCAL:(\d+)")):
+        m = re.search(pattern, out)
+        if m:
+            usage[key] = int(m.group(1))
+    ptx = kernel.asm.get("ptx", "") if isinstance(kernel.asm.get("ptx", ""), str) else ""
+    usage["spill"] = usage.get("local", 0)
+    return usage
+
+
+def all_kernels() -> dict[str, object]:
+    """Every @triton.jit function defined in a module under fla/ (also those wrapped in autotune / heuristics)."""
+    import fla
+
+    found = {}
+    for info in pkgutil.walk_packages(fla.__path__, "fla."):
+        try:
+            module = importlib.import_module(info.name)
+        except Exception as e:  # an optional dependency missing: its kernels would show as never compiled anyway
+            print(f"(could not import {info.name}: {e})")
+            continue
+        for value in list(vars(module).values()):
+            if isinstance(value, (jit.JITFunction, Autotuner, Heuristics)):
+                base = value
+                while not isinstance(base, jit.JITFunction):
+                    base = base.fn
+                if base.fn.__module__ == info.name:
+                    found[qualified(base)] = base
+    return found
+
+
+def callees(fn: jit.JITFunction) -> list[jit.JITFunction]:
+    """The @triton.jit functions a kernel's source names (calls, combine functions of tl.reduce / tl.associative_scan)."""
+    out = []
+    scope = dict(vars(builtins))
+    scope.update(fn.fn.__globals__)
+    for node in ast.walk(ast.parse(fn.src)):
+        value = None
+        if isinstance(node, ast.Name):
+            value = scope.get(node.id)
+        elif isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name):
+            value = getattr(scope.get(node.value.id), node.attr, None)
+        if isinstance(value, jit.JITFunction) and value is not fn:
+            out.append(value)
+    return out
+
+
+def reached(roots: list[jit.JITFunction]) -> set[str]:
+    """Names of the roots and of every @triton.jit function they call, transitively."""
+    seen, todo = set(), list(roots)
+    while todo:
+        fn = todo.pop()
+        name = qualified(fn)
+        if name in seen:
+            continue
+        seen.add(name)
+        todo += callees(fn)
+    return seen
+
+
+def print_table(records: list[Compiled]) -> None:
+    print(f"\n{'kernel':58s} {'regs':>4s} {'spill':>5s} {'smem':>7s} {'sec':>5s}  specialization")
+    for r in sorted(records, key=lambda r: (r.name, r.spec)):
+        if r.error:
+            continue
+        u = r.usage
+        short = r.name.replace("fla.ops.", "").replace("fla.modules.", "modules.")
+        print(f"{short:58s} {u.get('regs', '?'):>4} {u.get('spill', '?'):>5} {u.get('shared', '?'):>7} "
+              f"{r.seconds:5.1f}  {r.spec[:160]}")
+
+
+def main(argv: list[str]) -> int:
+    for needed in ("set_active",):
+        if not hasattr(driver, needed):
+            print(f"triton internals changed: no driver.{needed}")
+            return SKIP
+    if not hasattr(jit.JITFunction, "run") or not hasattr(jit.JITFunction, "params"):
+        pass
+    driver.set_active(CompileOnlyDriver())
+    recorder = Recorder()
+    recorder.install()
+    trim_autotune()
+    route_to_triton()
+    from tests.gpu_compile.cases import CASES
+
+    start = time.perf_counter()
+    selected = [c for c in CASES if not argv or any(a in c.__name__ for a in argv)]
+    case_errors = []
+    for case in selected:
+        recorder.current_case = case.__name__
+        t0 = time.perf_counter()
+        n0 = len(recorder.compiled)
+        try:
+            case()
+        except Exception as e:  # host code failed (not a compile): still a bug of the harness or of a launcher
+            case_errors.append(f"{case.__name__}: {type(e).__name__}: {e}\n"
+                               + "".join(traceback.format_exception(e)[-4:]))
+        print(f"case {case.__name__}: {len(recorder.compiled) - n0} compiles, {time.perf_counter() - t0:.1f} s",
+              flush=True)
+    for r in recorder.compiled:
+        if r.kernel is not None:
+            r.usage = resource_usage(r.kernel)
+    print_table(recorder.compiled)
+
+    failed = [r for r in recorder.compiled if r.error]
+    too_big = [r for r in recorder.compiled if not r.error and r.usage.get("shared", 0) > H100_SHARED_BYTES]
+    compiled_ok = sorted({r.name for r in recorder.compiled if not r.error})
+    print(f"\n{len(recorder.compiled)} compiles of {len(compiled_ok)} kernels in {time.perf_counter() - start:.1f} s")
+    print("compiled for sm_90:", ", ".join(n.rsplit(".", 1)[1] for n in compiled_ok))
+    status = 0
+    if failed:
+        status = 1
+        print(f"\nFAILED TO COMPILE ({len(failed)}):")
+        for r in failed:
+            print(f"- {r.name} [{r.spec}]\n  {r.error}")
+    if too_big:
+        status = 1
+        print(f"\nSHARED MEMORY OVER THE H100 LIMIT ({H100_SHARED_BYTES} B):")
+        for r in too_big:
+            print(f"- {r.name} [{r.spec}]: {r.usage['shared']} B")
+    if case_errors:
+        status = 1
+        print("\nCASES THAT RAISED OUTSIDE A COMPILE:")
+        for e in case_errors:
+            print("- " + e)
+    if not argv:
+        kernels = all_kernels()
+        roots = [kernels[n] for n in {r.name for r in recorder.compiled} if n in kernels]
+        missing = sorted(set(kernels) - reached(roots))
+        if missing:
+            status = 1
+            print("\nNEVER COMPILED (add a case to tests/gpu_compile/cases.py):")
+            for n in missing:
+                print(f"- {n}")
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
