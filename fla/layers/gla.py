@@ -50,7 +50,8 @@ class GatedLinearAttention(nn.Module):
         self.key_dim, self.value_dim = int(hidden_size * expand_k), int(hidden_size * expand_v)
         if self.key_dim % num_heads or self.value_dim % num_heads:
             raise ValueError(
-                f"key_dim ({self.key_dim}) and value_dim ({self.value_dim}) must be divisible by num_heads ({num_heads})"
+                f"key_dim ({self.key_dim}) and value_dim ({self.value_dim}) must be divisible by "
+                f"num_heads ({num_heads})"
             )
         self.head_k_dim, self.head_v_dim = self.key_dim // num_heads, self.value_dim // num_heads
         self.use_short_conv, self.use_output_gate = use_short_conv, use_output_gate

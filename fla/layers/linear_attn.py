@@ -52,7 +52,8 @@ class LinearAttention(nn.Module):
         self.key_dim, self.value_dim = int(hidden_size * expand_k), int(hidden_size * expand_v)
         if self.key_dim % num_heads or self.value_dim % num_heads:
             raise ValueError(
-                f"key_dim ({self.key_dim}) and value_dim ({self.value_dim}) must be divisible by num_heads ({num_heads})"
+                f"key_dim ({self.key_dim}) and value_dim ({self.value_dim}) must be divisible by "
+                f"num_heads ({num_heads})"
             )
         self.head_k_dim, self.head_v_dim = self.key_dim // num_heads, self.value_dim // num_heads
         self.feature_map_name, self.feature_map = feature_map, FEATURE_MAPS[feature_map]

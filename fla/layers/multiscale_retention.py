@@ -41,7 +41,8 @@ class MultiScaleRetention(nn.Module):
         self.key_dim, self.value_dim = int(hidden_size * expand_k), int(hidden_size * expand_v)
         if self.key_dim % num_heads or self.value_dim % num_heads:
             raise ValueError(
-                f"key_dim ({self.key_dim}) and value_dim ({self.value_dim}) must be divisible by num_heads ({num_heads})"
+                f"key_dim ({self.key_dim}) and value_dim ({self.value_dim}) must be divisible by "
+                f"num_heads ({num_heads})"
             )
         self.head_k_dim, self.head_v_dim = self.key_dim // num_heads, self.value_dim // num_heads
         self.use_output_gate = use_output_gate
@@ -71,7 +72,8 @@ class MultiScaleRetention(nn.Module):
         step = RecurrentStep(self, hidden_states, attention_mask, past_key_values, use_cache, cu_seqlens)
         x = step.x
         H, K, V = self.num_heads, self.head_k_dim, self.head_v_dim
-        q, k, v = split_heads(self.q_proj(x), H, K), split_heads(self.k_proj(x), H, K), split_heads(self.v_proj(x), H, V)
+        q, k = split_heads(self.q_proj(x), H, K), split_heads(self.k_proj(x), H, K)
+        v = split_heads(self.v_proj(x), H, V)
         past_len = past_key_values.get_seq_length(self.layer_idx) if step.initial_state is not None else 0
         offset = rotary_offsets(attention_mask, past_len, step.batch_size)
         q, k = self.rotary(q, k, seqlen_offset=offset, cu_seqlens=step.cu_seqlens)

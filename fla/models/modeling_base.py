@@ -165,7 +165,9 @@ class FLAModel(FLAPreTrainedModel):
         if use_cache and past_key_values is None:
             past_key_values = FLACache(self.config.num_hidden_layers)
         if cu_seqlens is not None and use_cache:
-            raise ValueError("cu_seqlens (packed training input) cannot be combined with use_cache; pass use_cache=False")
+            raise ValueError(
+                "cu_seqlens (packed training input) cannot be combined with use_cache; pass use_cache=False"
+            )
         hidden_states = self.embeddings(input_ids) if inputs_embeds is None else inputs_embeds
         for layer in self.layers:
             hidden_states = layer(
@@ -270,7 +272,9 @@ class FLAForCausalLM(FLAPreTrainedModel, GenerationMixin):
         return float(6 * (matmul_params + head) + 3 * mixer_flops)
 
 
-def shift_labels(labels: torch.Tensor, cu_seqlens: torch.Tensor | None = None, ignore_index: int = -100) -> torch.Tensor:
+def shift_labels(
+    labels: torch.Tensor, cu_seqlens: torch.Tensor | None = None, ignore_index: int = -100
+) -> torch.Tensor:
     """[B, T] labels -> [B, T] next-token targets: targets[:, t] = labels[:, t + 1], the last column ignore_index;
     under cu_seqlens every document's last token is ignored too (the next document is not predictable from it)."""
     targets = F.pad(labels[:, 1:], (0, 1), value=ignore_index)

@@ -1,7 +1,6 @@
 """Every JSON under configs/models builds its model (on the meta device: no memory) through the Auto classes."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest

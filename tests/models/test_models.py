@@ -118,7 +118,8 @@ def test_beam_search_with_cache_matches_without(family):
     seed(family, "beam")
     prompt = torch.randint(1, VOCAB, (2, 6))
     kwargs = dict(max_new_tokens=6, num_beams=3, do_sample=False, pad_token_id=0)
-    assert torch.equal(model.generate(prompt, use_cache=True, **kwargs), model.generate(prompt, use_cache=False, **kwargs))
+    with_cache = model.generate(prompt, use_cache=True, **kwargs)
+    assert torch.equal(with_cache, model.generate(prompt, use_cache=False, **kwargs))
 
 
 @pytest.mark.parametrize("family", ["gla", "gated_deltanet", "transformer"])

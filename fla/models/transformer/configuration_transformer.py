@@ -1,4 +1,5 @@
-"""Configuration of the Softmax-attention Transformer (Llama-style: RoPE, RMSNorm, SwiGLU) family (model_type "transformer")."""
+"""Configuration of the softmax-attention Transformer family (Llama-style: RoPE, RMSNorm, SwiGLU; model_type
+"transformer")."""
 from __future__ import annotations
 
 from fla.models.configuration_base import FLAConfig

@@ -1,4 +1,4 @@
-"""Softmax-attention Transformer (Llama-style: RoPE, RMSNorm, SwiGLU): the shared backbone with its mixer."""
+"""The softmax-attention Transformer (Llama-style): the shared backbone with Attention as its mixer."""
 from __future__ import annotations
 
 import torch.nn as nn
