@@ -362,30 +362,37 @@ def _dims(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> dict:
                 PREC="ieee" if q.dtype == torch.float32 else "tf32")
 
 
-def _block_grid(T: int, B: int, heads: int, block: int, cu_seqlens: torch.Tensor | None):
+def prepare_block_indices(q: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor | None) -> torch.Tensor | None:
+    """The varlen (sequence, block) index of every kernel here: one block size (query blocks of the forward and dq,
+    key blocks of dk/dv), so one index serves the forward and the backward."""
     if cu_seqlens is None:
-        return None, (triton.cdiv(T, block), B * heads)
-    indices = prepare_chunk_indices(cu_seqlens, block)
-    return indices, (len(indices), B * heads)
+        return None
+    return prepare_chunk_indices(cu_seqlens, _outer_block(max(q.shape[-1], v.shape[-1])))
 
 
-def parallel_attn_fwd(q, k, v, G, scale, window_size, cu_seqlens):
+def _grid(T: int, B: int, heads: int, block: int, block_indices: torch.Tensor | None) -> tuple[int, int]:
+    return (triton.cdiv(T, block) if block_indices is None else len(block_indices), B * heads)
+
+
+def parallel_attn_fwd(q, k, v, G, scale, window_size, cu_seqlens, block_indices=None):
     """o [B, T, HQ, V] in q's dtype and lse [B, HQ, T] float32 (base 2)."""
     B, T, HQ, _ = q.shape
     dims = _dims(q, k, v)
     o = q.new_empty(B, T, HQ, dims["V"])
     lse = q.new_empty(B, HQ, T, dtype=torch.float32)
     BM = _outer_block(max(dims["K"], dims["V"]))
-    indices, grid = _block_grid(T, B, HQ, BM, cu_seqlens)
+    if cu_seqlens is not None and block_indices is None:
+        block_indices = prepare_block_indices(q, v, cu_seqlens)
+    grid = _grid(T, B, HQ, BM, block_indices)
     if grid[0] > 0 and T > 0:
         parallel_attn_fwd_kernel[grid](
-            q, k, v, G, o, lse, cu_seqlens, indices, scale, window_size or 0, T,
+            q, k, v, G, o, lse, cu_seqlens, block_indices, scale, window_size or 0, T,
             BM=BM, USE_G=G is not None, HAS_WINDOW=window_size is not None, **dims,
         )
     return o, lse
 
 
-def parallel_attn_bwd(q, k, v, o, G, lse, do, scale, window_size, cu_seqlens):
+def parallel_attn_bwd(q, k, v, o, G, lse, do, scale, window_size, cu_seqlens, block_indices=None):
     """dq, dk, dv in their inputs' dtypes and dG [B, HQ, T] float32 (None without a gate)."""
     B, T, HQ, _ = q.shape
     dims = _dims(q, k, v)
@@ -404,15 +411,17 @@ def parallel_attn_bwd(q, k, v, o, G, lse, do, scale, window_size, cu_seqlens):
         o, do, delta, T, HQ=HQ, V=dims["V"], BT=BT, BV=dims["BV"],
     )
     block = _outer_block(max(dims["K"], dims["V"]))
-    indices, grid = _block_grid(T, B, dims["H"], block, cu_seqlens)
+    if cu_seqlens is not None and block_indices is None:
+        block_indices = prepare_block_indices(q, v, cu_seqlens)
+    grid = _grid(T, B, dims["H"], block, block_indices)
     if grid[0] > 0:
         parallel_attn_bwd_dkdv_kernel[grid](
-            q, k, v, G, lse, delta, do, dk, dv, dg_col, cu_seqlens, indices, scale, W, T, BN=block, **flags,
+            q, k, v, G, lse, delta, do, dk, dv, dg_col, cu_seqlens, block_indices, scale, W, T, BN=block, **flags,
         )
-    indices, grid = _block_grid(T, B, HQ, block, cu_seqlens)
+    grid = _grid(T, B, HQ, block, block_indices)
     if grid[0] > 0:
         parallel_attn_bwd_dq_kernel[grid](
-            q, k, v, G, lse, delta, do, dq, dg_row, cu_seqlens, indices, scale, W, T, BM=block, **flags,
+            q, k, v, G, lse, delta, do, dq, dg_row, cu_seqlens, block_indices, scale, W, T, BM=block, **flags,
         )
     return dq, dk, dv, (dg_row + dg_col if G is not None else None)
 
@@ -442,15 +451,17 @@ class ParallelAttnFunction(torch.autograd.Function):
     def forward(ctx, q, k, v, g, scale, window_size, cu_seqlens):
         # G: float32 [B, HQ, T], the per-sequence cumulative gate
         G = segment_cumsum(g, cu_seqlens).transpose(1, 2).contiguous() if g is not None else None
-        o, lse = parallel_attn_fwd(q, k, v, G, scale, window_size, cu_seqlens)
-        ctx.save_for_backward(q, k, v, o, G, lse, cu_seqlens)
+        block_indices = prepare_block_indices(q, v, cu_seqlens)
+        o, lse = parallel_attn_fwd(q, k, v, G, scale, window_size, cu_seqlens, block_indices)
+        ctx.save_for_backward(q, k, v, o, G, lse, cu_seqlens, block_indices)
         ctx.scale, ctx.window_size, ctx.g_dtype = scale, window_size, g.dtype if g is not None else None
         return o
 
     @staticmethod
     def backward(ctx, do):
-        q, k, v, o, G, lse, cu_seqlens = ctx.saved_tensors
-        dq, dk, dv, dG = parallel_attn_bwd(q, k, v, o, G, lse, do, ctx.scale, ctx.window_size, cu_seqlens)
+        q, k, v, o, G, lse, cu_seqlens, block_indices = ctx.saved_tensors
+        dq, dk, dv, dG = parallel_attn_bwd(q, k, v, o, G, lse, do, ctx.scale, ctx.window_size, cu_seqlens,
+                                           block_indices)
         dg = None
         if dG is not None and ctx.needs_input_grad[3]:
             dg = segment_cumsum(dG.transpose(1, 2), cu_seqlens, reverse=True).to(ctx.g_dtype)
