@@ -133,7 +133,10 @@ class CrossEntropyFunction(torch.autograd.Function):
         grad_scale, count = grad_scale_and_count(target, ignore_index, reduction)
         dlogits = torch.empty_like(logits) if logits.requires_grad else None
         loss = cross_entropy_loss_and_grad(logits, target, grad_scale, ignore_index, label_smoothing, dlogits)
-        ctx.save_for_backward(dlogits)
+        # Kept as an attribute, not saved: backward drops it, so autograd can take the returned buffer as the .grad
+        # instead of copying it (a saved tensor still holds a reference then). It is neither input nor output, so
+        # no reference cycle is made.
+        ctx.dlogits = dlogits
         ctx.reduction = reduction
         if reduction == "mean":
             return loss.sum() / count  # nan when every row is ignored, as in PyTorch
@@ -141,11 +144,11 @@ class CrossEntropyFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dloss):
-        (dlogits,) = ctx.saved_tensors
-        if getattr(ctx, "used", False):
+        dlogits = ctx.dlogits
+        if dlogits is None:
             raise RuntimeError("fused cross entropy scales its saved gradient in place: backward can run only once")
-        ctx.used = True
-        # In place: the buffer was saved for exactly this, no second [N, V] tensor is made.
+        ctx.dlogits = None
+        # In place: the buffer was made for exactly this, no second [N, V] tensor is made.
         return dlogits.mul_(dloss[:, None] if ctx.reduction == "none" else dloss), None, None, None, None
 
 
