@@ -143,7 +143,8 @@ def cases(tokens: int, hidden: int, vocab: int, dtype: torch.dtype, device: str)
 
     def ref_rope():
         freqs = torch.outer(torch.arange(T, device=device, dtype=torch.float32), rope.inv_freq)
-        cos, sin = torch.cat([freqs, freqs], -1).cos()[:, None].to(dtype), torch.cat([freqs, freqs], -1).sin()[:, None].to(dtype)
+        angles = torch.cat([freqs, freqs], -1)[:, None]
+        cos, sin = angles.cos().to(dtype), angles.sin().to(dtype)
 
         def rotate(t):
             t1, t2 = t.chunk(2, -1)
@@ -197,8 +198,8 @@ def main() -> None:
         step_ours, step_ref = fwd_bwd(ours, leaves), fwd_bwd(ref, leaves)
         t_ours, t_ref = milliseconds(step_ours, device, args.reps), milliseconds(step_ref, device, args.reps)
         m_ours, m_ref = peak_bytes(step_ours, device) / 2**20, peak_bytes(step_ref, device) / 2**20
-        row = dict(module=name, device=device, path=get_backend(leaves[0]), dtype=str(dtype).replace("torch.", ""), tokens=tokens, hidden=hidden,
-                   vocab=args.vocab, ours_ms=round(t_ours, 3), ref_ms=round(t_ref, 3),
+        row = dict(module=name, device=device, path=get_backend(leaves[0]), dtype=str(dtype).replace("torch.", ""),
+                   tokens=tokens, hidden=hidden, vocab=args.vocab, ours_ms=round(t_ours, 3), ref_ms=round(t_ref, 3),
                    speedup=round(t_ref / t_ours, 2), ours_mb=round(m_ours, 1), ref_mb=round(m_ref, 1),
                    mem_ratio=round(m_ours / m_ref, 3) if m_ref else float("nan"))
         rows.append(row)
