@@ -168,15 +168,26 @@ class FLAModel(FLAPreTrainedModel):
             raise ValueError(
                 "cu_seqlens (packed training input) cannot be combined with use_cache; pass use_cache=False"
             )
+        if attention_mask is not None and attention_mask.dim() == 2 and bool(attention_mask.all()):
+            attention_mask = None  # nothing padded: spare every layer its own check (a host sync each)
+        output_hidden_states = kwargs.get("output_hidden_states") or self.config.output_hidden_states
         hidden_states = self.embeddings(input_ids) if inputs_embeds is None else inputs_embeds
+        all_hidden_states = [] if output_hidden_states else None
         for layer in self.layers:
+            if output_hidden_states:
+                all_hidden_states.append(hidden_states)
             hidden_states = layer(
                 hidden_states, attention_mask=attention_mask, past_key_values=past_key_values if use_cache else None,
                 use_cache=use_cache, cu_seqlens=cu_seqlens,
             )
         hidden_states = self.norm(hidden_states)
-        return BaseModelOutputWithPast(last_hidden_state=hidden_states,
-                                       past_key_values=past_key_values if use_cache else None)
+        if output_hidden_states:
+            all_hidden_states.append(hidden_states)
+        return BaseModelOutputWithPast(
+            last_hidden_state=hidden_states,
+            past_key_values=past_key_values if use_cache else None,
+            hidden_states=tuple(all_hidden_states) if output_hidden_states else None,
+        )
 
 
 class FLAForCausalLM(FLAPreTrainedModel, GenerationMixin):
@@ -232,6 +243,7 @@ class FLAForCausalLM(FLAPreTrainedModel, GenerationMixin):
         outputs = self.model(
             input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
             past_key_values=past_key_values, inputs_embeds=inputs_embeds, use_cache=use_cache, cu_seqlens=cu_seqlens,
+            output_hidden_states=kwargs.get("output_hidden_states"),
         )
         hidden_states = outputs.last_hidden_state
         loss = logits = None
@@ -250,7 +262,8 @@ class FLAForCausalLM(FLAPreTrainedModel, GenerationMixin):
                 logits = self.lm_head(hidden_states[:, -logits_to_keep:] if logits_to_keep else hidden_states)
             elif logits_to_keep:
                 logits = logits[:, -logits_to_keep:]
-        return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=outputs.past_key_values)
+        return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=outputs.past_key_values,
+                                      hidden_states=outputs.hidden_states)
 
     def flops_per_token(self, seq_len: int) -> float:
         """Training FLOPs per token (forward + backward = 3 x forward) at sequence length `seq_len`:

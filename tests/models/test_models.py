@@ -218,11 +218,13 @@ def test_loss_is_mean_over_scored_tokens(fuse_linear, fuse):
     assert_close("loss", out.loss, want, 1e-5)
 
 
-def test_logits_to_keep():
+def test_logits_to_keep_and_hidden_states():
     model = make_model("gated_deltanet")
     x = torch.randint(1, VOCAB, (2, 10))
-    full = model(x, use_cache=False).logits
-    assert_close("last", model(x, use_cache=False, logits_to_keep=1).logits, full[:, -1:], 1e-6)
+    out = model(x, use_cache=False, output_hidden_states=True)
+    assert_close("last", model(x, use_cache=False, logits_to_keep=1).logits, out.logits[:, -1:], 1e-6)
+    assert len(out.hidden_states) == 3  # the embeddings, the first block's output, the final norm of the last
+    assert_close("head", model.lm_head(out.hidden_states[-1]), out.logits, 1e-6)
 
 
 def test_flops_per_token_formula():
