@@ -92,6 +92,24 @@ def test_varlen_matches_naive_and_per_sequence(backend, cu, HQ, H, gated, window
     check(packed, [torch.cat(parts, 1) for parts in zip(*alone)], REL["float32"])
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="sets the interpreter's one autotune config")
+@pytest.mark.parametrize("outer,inner", [(16, 64), (64, 32), (64, 64)])
+def test_triton_block_sizes(monkeypatch, outer, inner):
+    """The GPU runs other block sizes than the interpreter's 32/16 (an inner block larger than the outer one, equal
+    ones): the [masked, full, masked] block ranges must cover exactly the causal window for all of them."""
+    import triton
+
+    monkeypatch.setattr(parallel, "_outer_block", lambda D: outer)
+    for kernel, name in ((parallel.parallel_attn_fwd_kernel, "BN"), (parallel.parallel_attn_bwd_dq_kernel, "BN"),
+                         (parallel.parallel_attn_bwd_dkdv_kernel, "BM")):
+        monkeypatch.setattr(kernel.fn, "configs", [triton.Config({name: inner}, num_warps=4, num_stages=1)])
+    seed("blocks", outer, inner)
+    q, k, v, g, do = make_inputs(1, 140, 2, 1, 32, 32, True, "float32")
+    for window, cu in ((None, None), (40, [0, 7, 140]), (70, [0, 90, 91, 140])):
+        cu_seqlens = torch.tensor(cu) if cu is not None else None
+        check_against_naive("triton", q, k, v, g, do, REL["float32"], window_size=window, cu_seqlens=cu_seqlens)
+
+
 @pytest.mark.parametrize("backend", ["triton", "torch"])
 def test_window_covering_the_sequence_is_full_attention(backend):
     seed("window", backend)
