@@ -66,6 +66,7 @@ def main() -> None:
     r = torch.randn(64, 256, dtype=dt, requires_grad=True)
     y, res = M.RMSNorm(256, dtype=dt)(x, r, prenorm=True, residual_in_fp32=True)
     (y.float().sum() + res.sum()).backward()
+    M.RMSNorm(256, dtype=dt)(x).float().sum().backward()
     M.FusedRMSNormGated(256, dtype=dt)(x, r).float().sum().backward()
     M.FusedRMSNormGated(256, activation="sigmoid", elementwise_affine=False)(x, r).float().sum().backward()
     logits = torch.randn(8, 5000, dtype=dt, requires_grad=True)
@@ -78,13 +79,16 @@ def main() -> None:
     xc = torch.randn(2, 40, 256, dtype=dt, requires_grad=True)
     conv(xc, cache=torch.zeros(2, 256, 4, dtype=dt))[0].float().sum().backward()
     conv(xc.view(1, 80, 256), cu_seqlens=torch.tensor([0, 30, 80], dtype=torch.int32))[0].float().sum().backward()
+    cache = torch.zeros(2, 256, 4, dtype=dt)
+    conv(xc.view(1, 80, 256), cache=cache, cu_seqlens=torch.tensor([0, 30, 80]))[0].float().sum().backward()
     M.ShortConvolution(256, 4, activation=None).to(dt)(xc)[0].float().sum().backward()
     with torch.no_grad():
         conv(xc[:, :1], cache=torch.zeros(2, 256, 4, dtype=dt))
     q = torch.randn(2, 40, 4, 128, dtype=dt, requires_grad=True)
     for rope in (M.RotaryEmbedding(128), M.RotaryEmbedding(64, interleaved=True)):
-        a, b = rope(q, q, seqlen_offset=torch.tensor([3, 5]))
-        (a.float().sum() + b.float().sum()).backward()
+        for offset in (torch.tensor([3, 5]), 7):
+            a, b = rope(q, q, seqlen_offset=offset)
+            (a.float().sum() + b.float().sum()).backward()
     M.swiglu(x, r).float().sum().backward()
     M.L2Norm()(x).float().sum().backward()
     print("compiled for sm_90:", ", ".join(sorted(compiled)))
