@@ -86,7 +86,8 @@ def test_varlen_matches_naive_and_per_sequence(backend, cu, HQ, H, gated, window
     with use_backend(backend), poisoned_empty():
         packed = run(parallel_attn, q, k, v, g, do, window_size=window, cu_seqlens=cu_seqlens)
         alone = [
-            run(parallel_attn, *(x[:, bos:eos] if x is not None else None for x in (q, k, v, g, do)), window_size=window)
+            run(parallel_attn, *(x[:, bos:eos] if x is not None else None for x in (q, k, v, g, do)),
+                window_size=window)
             for bos, eos in zip(cu[:-1], cu[1:]) if eos > bos
         ]
     check(packed, [torch.cat(parts, 1) for parts in zip(*alone)], REL["float32"])

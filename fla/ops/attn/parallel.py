@@ -23,7 +23,7 @@ from fla.ops.utils.checks import check_cu_seqlens, check_head_dim, check_scale, 
 from fla.ops.utils.dispatch import autotune, dispatch, is_interpreter
 from fla.ops.utils.index import prepare_chunk_indices, prepare_token_indices
 
-LOG2E = 1.4426950408889634
+LOG2E: tl.constexpr = tl.constexpr(1.4426950408889634)  # scores run in base 2 (exp2 is the fast path)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -114,7 +114,7 @@ def _fwd_range(b_q, b_gq, b_acc, b_m, b_l, k, v, g, o_i, tok0, gbase, L, W, lo, 
         b_s = tl.dot(b_q, b_kt, input_precision=PREC) * scale
         if USE_G:
             b_gk = tl.load(g + gbase + o_j, mask=m_j, other=0.)
-            b_s += (b_gq[:, None] - b_gk[None, :]) * 1.4426950408889634
+            b_s += (b_gq[:, None] - b_gk[None, :]) * LOG2E
         if MASK:
             m_s = (o_i[:, None] >= o_j[None, :]) & m_j[None, :]
             if HAS_WINDOW:
@@ -162,7 +162,7 @@ def parallel_attn_fwd_kernel(
     b_m = tl.full([BM], -1e30, dtype=tl.float32)
     b_l = tl.zeros([BM], dtype=tl.float32)
     b_acc = tl.zeros([BM, BV], dtype=tl.float32)
-    sl2 = scale * 1.4426950408889634
+    sl2 = scale * LOG2E
 
     lo, m1, m2, hi = _key_range(i_m * BM, L, W, BM, BN, HAS_WINDOW)
     b_acc, b_m, b_l = _fwd_range(b_q, b_gq, b_acc, b_m, b_l, k, v, g, o_i, tok0, gbase, L, W, lo, m1, i_h, sl2,
@@ -208,7 +208,7 @@ def _dq_range(b_q, b_do, b_gq, b_lse, b_delta, b_dq, b_dg, k, v, g, o_i, tok0, g
         b_s = tl.dot(b_q, tl.trans(b_k), input_precision=PREC) * scale
         if USE_G:
             b_gk = tl.load(g + gbase + o_j, mask=m_j, other=0.)
-            b_s += (b_gq[:, None] - b_gk[None, :]) * 1.4426950408889634
+            b_s += (b_gq[:, None] - b_gk[None, :]) * LOG2E
         b_p = tl.exp2(b_s - b_lse[:, None])
         if MASK:
             m_s = (o_i[:, None] >= o_j[None, :]) & m_j[None, :] & (o_i < L)[:, None]
@@ -253,7 +253,7 @@ def parallel_attn_bwd_dq_kernel(
         b_gq = tl.load(g + gbase + o_i, mask=m_i, other=0.)
     b_dq = tl.zeros([BM, BK], dtype=tl.float32)
     b_dg = tl.zeros([BM], dtype=tl.float32)
-    sl2 = scale * 1.4426950408889634
+    sl2 = scale * LOG2E
 
     lo, m1, m2, hi = _key_range(i_m * BM, L, W, BM, BN, HAS_WINDOW)
     b_dq, b_dg = _dq_range(b_q, b_do, b_gq, b_lse, b_delta, b_dq, b_dg, k, v, g, o_i, tok0, gbase, L, W, lo, m1,
@@ -272,7 +272,8 @@ def parallel_attn_bwd_dq_kernel(
 @triton.jit
 def _dkdv_range(b_k, b_v, b_gk, b_dk, b_dv, b_dg, q, do, lse, delta, g, o_j, tok0, gbase, L, W, lo, hi, i_hq, scale,
                 HQ: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BM: tl.constexpr, BK: tl.constexpr,
-                BV: tl.constexpr, USE_G: tl.constexpr, HAS_WINDOW: tl.constexpr, MASK: tl.constexpr, PREC: tl.constexpr):
+                BV: tl.constexpr, USE_G: tl.constexpr, HAS_WINDOW: tl.constexpr, MASK: tl.constexpr,
+                PREC: tl.constexpr):
     # transposed view: scores are [keys BN, queries BM]
     o_k, o_v = tl.arange(0, BK), tl.arange(0, BV)
     for start in range(lo, hi, BM):
@@ -287,7 +288,7 @@ def _dkdv_range(b_k, b_v, b_gk, b_dk, b_dv, b_dg, q, do, lse, delta, g, o_j, tok
         b_s = tl.dot(b_k, tl.trans(b_q), input_precision=PREC) * scale
         if USE_G:
             b_gq = tl.load(g + gbase + o_i, mask=m_i, other=0.)
-            b_s += (b_gq[None, :] - b_gk[:, None]) * 1.4426950408889634
+            b_s += (b_gq[None, :] - b_gk[:, None]) * LOG2E
         b_p = tl.exp2(b_s - b_lse[None, :])
         if MASK:
             m_s = (o_i[None, :] >= o_j[:, None]) & m_i[None, :] & (o_j < L)[:, None]
@@ -327,7 +328,7 @@ def parallel_attn_bwd_dkdv_kernel(
     b_v = tl.load(v + (tok0 + o_j)[:, None] * (H * V) + i_h * V + o_v[None, :], mask=m_vv, other=0.)
     b_dk = tl.zeros([BN, BK], dtype=tl.float32)
     b_dv = tl.zeros([BN, BV], dtype=tl.float32)
-    sl2 = scale * 1.4426950408889634
+    sl2 = scale * LOG2E
 
     lo, m1, m2, hi = _query_range(i_n * BN, L, W, BN, BM, HAS_WINDOW)
     for i_g in range(GROUP):
