@@ -110,7 +110,7 @@ def main() -> None:
     parser.add_argument("--dims", type=int, nargs="+", default=None, help="head dims")
     parser.add_argument("--heads", type=int, default=None)
     parser.add_argument("--dtype", default=None, choices=["bfloat16", "float16", "float32"])
-    parser.add_argument("--reps", type=int, default=3, help="CPU repetitions (GPU uses triton's do_bench)")
+    parser.add_argument("--reps", type=int, default=10, help="CPU repetitions (GPU uses triton's do_bench)")
     parser.add_argument("--csv", default="bench_attn.csv")
     args = parser.parse_args()
 
