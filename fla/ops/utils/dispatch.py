@@ -11,7 +11,6 @@ Three paths, same API and same results:
 from __future__ import annotations
 
 import contextlib
-import contextvars
 import functools
 import os
 from typing import Callable, Iterator, Literal, Sequence
@@ -21,7 +20,9 @@ import triton
 
 Backend = Literal["triton", "torch"]
 _BACKENDS = ("triton", "torch")
-_forced: contextvars.ContextVar[str | None] = contextvars.ContextVar("fla_backend", default=None)
+# A plain module-level stack, not a ContextVar: torch.compile traces a global list but breaks the graph at every
+# ContextVar.get, i.e. at every op call. The switch is process-wide (tests, benchmarks), not per thread.
+_forced: list[str] = []
 
 
 def is_interpreter() -> bool:
@@ -30,7 +31,7 @@ def is_interpreter() -> bool:
 
 
 def _requested() -> str | None:
-    name = _forced.get() or os.environ.get("FLA_BACKEND") or None
+    name = (_forced[-1] if _forced else None) or os.environ.get("FLA_BACKEND") or None
     if name is not None and name not in _BACKENDS:
         raise ValueError(f"FLA_BACKEND must be one of {_BACKENDS} (got {name!r}); unset it to choose automatically")
     return name
@@ -56,11 +57,11 @@ def use_backend(name: Backend) -> Iterator[None]:
     """Force a path inside the block: `with use_backend("torch"): ...`."""
     if name not in _BACKENDS:
         raise ValueError(f"backend must be one of {_BACKENDS} (got {name!r})")
-    token = _forced.set(name)
+    _forced.append(name)
     try:
         yield
     finally:
-        _forced.reset(token)
+        _forced.pop()
 
 
 def dispatch(triton_impl: Callable, torch_impl: Callable) -> Callable:
