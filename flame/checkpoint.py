@@ -27,6 +27,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.state_dict import get_model_state_dict, set_model_state_dict
 from torch.distributed.checkpoint.stateful import Stateful
 
@@ -250,11 +251,9 @@ class Checkpointer:
                 state["lr_scheduler"] = lr_schedulers
         try:
             dcp.load(state, checkpoint_id=path)
-        except Exception as e:  # DCP raises many types (CheckpointException, RuntimeError, pickle errors)
-            raise CheckpointError(f"checkpoint {path} could not be loaded ({type(e).__name__}: "
-                                  f"{str(e).strip().splitlines()[0][:300] if str(e).strip() else ''}). It is "
-                                  f"corrupt or was written for another model or optimizer; nothing was "
-                                  f"deleted") from e
+        except (Exception, CheckpointException) as e:  # CheckpointException derives from BaseException
+            raise CheckpointError(f"checkpoint {path} could not be loaded ({_first_failure(e)}). It is corrupt or "
+                                  f"was written for another model or optimizer; nothing was deleted") from e
         if seed:
             return {"step": 0, "seed_checkpoint": True}
         try:
@@ -266,6 +265,16 @@ class Checkpointer:
         trainer_state["rng"] = rngs[rank] if trainer_state.get("world_size") == world and rank < len(rngs) else (
             rngs[0] if rngs else None)
         return trainer_state
+
+
+def _first_failure(e: BaseException) -> str:
+    """The root error of a DCP failure (a CheckpointException wraps one per rank)."""
+    failures = getattr(e, "failures", None)
+    if isinstance(failures, dict) and failures:
+        inner = next(iter(failures.values()))
+        e = inner[0] if isinstance(inner, tuple) else inner
+    text = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
+    return f"{type(e).__name__}: {text}"
 
 
 def crash_now() -> None:
