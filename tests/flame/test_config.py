@@ -106,3 +106,15 @@ def test_every_section_of_the_issue_exists():
                 "lr_scheduler.warmup_steps", "checkpoint.interval", "checkpoint.keep_latest_k",
                 "checkpoint.load_step", "metrics.log_freq"]:
         assert key in all_keys(), key
+
+
+def test_shipped_job_configs_load_and_name_existing_models():
+    import glob
+    import os
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    files = sorted(glob.glob(os.path.join(root, "configs", "*.toml")))
+    assert any(f.endswith("debug.toml") for f in files)
+    for path in files:
+        config = load_config(["--job.config_file", path])
+        model = os.path.join(root, config.model.config)
+        assert os.path.exists(model), f"{path}: model.config {config.model.config} is missing"
