@@ -58,7 +58,7 @@ def test_matches_naive(op, backend, B, T, H, K, V, cu, use_h0, final_state, l2no
         assert_close(name, a, b, 1e-4)
 
 
-def test_chunk_matches_recurrent_at_large_beta():
+def test_chunk_matches_naive_at_large_beta():
     """beta near 1 and unit keys: the most contractive writes, where the triangular solve is least benign."""
     seed("large-beta")
     B, T, H, K, V = 1, 128, 2, 32, 16
