@@ -164,13 +164,17 @@ def _chunk_bwd_dqkwg_torch(q, k, v, do, h, dh, g=None, w=None, dv=None, scale=1.
 # h, dh [B, NT, H, K, V] with chunk (b, c) at flat index b * NT + c.
 # ----------------------------------------------------------------------------------------------------------------------
 
+# Register pressure checked with ptxas for sm_90 at K = V = 128, bf16: these tiles compile without spills (the 4-warp
+# [64, 64] tiles spill, so they are left out).
 _TILE_CONFIGS = [
     triton.Config({"BK": BK, "BV": BV}, num_warps=num_warps, num_stages=num_stages)
-    for BK, BV in ((64, 64), (32, 64), (64, 32), (128, 64)) for num_warps in (4, 8) for num_stages in (2, 3)
+    for BK, BV, num_warps, num_stages in (
+        (64, 64, 8, 2), (64, 64, 8, 3), (128, 64, 8, 2), (128, 64, 8, 3), (128, 64, 4, 2),
+        (32, 64, 4, 2), (32, 64, 4, 3), (64, 32, 8, 2),
+    )
 ]
 _V_CONFIGS = [
-    triton.Config({"BV": BV}, num_warps=num_warps, num_stages=num_stages)
-    for BV in (64, 32) for num_warps in (4, 8) for num_stages in (2, 3)
+    triton.Config({"BV": BV}, num_warps=8, num_stages=num_stages) for BV in (64, 32) for num_stages in (2, 3)
 ]
 _HEURISTICS = {
     "USE_G": lambda args: args["g"] is not None,
@@ -205,37 +209,44 @@ def chunk_fwd_o_kernel(
     i_v, i_t, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_b, i_h = i_bh // H, i_bh % H
     bos, i_t, i_tg, T = _chunk_position(i_t, i_b, cu_seqlens, chunk_indices, T, BT, IS_VARLEN)
-    o_t = i_t * BT + tl.arange(0, BT)
-    m_t = o_t < T
-    rows = bos + o_t
+    # Pointers move to this chunk's first row and this head once (64-bit scalars); the tile offsets stay 32-bit,
+    # which keeps [BT, BK] offset tensors out of 64-bit registers.
+    row0 = bos + i_t * BT
+    q += (row0 * H + i_h) * K
+    k += (row0 * H + i_h) * K
+    v += (row0 * H + i_h) * V
+    o += (row0 * H + i_h) * V
+    h += (i_tg * H + i_h) * K * V
+    o_i = tl.arange(0, BT)
+    m_t = i_t * BT + o_i < T
     o_v = i_v * BV + tl.arange(0, BV)
     m_v = o_v < V
-    p_h = h + (i_tg * H + i_h) * K * V
 
     b_o = tl.zeros([BT, BV], dtype=tl.float32)
     b_A = tl.zeros([BT, BT], dtype=tl.float32)
     for i_k in range(tl.cdiv(K, BK)):
         o_k = i_k * BK + tl.arange(0, BK)
         m_k = o_k < K
-        b_q = tl.load(q + (rows[:, None] * H + i_h) * K + o_k[None, :], mask=m_t[:, None] & m_k[None, :], other=0.)
+        b_q = tl.load(q + o_i[:, None] * (H * K) + o_k[None, :], mask=m_t[:, None] & m_k[None, :], other=0.)
         # k loaded transposed, [BK, BT], for q k^T as one dot.
-        b_k = tl.load(k + (rows[None, :] * H + i_h) * K + o_k[:, None], mask=m_k[:, None] & m_t[None, :], other=0.)
-        b_h = tl.load(p_h + o_k[:, None] * V + o_v[None, :], mask=m_k[:, None] & m_v[None, :], other=0.)
+        b_k = tl.load(k + o_i[None, :] * (H * K) + o_k[:, None], mask=m_k[:, None] & m_t[None, :], other=0.)
+        b_h = tl.load(h + o_k[:, None] * V + o_v[None, :], mask=m_k[:, None] & m_v[None, :], other=0.)
         b_o += tl.dot(b_q, b_h.to(b_q.dtype))
         b_A += tl.dot(b_q, b_k)
 
     # Causal within the chunk; rows past the sequence end are never stored, and masking them keeps exp() finite.
-    m_A = (o_t[:, None] >= o_t[None, :]) & m_t[:, None]
+    m_A = (o_i[:, None] >= o_i[None, :]) & m_t[:, None]
     if USE_G:
-        b_g = tl.load(g + rows * H + i_h, mask=m_t, other=0.)
+        b_g = tl.load(g + (row0 + o_i) * H + i_h, mask=m_t, other=0.)
         b_o *= tl.exp(b_g)[:, None]
         b_A *= tl.where(m_A, tl.exp(b_g[:, None] - b_g[None, :]), 0.)
     else:
         b_A = tl.where(m_A, b_A, 0.)
-    b_v = tl.load(v + (rows[:, None] * H + i_h) * V + o_v[None, :], mask=m_t[:, None] & m_v[None, :], other=0.)
+    o_tv = o_i[:, None] * (H * V) + o_v[None, :]
+    m_tv = m_t[:, None] & m_v[None, :]
+    b_v = tl.load(v + o_tv, mask=m_tv, other=0.)
     b_o = (b_o + tl.dot(b_A.to(b_v.dtype), b_v)) * scale
-    tl.store(o + (rows[:, None] * H + i_h) * V + o_v[None, :], b_o.to(o.dtype.element_ty),
-             mask=m_t[:, None] & m_v[None, :])
+    tl.store(o + o_tv, b_o.to(o.dtype.element_ty), mask=m_tv)
 
 
 @triton.heuristics({**_HEURISTICS, "USE_DH": lambda args: args["dh"] is not None})
@@ -250,9 +261,13 @@ def chunk_bwd_dv_kernel(
     i_v, i_t, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_b, i_h = i_bh // H, i_bh % H
     bos, i_t, i_tg, T = _chunk_position(i_t, i_b, cu_seqlens, chunk_indices, T, BT, IS_VARLEN)
-    o_t = i_t * BT + tl.arange(0, BT)
-    m_t = o_t < T
-    rows = bos + o_t
+    row0 = bos + i_t * BT
+    q += (row0 * H + i_h) * K
+    k += (row0 * H + i_h) * K
+    do += (row0 * H + i_h) * V
+    dv += (row0 * H + i_h) * V
+    o_i = tl.arange(0, BT)
+    m_t = i_t * BT + o_i < T
     o_v = i_v * BV + tl.arange(0, BV)
     m_v = o_v < V
 
@@ -261,26 +276,28 @@ def chunk_bwd_dv_kernel(
     for i_k in range(tl.cdiv(K, BK)):
         o_k = i_k * BK + tl.arange(0, BK)
         m_k = o_k < K
-        b_k = tl.load(k + (rows[:, None] * H + i_h) * K + o_k[None, :], mask=m_t[:, None] & m_k[None, :], other=0.)
-        b_q = tl.load(q + (rows[None, :] * H + i_h) * K + o_k[:, None], mask=m_k[:, None] & m_t[None, :], other=0.)
+        b_k = tl.load(k + o_i[:, None] * (H * K) + o_k[None, :], mask=m_t[:, None] & m_k[None, :], other=0.)
+        b_q = tl.load(q + o_i[None, :] * (H * K) + o_k[:, None], mask=m_k[:, None] & m_t[None, :], other=0.)
         b_At += tl.dot(b_k, b_q)
         if USE_DH:
-            b_dh = tl.load(dh + (i_tg * H + i_h) * K * V + o_k[:, None] * V + o_v[None, :], mask=m_k[:, None] & m_v[None, :], other=0.)
+            b_dh = tl.load(dh + (i_tg * H + i_h) * K * V + o_k[:, None] * V + o_v[None, :],
+                           mask=m_k[:, None] & m_v[None, :], other=0.)
             b_dv += tl.dot(b_k, b_dh.to(b_k.dtype))
 
-    m_A = (o_t[:, None] <= o_t[None, :]) & m_t[None, :]
+    m_A = (o_i[:, None] <= o_i[None, :]) & m_t[None, :]
     if USE_G:
-        b_g = tl.load(g + rows * H + i_h, mask=m_t, other=0.)
+        b_g = tl.load(g + (row0 + o_i) * H + i_h, mask=m_t, other=0.)
         if USE_DH:
             b_g_last = tl.load(g + (bos + tl.minimum(i_t * BT + BT, T) - 1) * H + i_h)
             b_dv *= tl.where(m_t, tl.exp(b_g_last - b_g), 0.)[:, None]
         b_At *= tl.where(m_A, tl.exp(b_g[None, :] - b_g[:, None]), 0.) * scale
     else:
         b_At = tl.where(m_A, b_At * scale, 0.)
-    b_do = tl.load(do + (rows[:, None] * H + i_h) * V + o_v[None, :], mask=m_t[:, None] & m_v[None, :], other=0.)
+    o_tv = o_i[:, None] * (H * V) + o_v[None, :]
+    m_tv = m_t[:, None] & m_v[None, :]
+    b_do = tl.load(do + o_tv, mask=m_tv, other=0.)
     b_dv += tl.dot(b_At.to(b_do.dtype), b_do)
-    tl.store(dv + (rows[:, None] * H + i_h) * V + o_v[None, :], b_dv.to(dv.dtype.element_ty),
-             mask=m_t[:, None] & m_v[None, :])
+    tl.store(dv + o_tv, b_dv.to(dv.dtype.element_ty), mask=m_tv)
 
 
 @triton.heuristics({**_HEURISTICS, "USE_DW": lambda args: args["dw"] is not None})
@@ -296,14 +313,18 @@ def chunk_bwd_dqkwg_kernel(
     i_k, i_t, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_b, i_h = i_bh // H, i_bh % H
     bos, i_t, i_tg, T = _chunk_position(i_t, i_b, cu_seqlens, chunk_indices, T, BT, IS_VARLEN)
-    o_t = i_t * BT + tl.arange(0, BT)
+    row0 = bos + i_t * BT
+    x_k = (row0 * H + i_h) * K  # this chunk and head in the [B, T, H, K] tensors
+    x_v = (row0 * H + i_h) * V  # ... and in the [B, T, H, V] ones
+    h += (i_tg * H + i_h) * K * V
+    dh += (i_tg * H + i_h) * K * V
+    o_i = tl.arange(0, BT)
+    o_t = i_t * BT + o_i
     m_t = o_t < T
-    rows = bos + o_t
     o_k = i_k * BK + tl.arange(0, BK)
     m_k = o_k < K
+    o_tk = o_i[:, None] * (H * K) + o_k[None, :]
     m_tk = m_t[:, None] & m_k[None, :]
-    p_h = h + (i_tg * H + i_h) * K * V
-    p_dh = dh + (i_tg * H + i_h) * K * V
 
     b_dq = tl.zeros([BT, BK], dtype=tl.float32)
     b_dk = tl.zeros([BT, BK], dtype=tl.float32)
@@ -313,27 +334,30 @@ def chunk_bwd_dqkwg_kernel(
     for i_v in range(tl.cdiv(V, BV)):
         o_v = i_v * BV + tl.arange(0, BV)
         m_v = o_v < V
+        o_tv = o_i[:, None] * (H * V) + o_v[None, :]
         m_tv = m_t[:, None] & m_v[None, :]
-        b_v = tl.load(v + (rows[:, None] * H + i_h) * V + o_v[None, :], mask=m_tv, other=0.)
-        b_do = tl.load(do + (rows[:, None] * H + i_h) * V + o_v[None, :], mask=m_tv, other=0.)
+        b_v = tl.load(v + x_v + o_tv, mask=m_tv, other=0.)
+        b_do = tl.load(do + x_v + o_tv, mask=m_tv, other=0.)
         # h and dh loaded transposed, [BV, BK].
-        b_h = tl.load(p_h + o_k[None, :] * V + o_v[:, None], mask=m_v[:, None] & m_k[None, :], other=0.)
-        b_dh = tl.load(p_dh + o_k[None, :] * V + o_v[:, None], mask=m_v[:, None] & m_k[None, :], other=0.)
+        o_vk = o_k[None, :] * V + o_v[:, None]
+        m_vk = m_v[:, None] & m_k[None, :]
+        b_h = tl.load(h + o_vk, mask=m_vk, other=0.)
+        b_dh = tl.load(dh + o_vk, mask=m_vk, other=0.)
         b_dq += tl.dot(b_do, b_h.to(b_do.dtype))
         b_dk += tl.dot(b_v, b_dh.to(b_v.dtype))
         b_ds += tl.dot(b_do, tl.trans(b_v))
         if USE_G:
             b_dg_last += tl.sum(b_h.to(tl.float32) * b_dh.to(tl.float32))
         if USE_DW:
-            b_dv = tl.load(dv + (rows[:, None] * H + i_h) * V + o_v[None, :], mask=m_tv, other=0.)
+            b_dv = tl.load(dv + x_v + o_tv, mask=m_tv, other=0.)
             b_dw += tl.dot(b_dv, b_h.to(b_dv.dtype))
 
-    b_q = tl.load(q + (rows[:, None] * H + i_h) * K + o_k[None, :], mask=m_tk, other=0.)
-    b_k = tl.load(k + (rows[:, None] * H + i_h) * K + o_k[None, :], mask=m_tk, other=0.)
-    m_A = (o_t[:, None] >= o_t[None, :]) & m_t[:, None]
+    b_q = tl.load(q + x_k + o_tk, mask=m_tk, other=0.)
+    b_k = tl.load(k + x_k + o_tk, mask=m_tk, other=0.)
+    m_A = (o_i[:, None] >= o_i[None, :]) & m_t[:, None]
     if USE_G:
         last = tl.minimum(i_t * BT + BT, T) - 1
-        b_g = tl.load(g + rows * H + i_h, mask=m_t, other=0.)
+        b_g = tl.load(g + (row0 + o_i) * H + i_h, mask=m_t, other=0.)
         b_g_last = tl.load(g + (bos + last) * H + i_h)
         b_dq *= tl.exp(b_g)[:, None] * scale
         b_dk *= tl.where(m_t, tl.exp(b_g_last - b_g), 0.)[:, None]
@@ -348,11 +372,11 @@ def chunk_bwd_dqkwg_kernel(
     if USE_G:
         b_dg = tl.sum(b_q.to(tl.float32) * b_dq, 1) - tl.sum(b_k.to(tl.float32) * b_dk, 1)
         b_dg = tl.where(o_t == last, b_dg + b_dg_last, b_dg)
-        tl.store(dg + i_k * num_rows * H + rows * H + i_h, b_dg, mask=m_t)
-    tl.store(dq + (rows[:, None] * H + i_h) * K + o_k[None, :], b_dq.to(dq.dtype.element_ty), mask=m_tk)
-    tl.store(dk + (rows[:, None] * H + i_h) * K + o_k[None, :], b_dk.to(dk.dtype.element_ty), mask=m_tk)
+        tl.store(dg + i_k * num_rows * H + (row0 + o_i) * H + i_h, b_dg, mask=m_t)
+    tl.store(dq + x_k + o_tk, b_dq.to(dq.dtype.element_ty), mask=m_tk)
+    tl.store(dk + x_k + o_tk, b_dk.to(dk.dtype.element_ty), mask=m_tk)
     if USE_DW:
-        tl.store(dw + (rows[:, None] * H + i_h) * K + o_k[None, :], (-b_dw).to(dw.dtype.element_ty), mask=m_tk)
+        tl.store(dw + x_k + o_tk, (-b_dw).to(dw.dtype.element_ty), mask=m_tk)
 
 
 def _dot_ready(*xs):
