@@ -77,17 +77,23 @@ def test_matches_naive(op, backend, B, T, H, HV, K, V, cu, use_h0, final_state, 
         assert_close(name, a.float(), b, rel)
 
 
-def test_chunk_matches_naive_under_strong_decay():
-    """Strong gates over several chunks: the chunk form's exp(G_t - G_s) ratios stay finite and match."""
-    seed("long-decay")
+@pytest.mark.parametrize("op", ["chunk", "recurrent"])
+def test_matches_naive_under_strong_decay(op):
+    """Strong gates (chunk-local cumsums down to ~ -1000): the chunk form's exp(G_t - G_s) ratios stay finite. The gate
+    gradient is where float32 shows: both fast paths get it from identities whose terms cancel when the state has
+    decayed to ~0 (chunk: q.dq - k.dk, ~1e-3 here; recurrent: a running sum, ~3e-3 here; ~1e-6 with usual gates)."""
+    seed("strong-decay", op)
     B, T, H, K, V = 1, 130, 1, 16, 16
     q, k, v = torch.randn(B, T, H, K), F.normalize(torch.randn(B, T, H, K), dim=-1), torch.randn(B, T, H, V)
-    g = F.logsigmoid(torch.randn(B, T, H) - 3) * 4  # cumsums down to ~ -1000 within a chunk
+    g = F.logsigmoid(torch.randn(B, T, H) - 3) * 4
     beta = torch.rand(B, T, H)
-    o, ht = chunk_gated_delta_rule(q, k, v, g, beta, output_final_state=True)
-    o_ref, ht_ref = naive_recurrent_gated_delta_rule(q, k, v, g, beta, output_final_state=True)
-    assert_close("o", o, o_ref, 1e-4)
-    assert_close("ht", ht, ht_ref, 1e-4)
+    xs = [x.requires_grad_() for x in (q, k, v, g, beta, torch.randn(B, H, K, V))]
+    do, dht = torch.randn(B, T, H, V), torch.randn(B, H, K, V)
+    with poisoned_empty():
+        got = run(OPS[op], xs, do, dht, True, False, None)
+    want = run(naive_recurrent_gated_delta_rule, xs, do, dht, True, False, None)
+    for name, a, b in zip(NAMES, got, want):
+        assert_close(name, a, b, 1e-2 if name == "dg" else 1e-4)
 
 
 def _bad(name):
