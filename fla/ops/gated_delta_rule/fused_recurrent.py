@@ -210,7 +210,8 @@ def fused_recurrent_gdr_bwd_forward_kernel(
         tl.store(p_dk, tl.load(p_dk, mask=m_k, other=0.) - tl.reduce(b_h * b_du[None, :], 1, _sum_combine), mask=m_k)
         b_u = b_v - tl.reduce(b_h * b_k[:, None], 0, _sum_combine)
         b_h += b_k[:, None] * (b_beta * b_u)[None, :]
-        tl.store(dq + ((tile + row) * HV + i_hv) * K + o_k, scale * tl.reduce(b_h * b_do[None, :], 1, _sum_combine), mask=m_k)
+        b_dq = scale * tl.reduce(b_h * b_do[None, :], 1, _sum_combine)
+        tl.store(dq + ((tile + row) * HV + i_hv) * K + o_k, b_dq, mask=m_k)
 
 
 def _block_sizes(K: int, V: int) -> tuple[int, int]:

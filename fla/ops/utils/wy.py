@@ -406,7 +406,8 @@ def wy_bwd_kernel(
         b_k = tl.load(k + p, mask=m, other=0.)
         b_dw = tl.load(dw + p, mask=m, other=0.)
         b_dx = tl.dot(tl.trans(b_A).to(b_dw.dtype), b_dw)
-        b_dk = b_dx * (b_beta * b_eg)[:, None] + tl.dot(b_P.to(b_k.dtype), b_k) + tl.dot(tl.trans(b_P).to(b_k.dtype), b_k)
+        b_dk = b_dx * (b_beta * b_eg)[:, None] + tl.dot(b_P.to(b_k.dtype), b_k)
+        b_dk += tl.dot(tl.trans(b_P).to(b_k.dtype), b_k)
         tl.store(dk + p, b_dk.to(dk.dtype.element_ty), mask=m)
 
 
