@@ -24,7 +24,6 @@ import contextlib
 import csv
 import importlib
 import statistics
-import sys
 import time
 from dataclasses import dataclass
 from typing import Callable

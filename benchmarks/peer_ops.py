@@ -28,12 +28,13 @@ REPO = HERE.parent
 def child_env(peer_path: str | None) -> dict:
     env = dict(os.environ)
     if peer_path:
-        env["PYTHONPATH"] = os.pathsep.join([str(Path(peer_path).resolve())] + [p for p in [env.get("PYTHONPATH")] if p])
+        paths = [str(Path(peer_path).resolve()), env.get("PYTHONPATH")]
+        env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
     return env
 
 
 def which_fla(python: str, env: dict) -> str:
-    """The file the child's `import fla` resolves to (run from a scratch folder, so the repo root is not on sys.path)."""
+    """The file the child's `import fla` resolves to (run from a scratch folder: the repo root is not on sys.path)."""
     with tempfile.TemporaryDirectory() as scratch:
         out = subprocess.run([python, "-c", "import fla; print(fla.__file__)"], env=env, cwd=scratch,
                              capture_output=True, text=True)

@@ -31,7 +31,8 @@ def direct_loss(q, k, v, h, G, do, dh, scale, cu_seqlens, chunk_size):
             causal = torch.ones(n, n, dtype=torch.bool).tril()
             D = torch.where(causal[:, :, None], (Gc[:, None] - Gc[None, :]), float("-inf")).exp()  # [t, s, H]
             A = torch.einsum("thk,shk->tsh", qc, kc) * D
-            o = scale * (torch.einsum("tsh,shv->thv", A, vc) + torch.einsum("thk,hkv->thv", qc * Gc.exp()[..., None], hc))
+            o_inter = torch.einsum("thk,hkv->thv", qc * Gc.exp()[..., None], hc)
+            o = scale * (torch.einsum("tsh,shv->thv", A, vc) + o_inter)
             kg = kc * (Gc[-1:] - Gc).exp()[..., None]
             h_next = Gc[-1].exp()[:, None, None] * hc + torch.einsum("shk,shv->hkv", kg, vc)
             loss = loss + (o * doc).sum() + (h_next * dhc).sum()

@@ -437,7 +437,8 @@ def _chunk_bwd_dqkwg_triton(q, k, v, do, h, dh, g=None, w=None, dv=None, scale=1
     chunk_indices, NT, BH = _grid(cu_seqlens, chunk_size, B, T, H)
     if NT > 0:
         chunk_bwd_dqkwg_kernel[(NK, NT, BH)](
-            q, k, v, do, h, dh, g, dv if dw is not None else None, dq, dk, dw, dg, cu_seqlens, chunk_indices, scale, B * T,
+            q, k, v, do, h, dh, g, dv if dw is not None else None, dq, dk, dw, dg, cu_seqlens, chunk_indices, scale,
+            B * T,
             T=T, H=H, K=K, V=V, BT=chunk_size, BK=BK,
         )
     if dg is not None:
