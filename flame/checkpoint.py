@@ -255,7 +255,7 @@ class Checkpointer:
             raise CheckpointError(f"checkpoint {path} could not be loaded ({_first_failure(e)}). It is corrupt or "
                                   f"was written for another model or optimizer; nothing was deleted") from e
         if seed:
-            return {"step": 0, "seed_checkpoint": True}
+            return {"step": 0, "seed_checkpoint": True, "world_size": meta.get("world_size")}
         try:
             trainer_state = torch.load(os.path.join(path, "trainer_state.pt"), weights_only=False)
         except Exception as e:

@@ -184,6 +184,9 @@ def train(config: JobConfig, world) -> dict[str, Any]:
         dp_rank=world.rank, dp_world_size=world.world_size, prefetch_factor=config.data.prefetch_factor)
 
     # --- model: meta -> weights under the seed -> activation checkpointing -> compile -> FSDP2
+    if config.parallelism.data_parallel_shard_degree not in (-1, world.world_size):
+        raise ConfigError(f"parallelism.data_parallel_shard_degree={config.parallelism.data_parallel_shard_degree}: "
+                          f"only FSDP over all {world.world_size} ranks (-1) is supported so far")
     model = build_model(model_config)
     flops = flops_per_token(model, context_len)
     model = materialize(model, world.device, t.seed)
@@ -218,6 +221,7 @@ def train(config: JobConfig, world) -> dict[str, Any]:
                     f"saved on {saved.get('world_size', '?')} ranks, now {world.world_size})")
 
     # --- observability
+    from torchtitan.distributed.utils import clip_grad_norm_, dist_max, dist_mean
     from torchtitan.tools.profiler import Profiler
     from torchtitan.tools.utils import GarbageCollection
     metrics = MetricsLogger(dump, total_steps=t.steps, start_step=state.step, rank=world.rank,
@@ -285,7 +289,6 @@ def train(config: JobConfig, world) -> dict[str, Any]:
                 loss_sum += loss.detach().double() * n_targets
             last_loss = float(fdist.all_reduce_sum(loss_sum.reshape(1)).item()) / global_targets
 
-            from torchtitan.distributed.utils import clip_grad_norm_
             grad_norm = clip_grad_norm_([p for p in model.parameters()], t.max_norm if t.max_norm > 0 else math.inf,
                                         foreach=True)
             grad_norm = float(grad_norm.item())
@@ -304,12 +307,14 @@ def train(config: JobConfig, world) -> dict[str, Any]:
 
             if step % config.metrics.log_freq == 0 or step == t.steps:
                 elapsed = time.perf_counter() - window_start
-                tps = window_tokens / max(elapsed, 1e-9)
+                # Ranks differ a little: report the mean throughput and the largest memory peak.
+                tps = dist_mean(torch.tensor(window_tokens / max(elapsed, 1e-9), device=world.device), world.mesh)
+                peak_mem = dist_max(torch.tensor(peak_memory_gib(world.device), device=world.device), world.mesh)
                 sync_source_tokens()
                 record = {"loss": last_loss, "tokens": state.tokens_seen, "lr": lr, "grad_norm": grad_norm,
                           "tokens_per_second_per_device": tps,
                           "mfu": (100.0 * flops * tps / device_peak) if device_peak else None,
-                          "peak_memory_gib": peak_memory_gib(world.device),
+                          "peak_memory_gib": peak_mem,
                           "skipped_steps": state.skipped_steps, "source_tokens": dict(state.source_tokens),
                           "elapsed_s": elapsed}
                 metrics.log(step, record)
