@@ -176,7 +176,7 @@ for varlen, use_g in ((True, True), (False, False)):
                 chunk_f32)
     compile_one(wy.solve_tril_kernel, dict(H=4, BT=64, IS_VARLEN=varlen, PREC="ieee"), chunk_f32)
     compile_one(wy.recompute_w_u_kernel, c, chunk_f32)
-    compile_one(wy.wy_bwd_kernel, c, chunk_f32)
+    compile_one(wy.wy_bwd_kernel, dict(c, A_IS_FP32=False), chunk_f32)
     s = dict(c, BK=128, BV=32, USE_INITIAL_STATE=True)
     compile_one(delta_h.delta_fwd_h_kernel, dict(s, STORE_FINAL_STATE=True), chunk_f32)
     compile_one(delta_h.delta_bwd_dhu_kernel, dict(s, USE_FINAL_STATE_GRADIENT=True), chunk_f32)

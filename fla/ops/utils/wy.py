@@ -338,7 +338,7 @@ def recompute_w_u_kernel(
 def wy_bwd_kernel(
     k, v, beta, A, g, dw, du, dk, dv, dbeta, dg, cu_seqlens, chunk_indices,
     T, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-    USE_G: tl.constexpr, IS_VARLEN: tl.constexpr,
+    USE_G: tl.constexpr, IS_VARLEN: tl.constexpr, A_IS_FP32: tl.constexpr,
 ):
     # See the module docstring for the formulas; x = beta k exp(G), y = beta v.
     i_t, i_bh = tl.program_id(0), tl.program_id(1)
@@ -348,7 +348,8 @@ def wy_bwd_kernel(
     o_t = i_t * BT + o_i
     m_t = o_t < T
     rows = bos + o_t
-    b_A = tl.load(A + (rows[:, None] * H + i_h) * BT + o_i[None, :], mask=m_t[:, None], other=0.).to(tl.float32)
+    b_A_raw = tl.load(A + (rows[:, None] * H + i_h) * BT + o_i[None, :], mask=m_t[:, None], other=0.)
+    b_A = b_A_raw.to(tl.float32)
     b_beta = tl.load(beta + rows * H + i_h, mask=m_t, other=0.).to(tl.float32)
     b_eg = tl.where(m_t, 1., 0.)
     if USE_G:
@@ -384,8 +385,14 @@ def wy_bwd_kernel(
             b_dg += tl.reduce(b_dx * b_x, 1, _sum_combine)
     # dL = -(A^T dA A^T) on the strict lower triangle of valid rows.
     m_A = (o_i[:, None] > o_i[None, :]) & m_t[:, None] & m_t[None, :]
-    b_At = tl.trans(b_A)
-    b_dL = tl.dot(tl.dot(b_At, b_dA, input_precision="ieee"), b_At, input_precision="ieee")
+    # In A's dtype: true float32 when A is float32 (tf32 would cost ~3 digits), else half-precision tensor cores, as
+    # precise as the stored A.
+    if A_IS_FP32:
+        b_At = tl.trans(b_A)
+        b_dL = tl.dot(tl.dot(b_At, b_dA, input_precision="ieee"), b_At, input_precision="ieee")
+    else:
+        b_At = tl.trans(b_A_raw)
+        b_dL = tl.dot(tl.dot(b_At, b_dA.to(b_At.dtype)).to(b_At.dtype), b_At)
     b_dL = tl.where(m_A, -b_dL, 0.)
     if USE_G:
         b_ratio = tl.where(m_A, tl.exp(tl.where(m_A, b_g[:, None] - b_g[None, :], 0.)), 0.)
@@ -469,12 +476,13 @@ def _wy_bwd_triton(k, v, beta, A, dw, du, g=None, cu_seqlens=None, chunk_size=64
     dk, dv = torch.empty_like(k), torch.empty_like(v)
     dbeta = torch.empty(B, T, H, device=k.device, dtype=torch.float32)
     dg = torch.empty(B, T, H, device=k.device, dtype=torch.float32) if g is not None else None
-    k, v, dw, du = _tc(k, v, dw, du)
+    k, v, A, dw, du = _tc(k, v, A, dw, du)
     chunk_indices, grid = _grid(k, cu_seqlens, chunk_size)
     BK, BV = _tiles(K, V)
     if grid[0]:
         wy_bwd_kernel[grid](k, v, beta, A, g, dw.contiguous(), du.contiguous(), dk, dv, dbeta, dg, cu_seqlens,
-                            chunk_indices, T=T, H=H, K=K, V=V, BT=chunk_size, BK=BK, BV=BV)
+                            chunk_indices, T=T, H=H, K=K, V=V, BT=chunk_size, BK=BK, BV=BV,
+                            A_IS_FP32=A.dtype == torch.float32)
     return dk, dv, dbeta.to(beta.dtype), dg
 
 # ----------------------------------------------------------------------------------------------------------------------
