@@ -121,12 +121,11 @@ def test_chunk_dw_delta_branch(backend, B, T, H, K, V, gated, cu):
     assert_close("dw", dw, torch.autograd.grad(loss, w_leaf)[0], 1e-5)
 
 
-COMPILE_SCRIPT = r"""
-import itertools, sys
+COMPILE_PRELUDE = r"""
+import itertools
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
-from fla.ops.utils import chunk_o
 
 def jit_of(kernel):
     while not isinstance(kernel, triton.runtime.jit.JITFunction):
@@ -134,31 +133,20 @@ def jit_of(kernel):
     return kernel
 
 def compile_for_sm90(kernel, types, constexprs, num_warps):
+    # types: argument -> Triton type ("*bf16", "i32", ...; None for an absent optional input)
     fn = jit_of(kernel)
     signature = {n: "constexpr" if n in constexprs or types[n] is None else types[n] for n in fn.arg_names}
     constants = {**constexprs, **{n: None for n in fn.arg_names if types.get(n, "") is None}}
     out = triton.compile(ASTSource(fn, signature, constants), target=GPUTarget("cuda", 90, 32),
                          options=dict(num_warps=num_warps, num_stages=2))
     assert out.asm["cubin"]
-
-for varlen, dt in itertools.product([False, True], ["*bf16"]):
-    cu = "*i32" if varlen else None
-    flags = dict(H=16, K=96, V=128, BT=64, USE_G=True, IS_VARLEN=varlen)
-    scalars = dict(scale="fp32", T="i32", num_rows="i32")
-    compile_for_sm90(chunk_o.chunk_fwd_o_kernel, dict(q=dt, k=dt, v=dt, h=dt, g="*fp32", o=dt, cu_seqlens=cu,
-                     chunk_indices=cu, **scalars), dict(flags, BK=64, BV=64), 8)
-    compile_for_sm90(chunk_o.chunk_bwd_dv_kernel, dict(q=dt, k=dt, do=dt, dh=dt, g="*fp32", dv=dt, cu_seqlens=cu,
-                     chunk_indices=cu, **scalars), dict(flags, BK=64, BV=64, USE_DH=True), 8)
-    compile_for_sm90(chunk_o.chunk_bwd_dqkwg_kernel, dict(q=dt, k=dt, v=dt, do=dt, h=dt, dh=dt, g="*fp32", dv=dt,
-                     dq=dt, dk=dt, dw=dt, dg="*fp32", cu_seqlens=cu, chunk_indices=cu, **scalars),
-                     dict(flags, BK=64, BV=64, USE_DW=True), 8)
-print("compiled")
 """
 
 
-def test_kernels_compile_for_sm90(tmp_path):
-    """The interpreter skips Triton's compiler: compile the kernels for an H100 (sm_90, through ptxas) without a GPU,
-    in a process without TRITON_INTERPRET, so type and layout errors of the compiled path show up here."""
+def compile_for_sm90(body: str, tmp_path) -> None:
+    """Run `COMPILE_PRELUDE + body` in a process without TRITON_INTERPRET: the interpreter skips Triton's compiler,
+    so this compiles kernels for an H100 (sm_90, through ptxas) without a GPU, and type or layout errors of the
+    compiled path show up on a CPU box."""
     import os
     import subprocess
     import sys
@@ -170,6 +158,23 @@ def test_kernels_compile_for_sm90(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["TRITON_CACHE_DIR"] = str(tmp_path / "cache")
     env["PYTHONPATH"] = os.pathsep.join(p for p in [os.getcwd(), env.get("PYTHONPATH")] if p)
-    result = subprocess.run([sys.executable, "-c", COMPILE_SCRIPT], env=env, capture_output=True, text=True,
-                            timeout=300)
+    result = subprocess.run([sys.executable, "-c", COMPILE_PRELUDE + body + "\nprint('compiled')\n"], env=env,
+                            capture_output=True, text=True, timeout=300)
     assert result.returncode == 0 and "compiled" in result.stdout, result.stderr[-3000:]
+
+
+def test_kernels_compile_for_sm90(tmp_path):
+    compile_for_sm90(r"""
+from fla.ops.utils import chunk_o
+for varlen in (False, True):
+    dt, cu = "*bf16", "*i32" if varlen else None
+    flags = dict(H=16, K=96, V=128, BT=64, USE_G=True, IS_VARLEN=varlen)
+    scalars = dict(scale="fp32", T="i32", num_rows="i32")
+    compile_for_sm90(chunk_o.chunk_fwd_o_kernel, dict(q=dt, k=dt, v=dt, h=dt, g="*fp32", o=dt, cu_seqlens=cu,
+                     chunk_indices=cu, **scalars), dict(flags, BK=64, BV=64), 8)
+    compile_for_sm90(chunk_o.chunk_bwd_dv_kernel, dict(q=dt, k=dt, do=dt, dh=dt, g="*fp32", dv=dt, cu_seqlens=cu,
+                     chunk_indices=cu, **scalars), dict(flags, BK=64, BV=64, USE_DH=True), 8)
+    compile_for_sm90(chunk_o.chunk_bwd_dqkwg_kernel, dict(q=dt, k=dt, v=dt, do=dt, h=dt, dh=dt, g="*fp32", dv=dt,
+                     dq=dt, dk=dt, dw=dt, dg="*fp32", cu_seqlens=cu, chunk_indices=cu, **scalars),
+                     dict(flags, BK=64, BV=64, USE_DW=True), 8)
+""", tmp_path)
