@@ -518,7 +518,11 @@ def recompute_w_u_fwd(k, v, beta, A, g=None, cu_seqlens=None, chunk_size=64) -> 
 
 
 def prepare_wy_repr_bwd(k, v, beta, A, dw, du, g=None, cu_seqlens=None, chunk_size=64):
-    """Gradients through w and u (A recomputed from k, beta, g is not needed: A is given).
+    """Gradients of w = A (beta k exp(G)) and u = A (beta v), including through A = (I + L)^{-1} (the forward's A is
+    passed in, not recomputed).
+
+    Args:
+        k, v, beta, g as in the forward; A: [B, T, H, BT] from `solve_tril`; dw: [B, T, H, K]; du: [B, T, H, V]
 
     Returns:
         dk [B, T, H, K] (k's dtype), dv [B, T, H, V] (v's dtype), dbeta [B, T, H] (beta's dtype),
