@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import zlib
 from typing import Iterator
 
@@ -9,7 +10,8 @@ import torch
 
 
 def device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    """Where kernel tests put their inputs: the CPU (interpreter) unless FLA_TEST_DEVICE=cuda on a GPU machine."""
+    return "cuda" if os.environ.get("FLA_TEST_DEVICE") == "cuda" and torch.cuda.is_available() else "cpu"
 
 
 def rel_err(got: torch.Tensor, want: torch.Tensor) -> float:

@@ -108,3 +108,20 @@ def test_cumsum_matches_torch(shape, cu, reverse):
             x = g[b, s:min(s + BT, eos)]
             want[b, s:s + len(x)] = x.flip(0).cumsum(0).flip(0) if reverse else x.cumsum(0)
     assert_close("cumsum", got, want, 1e-6)
+
+
+def test_state_pass_bfloat16_matches_twin():
+    """bf16 inputs: the interpreter's bf16 dots are wrong, so the launcher must upcast there; compare with the twin."""
+    seed("bf16")
+    q, k = torch.randn(1, 40, 2, 32).bfloat16(), torch.randn(1, 40, 2, 32).bfloat16()
+    v, do = torch.randn(1, 40, 2, 24).bfloat16(), torch.randn(1, 40, 2, 24).bfloat16()
+    g = chunk_local_cumsum(F.logsigmoid(torch.randn(1, 40, 2)), BT)
+    with poisoned_empty():
+        h, _ = chunk_fwd_h(k, v, g=g, chunk_size=BT)
+        dh, _ = chunk_bwd_dh(q, do, g=g, scale=0.2, chunk_size=BT)
+    with use_backend("torch"):
+        h_ref, _ = chunk_fwd_h(k, v, g=g, chunk_size=BT)
+        dh_ref, _ = chunk_bwd_dh(q, do, g=g, scale=0.2, chunk_size=BT)
+    assert h.dtype == dh.dtype == torch.bfloat16
+    assert_close("h", h.float(), h_ref.float(), 2e-2)
+    assert_close("dh", dh.float(), dh_ref.float(), 2e-2)

@@ -19,7 +19,7 @@ import torch
 import triton
 import triton.language as tl
 
-from fla.ops.utils.dispatch import autotune, dispatch
+from fla.ops.utils.dispatch import autotune, dispatch, tensor_core_dtype
 from fla.ops.utils.index import prepare_chunk_offsets, sequence_spans
 
 
@@ -259,6 +259,8 @@ def _chunk_fwd_h_triton(k, v, g=None, gk=None, gv=None, h0=None, output_final_st
     h = k.new_empty(B, _num_chunks(T, cu_seqlens, chunk_size), H, K, V,
                     dtype=torch.float32 if states_in_fp32 else k.dtype)
     ht = k.new_empty(N, H, K, V, dtype=torch.float32) if output_final_state else None
+    dot_dtype = tensor_core_dtype(k.dtype)
+    k, v = k.to(dot_dtype), v.to(dot_dtype)
     chunk_fwd_h_kernel[_state_grid(K, V, N * H)](
         k, v, h, g, gk, gv, h0, ht, cu_seqlens, chunk_offsets,
         T=T, H=H, K=K, V=V, BT=chunk_size,
@@ -275,6 +277,8 @@ def _chunk_bwd_dh_triton(q, do, g=None, gk=None, gv=None, h0=None, dht=None, sca
     dh = q.new_empty(B, _num_chunks(T, cu_seqlens, chunk_size), H, K, V,
                      dtype=torch.float32 if states_in_fp32 else q.dtype)
     dh0 = q.new_empty(N, H, K, V, dtype=torch.float32) if h0 is not None else None
+    dot_dtype = tensor_core_dtype(q.dtype)
+    q, do = q.to(dot_dtype), do.to(dot_dtype)
     chunk_bwd_dh_kernel[_state_grid(K, V, N * H)](
         q, do, dh, g, gk, gv, dht, dh0, cu_seqlens, chunk_offsets, scale,
         T=T, H=H, K=K, V=V, BT=chunk_size,
