@@ -77,6 +77,22 @@ def test_matches_naive(op, backend, B, T, H, HV, K, V, cu, use_h0, final_state, 
         assert_close(name, a.float(), b, rel)
 
 
+@pytest.mark.parametrize("backend", ["triton", "torch"])
+def test_recurrent_beta_per_channel_matches_naive(backend):
+    """fused_recurrent_gated_delta_rule with beta [B, T, HV, V] (one strength per value channel), gated, grouped."""
+    seed("beta-per-channel", backend)
+    B, T, H, HV, K, V = 2, 16, 1, 2, 16, 20
+    xs = [torch.randn(B, T, H, K), F.normalize(torch.randn(B, T, H, K), dim=-1), torch.randn(B, T, HV, V),
+          F.logsigmoid(torch.randn(B, T, HV)), torch.randn(B, T, HV, V).sigmoid(), torch.randn(B, HV, K, V)]
+    xs = [x.requires_grad_() for x in xs]
+    do, dht = torch.randn(B, T, HV, V), torch.randn(B, HV, K, V)
+    with use_backend(backend), poisoned_empty():
+        got = run(fused_recurrent_gated_delta_rule, xs, do, dht, True, backend == "torch", None)
+    want = run(naive_recurrent_gated_delta_rule, xs, do, dht, True, backend == "torch", None)
+    for name, a, b in zip(NAMES, got, want):
+        assert_close(name, a, b, 1e-4)
+
+
 @pytest.mark.parametrize("op", ["chunk", "recurrent"])
 def test_matches_naive_under_strong_decay(op):
     """Strong gates (chunk-local cumsums down to ~ -1000): the chunk form's exp(G_t - G_s) ratios stay finite. The gate
