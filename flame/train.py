@@ -236,7 +236,11 @@ def train(config: JobConfig, world) -> dict[str, Any]:
                                         profiler_active=p.profiler_active,
                                         enable_memory_snapshot=p.enable_memory_snapshot),
                         global_step=state.step, base_folder=dump)
-    token_bytes = token_byte_lengths(tokenizer, model_config.vocab_size) if config.validation.enable else None
+    token_bytes = None
+    if config.validation.enable:
+        token_bytes = token_byte_lengths(tokenizer, model_config.vocab_size)
+        from flame.data import load_sources
+        load_sources(data_sources(config.validation, split_override=config.validation.dataset_split))  # fail early
 
     def save(step: int) -> None:
         hook = None
@@ -278,8 +282,9 @@ def train(config: JobConfig, world) -> dict[str, Any]:
                 microbatches.append(to_model_inputs(batch, world.device, t.varlen))
             # Weight every microbatch by its share of the step's targets on all ranks, so the gradient is the
             # mean over tokens (not a mean of microbatch means). FSDP averages gradients over ranks: hence * W.
-            counts = torch.tensor([n for _, n in microbatches], dtype=torch.float64)
-            global_targets = float(fdist.all_reduce_sum(counts.sum().reshape(1)).item())
+            local_targets = torch.tensor([float(sum(n for _, n in microbatches))], dtype=torch.float64,
+                                         device=world.device)  # NCCL reduces device tensors only
+            global_targets = float(fdist.all_reduce_sum(local_targets).item())
             loss_sum = torch.zeros((), dtype=torch.float64, device=world.device)
             for i, (inputs, n_targets) in enumerate(microbatches):
                 loss = model(**inputs).loss
