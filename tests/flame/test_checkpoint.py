@@ -29,7 +29,7 @@ class Tiny(nn.Module):
 
 
 def optimizers_for(model):
-    from torchtitan.components.optimizer import LRSchedulersContainer, OptimizersContainer, default_adamw
+    from torchtitan.components.optimizer import LRSchedulersContainer, default_adamw
     config = default_adamw(lr=1e-2)
     config.implementation = "foreach"
     opt = config.build(model_parts=[model])

@@ -168,8 +168,9 @@ def test_corrupt_or_incompatible_checkpoint_is_a_clear_error_and_nothing_is_dele
     rc, err = main_in_process(runs["common"] + ["--job.dump_folder", dump], capsys)
     assert rc == 2 and "marker is missing" in err and "--checkpoint.load_step" in err, err
 
-    rc, err = main_in_process(runs["common"] + ["--job.dump_folder", dump, "--checkpoint.load_step", "4", "--model.config",
-                                        os.path.join(ROOT, "configs", "models", "gla_debug.json")], capsys)
+    other_model = os.path.join(ROOT, "configs", "models", "gla_debug.json")
+    rc, err = main_in_process(runs["common"] + ["--job.dump_folder", dump, "--checkpoint.load_step", "4",
+                                                "--model.config", other_model], capsys)
     assert rc == 2 and "written for another model" in err, err
 
     rc, err = main_in_process(runs["common"] + ["--job.dump_folder", dump, "--checkpoint.load_step", "5"], capsys)
