@@ -10,6 +10,7 @@ The structure follows torchtitan's Trainer; its components are used where they w
 from __future__ import annotations
 
 import contextlib
+import gc
 import math
 import os
 import sys
@@ -381,6 +382,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"flame.train: {_kind(e)} error (rank {world.rank}): {e}", file=sys.stderr, flush=True)
         return 2
     finally:
+        # torchtitan's GarbageCollection disables automatic collection for the run; give it back to the caller.
+        gc.enable()
         with contextlib.suppress(Exception):
             fdist.shutdown()
 
