@@ -119,6 +119,24 @@ def to_model_inputs(batch: dict[str, Any], device: torch.device, varlen: bool) -
     return inputs, n_targets
 
 
+def forward_backward(model, microbatches: list[tuple[dict[str, Any], int]], *, world_size: int,
+                     global_targets: float, inject_nan: bool = False) -> torch.Tensor:
+    """Accumulate the gradient of the token-mean loss over all microbatches of all ranks; return this rank's sum
+    of per-token losses (float64).
+
+    Each microbatch's mean loss is weighted by its share of the step's targets (n / N_global), so the result is
+    the mean over tokens, not a mean of microbatch means. FSDP averages gradients over ranks, hence * world_size."""
+    loss_sum = None
+    for i, (inputs, n_targets) in enumerate(microbatches):
+        loss = model(**inputs).loss
+        if inject_nan and i == 0:
+            loss = loss * float("nan")
+        (loss * (n_targets * world_size / global_targets)).backward()
+        term = loss.detach().double() * n_targets
+        loss_sum = term if loss_sum is None else loss_sum + term
+    return loss_sum
+
+
 # ---------------------------------------------------------------------------------------------------- the run
 class TrainState:
     """What the loop counts; saved with each checkpoint."""
@@ -286,13 +304,9 @@ def train(config: JobConfig, world) -> dict[str, Any]:
             local_targets = torch.tensor([float(sum(n for _, n in microbatches))], dtype=torch.float64,
                                          device=world.device)  # NCCL reduces device tensors only
             global_targets = float(fdist.all_reduce_sum(local_targets).item())
-            loss_sum = torch.zeros((), dtype=torch.float64, device=world.device)
-            for i, (inputs, n_targets) in enumerate(microbatches):
-                loss = model(**inputs).loss
-                if step in config.job.inject_nan_steps and i == 0:
-                    loss = loss * float("nan")
-                (loss * (n_targets * world.world_size / global_targets)).backward()
-                loss_sum += loss.detach().double() * n_targets
+            loss_sum = forward_backward(model, microbatches, world_size=world.world_size,
+                                        global_targets=global_targets,
+                                        inject_nan=step in config.job.inject_nan_steps)
             last_loss = float(fdist.all_reduce_sum(loss_sum.reshape(1)).item()) / global_targets
 
             grad_norm = clip_grad_norm_([p for p in model.parameters()], t.max_norm if t.max_norm > 0 else math.inf,

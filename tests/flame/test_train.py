@@ -224,3 +224,46 @@ def test_activation_checkpointing_and_compile_leave_the_math_alone(tmp_path, cap
             assert results[name][step]["grad_norm"] == results["none"][step]["grad_norm"], name
     for step in (1, 2):
         assert abs(results["compile"][step]["loss"] - results["none"][step]["loss"]) < 1e-4
+
+
+def test_accumulated_gradient_is_the_token_mean_not_a_mean_of_means():
+    """Two packed microbatches of different lengths: the accumulated gradient equals that of one batch holding
+    both (documents never interact under cu_seqlens), which a mean of microbatch means would not give."""
+    import fla.models  # noqa: F401
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from fla.ops.utils.dispatch import use_backend
+    from flame.train import forward_backward, to_model_inputs
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(MODEL)).float()
+    ids = torch.randint(1, 4096, (96,), generator=torch.Generator().manual_seed(1))
+
+    def batch(tokens, cu):
+        return {"input_ids": tokens[None], "position_ids": None, "cu_seqlens": torch.tensor(cu, dtype=torch.int32)}
+
+    def grads():
+        out = [p.grad.clone() for p in model.parameters()]
+        model.zero_grad()
+        return out
+
+    with use_backend("torch"):
+        micro = [to_model_inputs(batch(ids[:64], [0, 20, 64]), torch.device("cpu"), True),
+                 to_model_inputs(batch(ids[64:], [0, 5, 32]), torch.device("cpu"), True)]
+        total = sum(n for _, n in micro)
+        assert [n for _, n in micro] == [62, 30]  # 64 - 2 documents, 32 - 2 documents
+        loss_sum = forward_backward(model, micro, world_size=1, global_targets=total)
+        accumulated = grads()
+        whole, n_whole = to_model_inputs(batch(ids, [0, 20, 64, 69, 96]), torch.device("cpu"), True)
+        assert n_whole == total
+        reference_loss = model(**whole).loss
+        reference_loss.backward()
+        reference = grads()
+        for inp, _ in micro:
+            (model(**inp).loss / len(micro)).backward()
+        mean_of_means = grads()
+    assert abs(loss_sum.item() / total - reference_loss.item()) < 1e-5
+    num = sum((a - r).norm() ** 2 for a, r in zip(accumulated, reference)) ** 0.5
+    den = sum(r.norm() ** 2 for r in reference) ** 0.5
+    wrong = sum((m - r).norm() ** 2 for m, r in zip(mean_of_means, reference)) ** 0.5
+    assert num / den < 1e-5 < wrong / den
