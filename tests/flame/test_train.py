@@ -287,3 +287,31 @@ def test_accumulated_gradient_is_the_token_mean_not_a_mean_of_means():
     den = sum(r.norm() ** 2 for r in reference) ** 0.5
     wrong = sum((m - r).norm() ** 2 for m, r in zip(mean_of_means, reference)) ** 0.5
     assert num / den < 1e-5 < wrong / den
+
+
+@pytest.mark.parametrize("schedule", ["constant", "cosine", "linear", "wsd"])
+def test_lr_schedules(schedule):
+    """Linear warmup to the peak, then: constant; cosine / linear down to lr * min_lr_factor; wsd: stable, then the
+    last decay_ratio of the steps decaying."""
+    from flame.config import load_config
+    from flame.train import build_optimizers
+    config = load_config(["--training.steps", "20", "--lr_scheduler.warmup_steps", "4", "--optimizer.lr", "1.0",
+                          "--lr_scheduler.schedule", schedule, "--lr_scheduler.min_lr_factor", "0.1",
+                          "--lr_scheduler.decay_ratio", "0.25"])
+    model = torch.nn.Linear(2, 2)
+    optimizers, schedulers = build_optimizers(model, config, torch.device("cpu"))
+    lrs = []
+    for _ in range(20):
+        lrs.append(schedulers.schedulers[0].get_last_lr()[0])
+        optimizers.step()
+        schedulers.step()
+    assert lrs[:4] == pytest.approx([0.25, 0.5, 0.75, 1.0])
+    if schedule == "constant":
+        assert lrs[4:] == pytest.approx([1.0] * 16)
+    elif schedule == "wsd":
+        assert lrs[4:15] == pytest.approx([1.0] * 11)
+        assert all(a > b for a, b in zip(lrs[15:], lrs[16:])) and lrs[-1] >= 0.1
+    else:
+        assert all(a > b for a, b in zip(lrs[4:], lrs[5:])) and 0.1 <= lrs[-1] < 0.2
+        # a quarter into the decay: cosine 0.1 + 0.9 * (1 + cos(pi / 4)) / 2, linear 0.1 + 0.9 * 0.75
+        assert lrs[8] == pytest.approx(0.868198, abs=1e-4) if schedule == "cosine" else lrs[8] == pytest.approx(0.775)
