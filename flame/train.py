@@ -249,11 +249,12 @@ def train(config: JobConfig, world) -> dict[str, Any]:
                             config=config.to_dict())
     device_peak = peak_flops(world.device, config.metrics.peak_tflops)
     gc_handler = GarbageCollection(gc_freq=t.gc_freq)
-    p = config.profiling
-    profiler = Profiler(Profiler.Config(enable_profiling=p.enable_profiling, save_traces_folder=p.save_traces_folder,
-                                        profile_freq=p.profile_freq, profiler_warmup=p.profiler_warmup,
-                                        profiler_active=p.profiler_active,
-                                        enable_memory_snapshot=p.enable_memory_snapshot),
+    prof_cfg = config.profiling
+    profiler = Profiler(Profiler.Config(enable_profiling=prof_cfg.enable_profiling,
+                                        save_traces_folder=prof_cfg.save_traces_folder,
+                                        profile_freq=prof_cfg.profile_freq, profiler_warmup=prof_cfg.profiler_warmup,
+                                        profiler_active=prof_cfg.profiler_active,
+                                        enable_memory_snapshot=prof_cfg.enable_memory_snapshot),
                         global_step=state.step, base_folder=dump)
     token_bytes = None
     if config.validation.enable:
@@ -303,13 +304,13 @@ def train(config: JobConfig, world) -> dict[str, Any]:
             # mean over tokens (not a mean of microbatch means). FSDP averages gradients over ranks: hence * W.
             local_targets = torch.tensor([float(sum(n for _, n in microbatches))], dtype=torch.float64,
                                          device=world.device)  # NCCL reduces device tensors only
-            global_targets = float(fdist.all_reduce_sum(local_targets).item())
+            global_targets = max(float(fdist.all_reduce_sum(local_targets).item()), 1.0)
             loss_sum = forward_backward(model, microbatches, world_size=world.world_size,
                                         global_targets=global_targets,
                                         inject_nan=step in config.job.inject_nan_steps)
             last_loss = float(fdist.all_reduce_sum(loss_sum.reshape(1)).item()) / global_targets
 
-            grad_norm = clip_grad_norm_([p for p in model.parameters()], t.max_norm if t.max_norm > 0 else math.inf,
+            grad_norm = clip_grad_norm_(list(model.parameters()), t.max_norm if t.max_norm > 0 else math.inf,
                                         foreach=True)
             grad_norm = float(grad_norm.item())
             lr = lr_schedulers.schedulers[0].get_last_lr()[0]  # the LR this step uses
