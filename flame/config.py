@@ -192,10 +192,12 @@ class JobConfig:
         return dataclasses.asdict(self)
 
 
-# The peer trainer keeps its data keys in [training]; they mean the same thing here.
+# The peer trainer keeps its data keys (and the shard degree) in [training]; they mean the same thing here.
 ALIASES = {f"training.{k}": f"data.{k}" for k in (
     "dataset", "dataset_name", "dataset_split", "data_files", "data_probs", "streaming", "num_workers",
     "prefetch_factor")}
+ALIASES["training.data_parallel_shard_degree"] = "parallelism.data_parallel_shard_degree"
+ALIASES["lr_scheduler.lr_min"] = "lr_scheduler.min_lr_factor"  # the peer's lr_min is a ratio of optimizer.lr
 
 
 def _sections() -> dict[str, type]:

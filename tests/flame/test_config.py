@@ -46,6 +46,8 @@ def test_peer_trainer_aliases():
                           "--training.streaming", "--training.num_workers", "2"])
     assert config.data.dataset == "a,b" and config.data.data_probs == "0.3,0.7"
     assert config.data.streaming is True and config.data.num_workers == 2
+    config = load_config(["--lr_scheduler.lr_min", "0.1", "--training.data_parallel_shard_degree", "-1"])
+    assert config.lr_scheduler.min_lr_factor == 0.1 and config.parallelism.data_parallel_shard_degree == -1
 
 
 @pytest.mark.parametrize("args, message", [
