@@ -24,8 +24,8 @@ from flame import distributed as fdist
 from flame.checkpoint import Checkpointer, CheckpointError, crash_now
 from flame.config import ConfigError, JobConfig, load_config, to_toml
 from flame.metrics import MetricsLogger, peak_flops, peak_memory_gib
-from flame.models import (ModelConfigError, apply_activation_checkpointing, apply_compile, apply_fsdp, build_model,
-                          flops_per_token, load_model_config, materialize, num_params)
+from flame.models import (ModelConfigError, build_model, flops_per_token, load_model_config, materialize, num_params,
+                          parallelize)
 
 
 # ---------------------------------------------------------------------------------------------------- building
@@ -211,15 +211,12 @@ def train(config: JobConfig, world) -> dict[str, Any]:
     model = materialize(model, world.device, t.seed)
     _log(world, f"[model] {type(model).__name__} ({model_config.model_type}) from {config.model.config}: "
                 f"{num_params(model):,} parameters, {flops / 1e9:.3f} GFLOPs per token (training)")
-    apply_activation_checkpointing(model, config.activation_checkpoint.mode,
-                                   config.activation_checkpoint.selective_ac_option)
-    if t.compile:
-        apply_compile(model, config.compile.backend, config.compile.fullgraph, config.compile.dynamic)
-    on_gpu = world.device.type == "cuda"
-    from flame.models import DTYPES
-    apply_fsdp(model, world.mesh, param_dtype=DTYPES[t.mixed_precision_param] if on_gpu else None,
-               reduce_dtype=DTYPES[t.mixed_precision_reduce] if on_gpu else None,
-               reshard_after_forward=config.parallelism.fsdp_reshard_after_forward)
+    parallelize(model, world.mesh, device=world.device, ac_mode=config.activation_checkpoint.mode,
+                ac_option=config.activation_checkpoint.selective_ac_option, compile=t.compile,
+                compile_backend=config.compile.backend, compile_fullgraph=config.compile.fullgraph,
+                compile_dynamic=config.compile.dynamic, param_dtype=t.mixed_precision_param,
+                reduce_dtype=t.mixed_precision_reduce,
+                reshard_after_forward=config.parallelism.fsdp_reshard_after_forward)
     model.train()
     optimizers, lr_schedulers = build_optimizers(model, config, world.device)
 
