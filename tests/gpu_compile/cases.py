@@ -173,7 +173,7 @@ def modules(x: Inputs):
     backward(M.fused_linear_cross_entropy(a.reshape(-1, D), torch.randint(0, 100, (a.shape[0] * a.shape[1],)),
                                           weight))
     conv = M.ShortConvolution(D, 4, bias=x.gates, activation="silu" if x.gates else None).to(dt)
-    cache = torch.zeros(x.B, D, 4, dtype=dt) if x.state else None
+    cache = torch.zeros(x.N, D, 4, dtype=dt) if x.state else None
     backward(conv(a, cache=cache, cu_seqlens=x.cu_seqlens)[0])
     with torch.no_grad():
         conv(a[:, :1].detach(), cache=torch.zeros(x.B, D, 4, dtype=dt))

@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import ast
 import builtins
+import contextlib
 import importlib
+import inspect
 import os
 import pkgutil
 import re
@@ -31,6 +33,7 @@ import sys
 import tempfile
 import time
 import traceback
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 os.environ.pop("TRITON_INTERPRET", None)  # kernels must be real JITFunctions: unset before triton and fla load
@@ -38,6 +41,7 @@ os.environ.pop("TRITON_INTERPRET", None)  # kernels must be real JITFunctions: u
 import torch  # noqa: E402
 
 SKIP = 77
+os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")  # triton 3.9 warns when unset; part of the cache key
 H100_SHARED_BYTES = 232448  # largest dynamic shared memory one H100 block may use (227 KiB)
 
 try:
@@ -49,6 +53,10 @@ try:
 except ImportError as e:  # pragma: no cover - depends on the installed triton
     print(f"triton internals changed: {e}")
     sys.exit(SKIP)
+try:  # compiles in threads (the MLIR passes and ptxas release the GIL); triton >= 3.5 (else one at a time)
+    from triton.runtime._async_compile import AsyncCompileMode
+except ImportError:  # pragma: no cover
+    AsyncCompileMode = None
 
 
 class CompileOnlyDriver:
@@ -86,6 +94,7 @@ class Compiled:
     name: str  # module.qualname of the JITFunction
     spec: str  # the dtypes of the pointer arguments and the constexprs, shortened
     seconds: float
+    case: str = ""
     kernel: object = None
     error: str | None = None
     usage: dict = field(default_factory=dict)
@@ -115,10 +124,10 @@ class Recorder:
             spec = describe(self, args, kwargs)
             if (name, spec) in recorder.failed_keys:
                 return None  # failed before: one report per specialization
-            cache = self.device_caches[0][0]
+            cache = self.device_caches[0][0] if hasattr(self, "device_caches") else {}
             before = len(cache)
             start = time.perf_counter()
-            record = Compiled(name, spec, 0.0)
+            record = Compiled(name, spec, 0.0, case=recorder.current_case)
             try:
                 record.kernel = run(self, *args, grid=grid, warmup=True, **kwargs)
             except Exception as e:  # a compile error is the finding: record it, keep compiling the rest
@@ -131,6 +140,21 @@ class Recorder:
             return None
 
         jit.JITFunction.run = compile_only
+
+
+    def wait(self, records: list[Compiled]) -> None:
+        """Resolve the compiles submitted to threads (AsyncCompileMode); a failure is recorded like a direct one."""
+        for record in records:
+            if record.kernel is None or not hasattr(record.kernel, "future"):
+                continue
+            start = time.perf_counter()
+            try:
+                record.kernel = record.kernel.result()
+            except Exception as e:
+                record.kernel = None
+                record.error = f"[case {record.case}] {type(e).__name__}: {e}"
+                record.error += "\n" + "".join(traceback.format_exception(e)[-3:])
+            record.seconds += time.perf_counter() - start
 
 
 def describe(fn, args, kwargs) -> str:
@@ -186,8 +210,6 @@ def resource_usage(kernel) -> dict:
         m = re.search(pattern, out)
         if m:
             usage[key] = int(m.group(1))
-    ptx = kernel.asm.get("ptx", "") if isinstance(kernel.asm.get("ptx", ""), str) else ""
-    usage["spill"] = usage.get("local", 0)
     return usage
 
 
@@ -242,23 +264,22 @@ def reached(roots: list[jit.JITFunction]) -> set[str]:
 
 
 def print_table(records: list[Compiled]) -> None:
-    print(f"\n{'kernel':58s} {'regs':>4s} {'spill':>5s} {'smem':>7s} {'sec':>5s}  specialization")
+    print("\nPer specialization: registers per thread, local memory per thread (spills, stack arrays; bytes), "
+          "shared memory (bytes)")
+    print(f"{'kernel':58s} {'regs':>4s} {'local':>5s} {'smem':>7s}  specialization")
     for r in sorted(records, key=lambda r: (r.name, r.spec)):
         if r.error:
             continue
         u = r.usage
         short = r.name.replace("fla.ops.", "").replace("fla.modules.", "modules.")
-        print(f"{short:58s} {u.get('regs', '?'):>4} {u.get('spill', '?'):>5} {u.get('shared', '?'):>7} "
-              f"{r.seconds:5.1f}  {r.spec[:160]}")
+        print(f"{short:58s} {u.get('regs', '?'):>4} {u.get('local', '?'):>5} {u.get('shared', '?'):>7}  {r.spec}")
 
 
 def main(argv: list[str]) -> int:
-    for needed in ("set_active",):
-        if not hasattr(driver, needed):
-            print(f"triton internals changed: no driver.{needed}")
-            return SKIP
-    if not hasattr(jit.JITFunction, "run") or not hasattr(jit.JITFunction, "params"):
-        pass
+    run = getattr(jit.JITFunction, "run", None)
+    if not hasattr(driver, "set_active") or run is None or "warmup" not in inspect.signature(run).parameters:
+        print("triton internals changed: no driver.set_active or JITFunction.run(..., warmup)")
+        return SKIP
     driver.set_active(CompileOnlyDriver())
     recorder = Recorder()
     recorder.install()
@@ -269,17 +290,22 @@ def main(argv: list[str]) -> int:
     start = time.perf_counter()
     selected = [c for c in CASES if not argv or any(a in c.__name__ for a in argv)]
     case_errors = []
-    for case in selected:
-        recorder.current_case = case.__name__
-        t0 = time.perf_counter()
-        n0 = len(recorder.compiled)
-        try:
-            case()
-        except Exception as e:  # host code failed (not a compile): still a bug of the harness or of a launcher
-            case_errors.append(f"{case.__name__}: {type(e).__name__}: {e}\n"
-                               + "".join(traceback.format_exception(e)[-4:]))
-        print(f"case {case.__name__}: {len(recorder.compiled) - n0} compiles, {time.perf_counter() - t0:.1f} s",
-              flush=True)
+    threads = int(os.environ.get("FLA_COMPILE_THREADS", os.cpu_count() or 1))
+    executor = ThreadPoolExecutor(threads) if threads > 1 and AsyncCompileMode is not None else None
+    # one AsyncCompileMode for the whole run: the host code never needs a kernel, so the compiles overlap freely
+    with AsyncCompileMode(executor, ignore_errors=True) if executor else contextlib.nullcontext():
+        for case in selected:
+            recorder.current_case = case.__name__
+            t0 = time.perf_counter()
+            n0 = len(recorder.compiled)
+            try:
+                case()
+            except Exception as e:  # host code failed (not a compile): a bug of the harness or of a launcher
+                case_errors.append(f"{case.__name__}: {type(e).__name__}: {e}\n"
+                                   + "".join(traceback.format_exception(e)[-4:]))
+            print(f"case {case.__name__}: {len(recorder.compiled) - n0} new specializations "
+                  f"({time.perf_counter() - t0:.1f} s)", flush=True)
+        recorder.wait(recorder.compiled)
     for r in recorder.compiled:
         if r.kernel is not None:
             r.usage = resource_usage(r.kernel)
