@@ -154,6 +154,28 @@ def attn(x: Inputs):
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# shared blocks, for the flag combinations no op uses (a value gate in chunk_h, a scaled reverse cumsum)
+
+
+def utils(x: Inputs):
+    from fla.ops.utils.chunk_h import chunk_bwd_dh, chunk_fwd_h
+    from fla.ops.utils.cumsum import chunk_local_cumsum
+
+    with torch.no_grad():
+        q, k, v = x.qkv()
+        do = x.x(H, x.V)
+        gates = {}
+        if x.gates:  # every gate form at once in bf16, scalar and value gates in float32
+            gk = chunk_local_cumsum(x.log_decay(H, x.K), 64, reverse=True, scale=0.5, cu_seqlens=x.cu_seqlens)
+            gates = dict(gk=gk) if x.dtype == torch.bfloat16 else dict(g=x.log_decay(H))
+            gates["gv"] = chunk_local_cumsum(x.log_decay(H, x.V), 64, cu_seqlens=x.cu_seqlens)
+        h0 = x.h0()
+        h, ht = chunk_fwd_h(k, v, **gates, h0=h0, output_final_state=x.state, cu_seqlens=x.cu_seqlens)
+        chunk_bwd_dh(q, do, **gates, h0=h0, dht=torch.ones_like(ht) if ht is not None else None, scale=0.5,
+                     cu_seqlens=x.cu_seqlens)
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # fla.modules (the shapes the layers use; dims of a small model)
 
 
@@ -185,5 +207,6 @@ def modules(x: Inputs):
     backward(M.L2Norm()(a))
 
 
-CASES = [c for fn in (simple_gla, gla, retention, linear_attn, delta_rule, gated_delta_rule, attn, modules)
+CASES = [c for fn in (simple_gla, gla, retention, linear_attn, delta_rule, gated_delta_rule, attn, utils,
+                                    modules)
          for c in each_variant(fn)]
