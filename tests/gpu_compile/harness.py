@@ -193,7 +193,8 @@ def route_to_triton() -> None:
 
 
 def resource_usage(kernel) -> dict:
-    """Registers, spill stores/loads, stack (`cuobjdump -res-usage` on the cubin) and shared memory of a kernel."""
+    """Registers, stack frame (spills) and local memory per thread (`cuobjdump -res-usage` on the cubin) and the
+    shared memory of a kernel."""
     usage = {"shared": getattr(kernel.metadata, "shared", 0)}
     cubin = kernel.asm.get("cubin") if hasattr(kernel, "asm") else None
     try:
@@ -264,15 +265,15 @@ def reached(roots: list[jit.JITFunction]) -> set[str]:
 
 
 def print_table(records: list[Compiled]) -> None:
-    print("\nPer specialization: registers per thread, local memory per thread (spills, stack arrays; bytes), "
-          "shared memory (bytes)")
-    print(f"{'kernel':58s} {'regs':>4s} {'local':>5s} {'smem':>7s}  specialization")
+    print("\nPer specialization: registers per thread (255 = the cap), stack bytes per thread (register spills; "
+          "0 is clean), shared memory bytes (H100 limit 232448)")
+    print(f"{'kernel':58s} {'regs':>4s} {'stack':>5s} {'smem':>7s}  specialization")
     for r in sorted(records, key=lambda r: (r.name, r.spec)):
         if r.error:
             continue
         u = r.usage
         short = r.name.replace("fla.ops.", "").replace("fla.modules.", "modules.")
-        print(f"{short:58s} {u.get('regs', '?'):>4} {u.get('local', '?'):>5} {u.get('shared', '?'):>7}  {r.spec}")
+        print(f"{short:58s} {u.get('regs', '?'):>4} {u.get('stack', '?'):>5} {u.get('shared', '?'):>7}  {r.spec}")
 
 
 def main(argv: list[str]) -> int:
@@ -311,6 +312,14 @@ def main(argv: list[str]) -> int:
             r.usage = resource_usage(r.kernel)
     print_table(recorder.compiled)
 
+    spilling: dict[str, int] = {}
+    for r in recorder.compiled:
+        if r.usage.get("stack", 0) > 0:
+            spilling[r.name] = max(spilling.get(r.name, 0), r.usage["stack"])
+    if spilling:  # not a failure: a hint for the GPU session (slow, not wrong)
+        print("\nspilling registers (stack bytes per thread, largest specialization):")
+        for name, stack in sorted(spilling.items(), key=lambda x: -x[1]):
+            print(f"  {name}: {stack}")
     failed = [r for r in recorder.compiled if r.error]
     too_big = [r for r in recorder.compiled if not r.error and r.usage.get("shared", 0) > H100_SHARED_BYTES]
     compiled_ok = sorted({r.name for r in recorder.compiled if not r.error})
