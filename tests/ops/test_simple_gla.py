@@ -9,7 +9,6 @@ import torch.nn.functional as F
 from fla.ops.simple_gla import chunk_simple_gla, fused_recurrent_simple_gla, naive_recurrent_simple_gla
 from fla.ops.utils.dispatch import use_backend
 from tests.helpers import assert_close, poisoned_empty, seed
-from tests.ops.test_chunk_o import compile_for_sm90
 
 PATHS = ["chunk-triton", "chunk-torch", "recurrent-triton", "recurrent-torch"]
 
@@ -179,20 +178,3 @@ def test_rejects_bad_inputs(fn, case, change, match):
     good = dict(q=torch.randn(B, T, H, K), k=torch.randn(B, T, H, K), v=torch.randn(B, T, H, V))
     with pytest.raises(ValueError, match=match):
         fn(**{**good, **change})
-
-
-def test_fused_recurrent_kernels_compile_for_sm90(tmp_path):
-    """The recurrent kernels through Triton's real compiler for an H100 (see `compile_for_sm90`)."""
-    compile_for_sm90(r"""
-from fla.ops.simple_gla import fused_recurrent as fr
-dt, g, cu = "*bf16", "*fp32", "*i32"
-flags = dict(H=16, K=128, V=128, BK=128, BV=64, REVERSE=True, USE_G=True, USE_G_GAMMA=False, IS_VARLEN=True,
-             USE_INITIAL_STATE=True)
-compile_for_sm90(fr.fused_recurrent_simple_gla_fwd_kernel, dict(q=dt, k=dt, v=dt, g=g, g_gamma=None, o=dt,
-                 h0="*fp32", ht="*fp32", cu_seqlens=cu, scale="fp32", T="i32"), dict(flags, STORE_FINAL_STATE=True), 4)
-compile_for_sm90(fr.fused_recurrent_simple_gla_bwd_dkvg_kernel, dict(q=dt, k=dt, v=dt, g=g, g_gamma=None, o=dt,
-                 do=dt, dht="*fp32", ht="*fp32", dk="*fp32", dv=dt, dg=g, dh0="*fp32", cu_seqlens=cu, scale="fp32",
-                 T="i32", NROWS="i32"), dict(flags, USE_FINAL_STATE_GRADIENT=True), 4)
-compile_for_sm90(fr.fused_recurrent_simple_gla_bwd_dq_kernel, dict(k=dt, v=dt, g=g, g_gamma=None, do=dt,
-                 h0="*fp32", dq="*fp32", cu_seqlens=cu, scale="fp32", T="i32", NROWS="i32"), flags, 4)
-""", tmp_path)
