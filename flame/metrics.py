@@ -6,6 +6,7 @@ computes (throughput, MFU, peak memory) is the few lines of `throughput` and `pe
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import os
@@ -84,6 +85,9 @@ class MetricsLogger:
             from torchtitan.components.metrics import TensorBoardLogger
             self.sinks.append(TensorBoardLogger(os.path.join(dump_folder, "tb")))
         if enable_wandb:
+            if importlib.util.find_spec("wandb") is None:
+                raise ValueError("metrics.enable_wandb needs the wandb package: pip install -e '.[wandb]' "
+                                 "(or pass --metrics.enable_wandb false)")
             if "WANDB_MODE" not in os.environ and not _network_reachable():
                 os.environ["WANDB_MODE"] = "offline"
                 print("[metrics] no network: W&B runs offline (sync later with `wandb sync`)", flush=True)
