@@ -60,6 +60,30 @@ def progress_bar(done: int, total: int, width: int = 20) -> str:
     return "[" + "#" * filled + "-" * (width - filled) + "]"
 
 
+def _set_aside_records_after(path: str, step: int) -> None:
+    """A resumed run repeats the steps after its checkpoint: move the earlier run's records of those steps to
+    `metrics.discarded.jsonl` (kept, never deleted), so `metrics.jsonl` holds each step once, in order."""
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        lines = f.readlines()
+    keep, drop = [], []
+    for line in lines:
+        try:
+            later = json.loads(line)["step"] > step
+        except (ValueError, KeyError, TypeError):
+            later = False  # a torn last line from a kill mid-write: keep it where it is
+        (drop if later else keep).append(line)
+    if not drop:
+        return
+    with open(os.path.join(os.path.dirname(path), "metrics.discarded.jsonl"), "a") as f:
+        f.writelines(drop)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.writelines(keep)
+    os.replace(tmp, path)  # atomic: a kill here leaves the old file or the new one
+
+
 class MetricsLogger:
     """Writes each logged step to every sink; only rank 0 writes (the values are already reduced).
 
@@ -81,6 +105,7 @@ class MetricsLogger:
         if rank != 0:
             return
         os.makedirs(dump_folder, exist_ok=True)
+        _set_aside_records_after(self.jsonl_path, start_step)
         if enable_tensorboard:
             from torchtitan.components.metrics import TensorBoardLogger
             self.sinks.append(TensorBoardLogger(os.path.join(dump_folder, "tb")))

@@ -37,13 +37,14 @@ def launch(args: list[str], nproc: int) -> subprocess.CompletedProcess:
 
 
 def records(dump: str) -> dict[int, dict]:
-    """Training records of metrics.jsonl by step; a step logged twice (before a kill and after the resume) keeps
-    its last record."""
+    """Training records of metrics.jsonl by step. A resume sets aside the records of the steps it repeats (to
+    metrics.discarded.jsonl), so every step must appear once."""
     out = {}
     with open(os.path.join(dump, "metrics.jsonl")) as f:
         for line in f:
             r = json.loads(line)
             if "loss" in r:
+                assert r["step"] not in out, f"step {r['step']} logged twice in {dump}/metrics.jsonl"
                 out[r["step"]] = r
     return out
 
