@@ -17,7 +17,7 @@ import triton.language as tl
 
 from fla.ops.utils.checks import check_cu_seqlens
 from fla.ops.utils.dispatch import dispatch
-from fla.ops.utils.index import prepare_chunk_indices, prepare_token_indices
+from fla.ops.utils.index import prepare_chunk_indices, prepare_token_indices, sequence_bounds
 
 ACTIVATIONS = (None, "silu", "swish")
 BT = 32  # tokens per program
@@ -49,10 +49,7 @@ def short_conv_fwd_kernel(
     i_t, i_d, i_n = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     if IS_VARLEN:
         i_n, i_t = tl.load(chunk_indices + i_t * 2).to(tl.int32), tl.load(chunk_indices + i_t * 2 + 1).to(tl.int32)
-        bos, eos = tl.load(cu_seqlens + i_n).to(tl.int64), tl.load(cu_seqlens + i_n + 1).to(tl.int64)
-        T = (eos - bos).to(tl.int32)
-    else:
-        bos = i_n.to(tl.int64) * T
+    bos, T = sequence_bounds(i_n, cu_seqlens, T, IS_VARLEN)
     o_t = i_t * BT + tl.arange(0, BT)
     o_d = i_d * BD + tl.arange(0, BD)
     m_t, m_d = o_t < T, o_d < D
@@ -87,11 +84,9 @@ def short_conv_bwd_kernel(
     if IS_VARLEN:
         i_p = i_t
         i_n, i_t = tl.load(chunk_indices + i_t * 2).to(tl.int32), tl.load(chunk_indices + i_t * 2 + 1).to(tl.int32)
-        bos, eos = tl.load(cu_seqlens + i_n).to(tl.int64), tl.load(cu_seqlens + i_n + 1).to(tl.int64)
-        T = (eos - bos).to(tl.int32)
     else:
         i_p = i_n * tl.num_programs(0) + i_t
-        bos = i_n.to(tl.int64) * T
+    bos, T = sequence_bounds(i_n, cu_seqlens, T, IS_VARLEN)
     o_t = i_t * BT + tl.arange(0, BT)
     o_d = i_d * BD + tl.arange(0, BD)
     m_t, m_d = o_t < T, o_d < D

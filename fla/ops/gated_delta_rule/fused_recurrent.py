@@ -28,6 +28,7 @@ from fla.ops.utils.checks import (check_cu_seqlens, check_head_dim, check_initia
                                   check_tensor)
 from fla.ops.utils.dispatch import autotune, dispatch
 from fla.ops.utils.l2norm import l2_norm
+from fla.ops.utils.index import sequence_bounds
 
 _CONFIGS = [triton.Config({}, num_warps=w, num_stages=s) for w in (2, 4, 1, 8) for s in (2, 3, 1)]
 _KEY = ["H", "HV", "K", "V", "BV", "USE_G", "BETA_PER_CHANNEL"]
@@ -53,11 +54,7 @@ def fused_recurrent_gdr_fwd_kernel(
     i_v, i_nh = tl.program_id(0), tl.program_id(1)
     i_n, i_hv = i_nh // HV, i_nh % HV
     i_h = i_hv // (HV // H)
-    if IS_VARLEN:
-        bos, eos = tl.load(cu_seqlens + i_n).to(tl.int64), tl.load(cu_seqlens + i_n + 1).to(tl.int64)
-        T = (eos - bos).to(tl.int32)
-    else:
-        bos = (i_n * T).to(tl.int64)
+    bos, T = sequence_bounds(i_n, cu_seqlens, T, IS_VARLEN)
     o_k = tl.arange(0, BK)
     o_v = i_v * BV + tl.arange(0, BV)
     m_k, m_v = o_k < K, o_v < V
@@ -110,11 +107,7 @@ def fused_recurrent_gdr_bwd_reverse_kernel(
     i_n, i_hv = i_nh // HV, i_nh % HV
     i_h = i_hv // (HV // H)
     T_all = T
-    if IS_VARLEN:
-        bos, eos = tl.load(cu_seqlens + i_n).to(tl.int64), tl.load(cu_seqlens + i_n + 1).to(tl.int64)
-        T = (eos - bos).to(tl.int32)
-    else:
-        bos = (i_n * T).to(tl.int64)
+    bos, T = sequence_bounds(i_n, cu_seqlens, T, IS_VARLEN)
     tile = (i_v * B * T_all).to(tl.int64)  # this tile's slice of the [NV, B*T, ...] partial buffers
     o_k = tl.arange(0, BK)
     o_v = i_v * BV + tl.arange(0, BV)
@@ -179,11 +172,7 @@ def fused_recurrent_gdr_bwd_forward_kernel(
     i_n, i_hv = i_nh // HV, i_nh % HV
     i_h = i_hv // (HV // H)
     T_all = T
-    if IS_VARLEN:
-        bos, eos = tl.load(cu_seqlens + i_n).to(tl.int64), tl.load(cu_seqlens + i_n + 1).to(tl.int64)
-        T = (eos - bos).to(tl.int32)
-    else:
-        bos = (i_n * T).to(tl.int64)
+    bos, T = sequence_bounds(i_n, cu_seqlens, T, IS_VARLEN)
     tile = (i_v * B * T_all).to(tl.int64)
     o_k = tl.arange(0, BK)
     o_v = i_v * BV + tl.arange(0, BV)

@@ -18,6 +18,7 @@ import triton.language as tl
 from fla.ops.gla.chunk import check_gla_inputs
 from fla.ops.gla.naive import naive_recurrent_gla
 from fla.ops.utils.dispatch import autotune, dispatch
+from fla.ops.utils.index import sequence_bounds
 
 _CONFIGS = [triton.Config({}, num_warps=w) for w in (2, 1, 4, 8)]
 
@@ -46,11 +47,7 @@ def fused_recurrent_gla_fwd_kernel(
     # grid: (N * H, V blocks); q, k, gk are [B, T, H, K] (row stride H * K), v, gv, o [B, T, H, V]; states [N, H, K, V].
     i_nh, i_v = tl.program_id(0), tl.program_id(1)
     i_n, i_h = i_nh // H, i_nh % H
-    if IS_VARLEN:
-        bos, eos = tl.load(cu_seqlens + i_n).to(tl.int64), tl.load(cu_seqlens + i_n + 1).to(tl.int64)
-        T = (eos - bos).to(tl.int32)
-    else:
-        bos = (i_n * T).to(tl.int64)
+    bos, T = sequence_bounds(i_n, cu_seqlens, T, IS_VARLEN)
     o_k = tl.arange(0, BK)
     o_v = i_v * BV + tl.arange(0, BV)
     m_k, m_v = o_k < K, o_v < V
@@ -102,12 +99,10 @@ def fused_recurrent_gla_bwd_kernel(
     i_nh, i_v = tl.program_id(0), tl.program_id(1)
     i_n, i_h = i_nh // H, i_nh % H
     if IS_VARLEN:
-        bos, eos = tl.load(cu_seqlens + i_n).to(tl.int64), tl.load(cu_seqlens + i_n + 1).to(tl.int64)
-        T = (eos - bos).to(tl.int32)
         T_all = tl.load(cu_seqlens + tl.num_programs(0) // H).to(tl.int64)
     else:
-        bos = (i_n * T).to(tl.int64)
         T_all = (tl.num_programs(0) // H * T).to(tl.int64)
+    bos, T = sequence_bounds(i_n, cu_seqlens, T, IS_VARLEN)
     o_k = tl.arange(0, BK)
     o_v = i_v * BV + tl.arange(0, BV)
     m_k, m_v = o_k < K, o_v < V

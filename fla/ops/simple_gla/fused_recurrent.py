@@ -19,6 +19,7 @@ import triton.language as tl
 from fla.ops.simple_gla.chunk import check_simple_gla_inputs
 from fla.ops.simple_gla.naive import naive_recurrent_simple_gla
 from fla.ops.utils.dispatch import autotune, dispatch
+from fla.ops.utils.index import sequence_bounds
 
 # One warp spills a [128, 64] float32 state tile on sm_90 (ptxas); 2-8 warps hold it.
 _CONFIGS = [triton.Config({}, num_warps=w, num_stages=s) for w in (4, 2, 8) for s in (2, 3)]
@@ -28,17 +29,6 @@ _HEURISTICS = {
     "USE_G_GAMMA": lambda args: args["g_gamma"] is not None,
     "IS_VARLEN": lambda args: args["cu_seqlens"] is not None,
 }
-
-
-@triton.jit
-def _sequence(i_n, cu_seqlens, T, IS_VARLEN: tl.constexpr):
-    """(first row, length) of sequence i_n."""
-    if IS_VARLEN:
-        bos, eos = tl.load(cu_seqlens + i_n).to(tl.int64), tl.load(cu_seqlens + i_n + 1).to(tl.int64)
-        T = (eos - bos).to(tl.int32)
-    else:
-        bos = (i_n * T).to(tl.int64)
-    return bos, T
 
 
 @triton.heuristics({
@@ -57,7 +47,7 @@ def fused_recurrent_simple_gla_fwd_kernel(
     # grid (NV, N * H). Layouts: q, k [B, T, H, K]; v, o [B, T, H, V]; g [B, T, H]; g_gamma [H]; h0, ht [N, H, K, V].
     i_v, i_nh = tl.program_id(0), tl.program_id(1)
     i_n, i_h = i_nh // H, i_nh % H
-    bos, T = _sequence(i_n, cu_seqlens, T, IS_VARLEN)
+    bos, T = sequence_bounds(i_n, cu_seqlens, T, IS_VARLEN)
     o_k = tl.arange(0, BK)
     o_v = i_v * BV + tl.arange(0, BV)
     m_k, m_v = o_k < K, o_v < V
@@ -105,7 +95,7 @@ def fused_recurrent_simple_gla_bwd_dkvg_kernel(
     # the host: dk [NV, NROWS, H, K], dg [NV, NROWS, H] (NROWS = B * T); dv [B, T, H, V] is complete.
     i_v, i_nh = tl.program_id(0), tl.program_id(1)
     i_n, i_h = i_nh // H, i_nh % H
-    bos, T = _sequence(i_n, cu_seqlens, T, IS_VARLEN)
+    bos, T = sequence_bounds(i_n, cu_seqlens, T, IS_VARLEN)
     tile = (i_v * NROWS).to(tl.int64)
     o_k = tl.arange(0, BK)
     o_v = i_v * BV + tl.arange(0, BV)
@@ -158,7 +148,7 @@ def fused_recurrent_simple_gla_bwd_dq_kernel(
     # Sweep along the forward direction rebuilding S: dq_t = scale * S_t do_t, per value tile ([NV, NROWS, H, K]).
     i_v, i_nh = tl.program_id(0), tl.program_id(1)
     i_n, i_h = i_nh // H, i_nh % H
-    bos, T = _sequence(i_n, cu_seqlens, T, IS_VARLEN)
+    bos, T = sequence_bounds(i_n, cu_seqlens, T, IS_VARLEN)
     tile = (i_v * NROWS).to(tl.int64)
     o_k = tl.arange(0, BK)
     o_v = i_v * BV + tl.arange(0, BV)

@@ -36,7 +36,7 @@ import triton
 import triton.language as tl
 
 from fla.ops.utils.dispatch import autotune, dispatch
-from fla.ops.utils.index import prepare_chunk_indices, prepare_chunk_offsets, sequence_spans
+from fla.ops.utils.index import prepare_chunk_indices, prepare_chunk_offsets, sequence_bounds, sequence_spans
 
 BC = 16  # rows per sub-chunk (the smallest tl.dot block)
 
@@ -82,11 +82,10 @@ def chunk_gk_fwd_o_kernel(
     if IS_VARLEN:
         i_tg = i_t.to(tl.int64)
         i_n, i_t = tl.load(chunk_indices + i_t * 2).to(tl.int32), tl.load(chunk_indices + i_t * 2 + 1).to(tl.int32)
-        bos, eos = tl.load(cu_seqlens + i_n).to(tl.int64), tl.load(cu_seqlens + i_n + 1).to(tl.int64)
-        T = (eos - bos).to(tl.int32)
     else:
         i_tg = (i_b * tl.cdiv(T, BT) + i_t).to(tl.int64)
-        bos = (i_b * T).to(tl.int64)
+        i_n = i_b
+    bos, T = sequence_bounds(i_n, cu_seqlens, T, IS_VARLEN)
     s0 = i_t * BT + i_i * BC  # first row of this sub-chunk, sequence-local
     if s0 >= T:
         return
@@ -162,11 +161,10 @@ def chunk_gk_bwd_dv_kernel(
     if IS_VARLEN:
         i_tg = i_t.to(tl.int64)
         i_n, i_t = tl.load(chunk_indices + i_t * 2).to(tl.int32), tl.load(chunk_indices + i_t * 2 + 1).to(tl.int32)
-        bos, eos = tl.load(cu_seqlens + i_n).to(tl.int64), tl.load(cu_seqlens + i_n + 1).to(tl.int64)
-        T = (eos - bos).to(tl.int32)
     else:
         i_tg = (i_b * tl.cdiv(T, BT) + i_t).to(tl.int64)
-        bos = (i_b * T).to(tl.int64)
+        i_n = i_b
+    bos, T = sequence_bounds(i_n, cu_seqlens, T, IS_VARLEN)
     s0 = i_t * BT + i_i * BC
     if s0 >= T:
         return
@@ -245,10 +243,9 @@ def chunk_gk_bwd_dA_kernel(
     i_b, i_h = i_bh // H, i_bh % H
     if IS_VARLEN:
         i_n, i_t = tl.load(chunk_indices + i_t * 2).to(tl.int32), tl.load(chunk_indices + i_t * 2 + 1).to(tl.int32)
-        bos, eos = tl.load(cu_seqlens + i_n).to(tl.int64), tl.load(cu_seqlens + i_n + 1).to(tl.int64)
-        T = (eos - bos).to(tl.int32)
     else:
-        bos = (i_b * T).to(tl.int64)
+        i_n = i_b
+    bos, T = sequence_bounds(i_n, cu_seqlens, T, IS_VARLEN)
     o_s = tl.arange(0, BT)
     rows = i_t * BT + o_s
     m_r = rows < T
@@ -280,10 +277,9 @@ def chunk_gk_bwd_dqk_intra_kernel(
     i_t, i_i = i_tc // NC, i_tc % NC
     if IS_VARLEN:
         i_n, i_t = tl.load(chunk_indices + i_t * 2).to(tl.int32), tl.load(chunk_indices + i_t * 2 + 1).to(tl.int32)
-        bos, eos = tl.load(cu_seqlens + i_n).to(tl.int64), tl.load(cu_seqlens + i_n + 1).to(tl.int64)
-        T = (eos - bos).to(tl.int32)
     else:
-        bos = (i_b * T).to(tl.int64)
+        i_n = i_b
+    bos, T = sequence_bounds(i_n, cu_seqlens, T, IS_VARLEN)
     s0 = i_t * BT + i_i * BC
     if s0 >= T:
         return
@@ -356,11 +352,10 @@ def chunk_gk_bwd_dqkg_inter_kernel(
     if IS_VARLEN:
         i_tg = i_t.to(tl.int64)
         i_n, i_t = tl.load(chunk_indices + i_t * 2).to(tl.int32), tl.load(chunk_indices + i_t * 2 + 1).to(tl.int32)
-        bos, eos = tl.load(cu_seqlens + i_n).to(tl.int64), tl.load(cu_seqlens + i_n + 1).to(tl.int64)
-        T = (eos - bos).to(tl.int32)
     else:
         i_tg = (i_b * tl.cdiv(T, BT) + i_t).to(tl.int64)
-        bos = (i_b * T).to(tl.int64)
+        i_n = i_b
+    bos, T = sequence_bounds(i_n, cu_seqlens, T, IS_VARLEN)
     HK, HV = H * K, H * V
     last = tl.minimum(i_t * BT + BT, T) - 1
     rows = i_t * BT + tl.arange(0, BT)

@@ -20,7 +20,7 @@ import triton
 import triton.language as tl
 
 from fla.ops.utils.dispatch import autotune, dispatch, tensor_core_dtype
-from fla.ops.utils.index import prepare_chunk_offsets, sequence_spans
+from fla.ops.utils.index import chunk_state_bounds, prepare_chunk_offsets, sequence_spans
 
 
 def _num_chunks(T: int, cu_seqlens: torch.Tensor | None, chunk_size: int) -> int:
@@ -126,15 +126,7 @@ def chunk_fwd_h_kernel(
     # h [B, NT, H, K, V]; h0/ht [N, H, K, V].
     i_k, i_v, i_nh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_n, i_h = i_nh // H, i_nh % H
-    if IS_VARLEN:
-        bos, eos = tl.load(cu_seqlens + i_n).to(tl.int64), tl.load(cu_seqlens + i_n + 1).to(tl.int64)
-        T = (eos - bos).to(tl.int32)
-        NT = tl.cdiv(T, BT)
-        boh = tl.load(chunk_offsets + i_n).to(tl.int64)
-    else:
-        bos = (i_n * T).to(tl.int64)
-        NT = tl.cdiv(T, BT)
-        boh = (i_n * NT).to(tl.int64)
+    bos, T, NT, boh = chunk_state_bounds(i_n, cu_seqlens, chunk_offsets, T, BT, IS_VARLEN)
     o_k = i_k * BK + tl.arange(0, BK)
     o_v = i_v * BV + tl.arange(0, BV)
     m_k, m_v = o_k < K, o_v < V
@@ -195,15 +187,7 @@ def chunk_bwd_dh_kernel(
     # dh_in = decay(chunk) * dh[c] + scale * (q * decay(t))^T do over the chunk.
     i_k, i_v, i_nh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_n, i_h = i_nh // H, i_nh % H
-    if IS_VARLEN:
-        bos, eos = tl.load(cu_seqlens + i_n).to(tl.int64), tl.load(cu_seqlens + i_n + 1).to(tl.int64)
-        T = (eos - bos).to(tl.int32)
-        NT = tl.cdiv(T, BT)
-        boh = tl.load(chunk_offsets + i_n).to(tl.int64)
-    else:
-        bos = (i_n * T).to(tl.int64)
-        NT = tl.cdiv(T, BT)
-        boh = (i_n * NT).to(tl.int64)
+    bos, T, NT, boh = chunk_state_bounds(i_n, cu_seqlens, chunk_offsets, T, BT, IS_VARLEN)
     o_k = i_k * BK + tl.arange(0, BK)
     o_v = i_v * BV + tl.arange(0, BV)
     m_k, m_v = o_k < K, o_v < V

@@ -12,7 +12,7 @@ import triton
 import triton.language as tl
 
 from fla.ops.utils.dispatch import dispatch
-from fla.ops.utils.index import prepare_chunk_indices, sequence_spans
+from fla.ops.utils.index import prepare_chunk_indices, sequence_bounds, sequence_spans
 
 
 @triton.heuristics({"IS_VARLEN": lambda args: args["cu_seqlens"] is not None})
@@ -27,10 +27,9 @@ def chunk_local_cumsum_kernel(
     i_b, i_h = i_bh // H, i_bh % H
     if IS_VARLEN:
         i_n, i_t = tl.load(chunk_indices + i_t * 2).to(tl.int32), tl.load(chunk_indices + i_t * 2 + 1).to(tl.int32)
-        bos, eos = tl.load(cu_seqlens + i_n).to(tl.int64), tl.load(cu_seqlens + i_n + 1).to(tl.int64)
-        T = eos - bos
     else:
-        bos = i_b * T
+        i_n = i_b
+    bos, T = sequence_bounds(i_n, cu_seqlens, T, IS_VARLEN)
     # Plain pointers and masks, not block pointers: triton 3.9 removed tl.make_block_ptr.
     o_t = i_t * BT + tl.arange(0, BT)
     o_s = tl.arange(0, BS)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 import triton
+import triton.language as tl
 
 
 def prepare_lens(cu_seqlens: torch.Tensor) -> torch.Tensor:
@@ -49,3 +50,28 @@ def sequence_spans(cu_seqlens: torch.Tensor | None, batch_size: int, seq_len: in
         return [(b, 0, seq_len) for b in range(batch_size)]
     bounds = cu_seqlens.tolist()
     return [(0, bos, eos) for bos, eos in zip(bounds[:-1], bounds[1:])]
+
+
+@triton.jit
+def sequence_bounds(i_n, cu_seqlens, T, IS_VARLEN: tl.constexpr):
+    """In a kernel: (first token row, length) of sequence i_n, from cu_seqlens when packed, else row i_n of a
+    [B, T, ...] batch. The one place kernels turn a sequence index into rows."""
+    if IS_VARLEN:
+        bos = tl.load(cu_seqlens + i_n).to(tl.int64)
+        T = (tl.load(cu_seqlens + i_n + 1).to(tl.int64) - bos).to(tl.int32)
+    else:
+        bos = (i_n * T).to(tl.int64)
+    return bos, T
+
+
+@triton.jit
+def chunk_state_bounds(i_n, cu_seqlens, chunk_offsets, T, BT: tl.constexpr, IS_VARLEN: tl.constexpr):
+    """`sequence_bounds` plus the sequence's chunk count NT and the index boh of its first chunk state in
+    [B, NT, ...] (fixed length) or [1, NT_total, ...] (packed, from `prepare_chunk_offsets`)."""
+    bos, T = sequence_bounds(i_n, cu_seqlens, T, IS_VARLEN)
+    NT = tl.cdiv(T, BT)
+    if IS_VARLEN:
+        boh = tl.load(chunk_offsets + i_n).to(tl.int64)
+    else:
+        boh = (i_n * NT).to(tl.int64)
+    return bos, T, NT, boh
