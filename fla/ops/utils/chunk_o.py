@@ -27,7 +27,7 @@ import triton
 import triton.language as tl
 
 from fla.ops.utils.dispatch import autotune, dispatch, tensor_core_dtype
-from fla.ops.utils.index import prepare_chunk_indices, prepare_chunk_offsets, sequence_spans
+from fla.ops.utils.index import for_each_sequence, prepare_chunk_indices
 
 # ----------------------------------------------------------------------------------------------------------------------
 # PyTorch twins: the formulas above on whole chunks ([B, NT, BT, H, *] views), one sequence at a time under varlen.
@@ -62,26 +62,6 @@ def _decay(G: torch.Tensor | None, chunk_size: int, device) -> torch.Tensor:
     return torch.where(causal, diff, float("-inf")).exp()
 
 
-def _per_sequence(fn, cu_seqlens, chunk_size, tensors, states, outs):
-    """Run `fn(*token_slices, *state_slices) -> tuple` on every sequence (the batch at once without cu_seqlens) and
-    write its results into `outs` ([B, T, H, *] tensors)."""
-    if cu_seqlens is None:
-        results = fn(*tensors, *states)
-        for out, r in zip(outs, results):
-            if out is not None:
-                out.copy_(r)
-        return
-    offsets = prepare_chunk_offsets(cu_seqlens, chunk_size).tolist()
-    for i, (_, bos, eos) in enumerate(sequence_spans(cu_seqlens, 1, 0)):
-        if eos == bos:
-            continue
-        results = fn(*[None if x is None else x[:, bos:eos] for x in tensors],
-                     *[None if s is None else s[:, offsets[i]:offsets[i + 1]] for s in states])
-        for out, r in zip(outs, results):
-            if out is not None:
-                out[:, bos:eos] = r
-
-
 def _chunk_fwd_o_torch(q, k, v, h, g=None, scale=1.0, cu_seqlens=None, chunk_size=64):
     o = torch.empty_like(v)
 
@@ -94,7 +74,7 @@ def _chunk_fwd_o_torch(q, k, v, h, g=None, scale=1.0, cu_seqlens=None, chunk_siz
         out = torch.einsum("bnhts,bnshv->bnthv", A, vc) + torch.einsum("bnthk,bnhkv->bnthv", qh, h.float())
         return (_unchunked(out * scale, T),)
 
-    _per_sequence(one, cu_seqlens, chunk_size, (q, k, v, g), (h,), (o,))
+    for_each_sequence(one, cu_seqlens, (q, k, v, g), (o,), states=(h,), chunk_size=chunk_size)
     return o
 
 
@@ -112,7 +92,7 @@ def _chunk_bwd_dv_torch(q, k, do, dh=None, g=None, scale=1.0, cu_seqlens=None, c
             out = out + torch.einsum("bnshk,bnhkv->bnshv", kg, dh.float())
         return (_unchunked(out, T),)
 
-    _per_sequence(one, cu_seqlens, chunk_size, (q, k, do, g), (dh,), (dv,))
+    for_each_sequence(one, cu_seqlens, (q, k, do, g), (dv,), states=(dh,), chunk_size=chunk_size)
     return dv
 
 
@@ -153,7 +133,7 @@ def _chunk_bwd_dqkwg_torch(q, k, v, do, h, dh, g=None, w=None, dv=None, scale=1.
             dwc = -_unchunked(torch.einsum("bnthv,bnhkv->bnthk", _chunked(dv, chunk_size), hf), T)
         return _unchunked(dqc, T), _unchunked(dkc, T), dwc, dgc
 
-    _per_sequence(one, cu_seqlens, chunk_size, (q, k, v, do, g, dv), (h, dh), (dq, dk, dw, dg))
+    for_each_sequence(one, cu_seqlens, (q, k, v, do, g, dv), (dq, dk, dw, dg), states=(h, dh), chunk_size=chunk_size)
     return dq, dk, dw, dg
 
 

@@ -52,6 +52,27 @@ def sequence_spans(cu_seqlens: torch.Tensor | None, batch_size: int, seq_len: in
     return [(0, bos, eos) for bos, eos in zip(bounds[:-1], bounds[1:])]
 
 
+def for_each_sequence(fn, cu_seqlens: torch.Tensor | None, tokens, outs, states=(),
+                      chunk_size: int | None = None) -> None:
+    """For the PyTorch twins: `outs[i][rows] = fn(*tokens[rows], *states[chunks])[i]`, once for the whole batch
+    without cu_seqlens, else for each packed sequence (its token rows of the [1, T_total, ...] tensors and its chunk
+    rows of the [1, NT_total, ...] states; empty sequences are skipped). Outputs given as None are not written."""
+    if cu_seqlens is None:
+        for out, r in zip(outs, fn(*tokens, *states)):
+            if out is not None:
+                out.copy_(r)
+        return
+    offsets = prepare_chunk_offsets(cu_seqlens, chunk_size).tolist() if states else None
+    for i, (_, bos, eos) in enumerate(sequence_spans(cu_seqlens, 1, 0)):
+        if eos == bos:
+            continue
+        results = fn(*[None if x is None else x[:, bos:eos] for x in tokens],
+                     *[None if h is None else h[:, offsets[i]:offsets[i + 1]] for h in states])
+        for out, r in zip(outs, results):
+            if out is not None:
+                out[:, bos:eos] = r
+
+
 @triton.jit
 def sequence_bounds(i_n, cu_seqlens, T, IS_VARLEN: tl.constexpr):
     """In a kernel: (first token row, length) of sequence i_n, from cu_seqlens when packed, else row i_n of a

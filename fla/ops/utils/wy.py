@@ -24,7 +24,7 @@ import triton.language as tl
 from triton.language.standard import _sum_combine
 
 from fla.ops.utils.dispatch import autotune, dispatch, tensor_core_dtype
-from fla.ops.utils.index import prepare_chunk_indices, sequence_spans
+from fla.ops.utils.index import for_each_sequence, prepare_chunk_indices
 
 # ----------------------------------------------------------------------------------------------------------------------
 # PyTorch twins, on whole chunks ([B, NT, BT, H, *] views), one sequence at a time under varlen.
@@ -48,18 +48,6 @@ def to_chunks(x: torch.Tensor | None, chunk_size: int, edge: bool = False) -> to
 def from_chunks(x: torch.Tensor, T: int) -> torch.Tensor:
     """[B, NT, BT, H, *] -> [B, T, H, *]."""
     return x.flatten(1, 2)[:, :T]
-
-
-def for_each_sequence(fn, cu_seqlens, B: int, T: int, inputs, outputs) -> None:
-    """outputs[i][rows] = fn(*inputs[rows])[i] for the whole batch, or for each sequence of a packed batch."""
-    spans = [(0, T)] if cu_seqlens is None else [(bos, eos) for _, bos, eos in sequence_spans(cu_seqlens, 1, T)]
-    for bos, eos in spans:
-        if eos == bos:
-            continue
-        results = fn(*[None if x is None else x[:, bos:eos] for x in inputs])
-        for out, r in zip(outputs, results):
-            if out is not None:
-                out[:, bos:eos] = r
 
 
 def _gate_ratio(G: torch.Tensor | None, chunk_size: int, strict: bool, device) -> torch.Tensor:
@@ -90,7 +78,7 @@ def _kkt_torch(k, beta, g=None, cu_seqlens=None, chunk_size=64):
                                                                        True, k.device)
         return (_matrix_to_rows(M * bc.transpose(2, 3)[..., None], k.shape[1]),)
 
-    for_each_sequence(one, cu_seqlens, B, T, (k, beta, g), (L,))
+    for_each_sequence(one, cu_seqlens, (k, beta, g), (L,))
     return L
 
 
@@ -104,7 +92,7 @@ def _solve_tril_torch(L, cu_seqlens=None, chunk_size=64, output_dtype=torch.floa
         inv = torch.linalg.solve_triangular(M + eye, eye.expand_as(M), upper=False, unitriangular=True)
         return (_matrix_to_rows(inv, L.shape[1]),)
 
-    for_each_sequence(one, cu_seqlens, B, T, (L,), (A,))
+    for_each_sequence(one, cu_seqlens, (L,), (A,))
     return A
 
 
@@ -122,7 +110,7 @@ def _recompute_w_u_torch(k, v, beta, A, g=None, cu_seqlens=None, chunk_size=64):
         return (from_chunks(torch.einsum("bnhts,bnshk->bnthk", M, x), T),
                 from_chunks(torch.einsum("bnhts,bnshv->bnthv", M, to_chunks(v, chunk_size) * bc), T))
 
-    for_each_sequence(one, cu_seqlens, B, T, (k, v, beta, A, g), (w, u))
+    for_each_sequence(one, cu_seqlens, (k, v, beta, A, g), (w, u))
     return w, u
 
 
@@ -156,7 +144,7 @@ def _wy_bwd_torch(k, v, beta, A, dw, du, g=None, cu_seqlens=None, chunk_size=64)
             dgc = from_chunks((x * dx).sum(-1) + (DL.sum(-1) - DL.sum(-2)).transpose(2, 3), T)
         return from_chunks(dkc, T), from_chunks(bc[..., None] * dy, T), from_chunks(dbc, T), dgc
 
-    for_each_sequence(one, cu_seqlens, B, T, (k, v, beta, A, dw, du, g), (dk, dv, dbeta, dg))
+    for_each_sequence(one, cu_seqlens, (k, v, beta, A, dw, du, g), (dk, dv, dbeta, dg))
     return dk, dv, dbeta.to(beta.dtype), dg
 
 
