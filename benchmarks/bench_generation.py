@@ -59,11 +59,11 @@ def run_case(config_path: Path, batch_size: int, args) -> dict:
     prefill_s = time.perf_counter() - start
 
     # bare decode loop on the prefilled cache
-    cache, token = out.past_key_values, out.logits[:, -1:].argmax(-1)
+    cache, token = out.cache, out.logits[:, -1:].argmax(-1)
     sync(device)
     start = time.perf_counter()
     for _ in range(args.new_tokens):
-        out = model(token, past_key_values=cache, use_cache=True)
+        out = model(token, cache=cache, use_cache=True)
         token = out.logits[:, -1:].argmax(-1)
     sync(device)
     loop_s = time.perf_counter() - start

@@ -13,11 +13,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 import transformers
 from transformers import GenerationMixin, PreTrainedModel
-from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 
 from fla.layers import Attention
 from fla.models.cache import FLACache
 from fla.models.configuration_base import FLAConfig
+from fla.models.outputs import FLACausalLMOutput, FLAModelOutput, model_output, resolve_cache
 from fla.modules import FusedCrossEntropyLoss, FusedLinearCrossEntropyLoss, GatedMLP, RMSNorm
 
 _TRANSFORMERS_5 = int(transformers.__version__.split(".")[0]) >= 5
@@ -116,7 +116,7 @@ class FLAPreTrainedModel(PreTrainedModel):
 
 
 class FLAModel(FLAPreTrainedModel):
-    """The backbone without the head: forward(...) -> BaseModelOutputWithPast."""
+    """The backbone without the head: forward(...) -> FLAModelOutput (a BaseModelOutputWithPast)."""
 
     @staticmethod
     def build_mixer(config: FLAConfig, layer_idx: int) -> nn.Module:
@@ -145,25 +145,28 @@ class FLAModel(FLAPreTrainedModel):
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values: FLACache | None = None,
+        cache: FLACache | None = None,
         inputs_embeds: torch.Tensor | None = None,
         use_cache: bool | None = None,
         cu_seqlens: torch.Tensor | None = None,
+        past_key_values: FLACache | None = None,
         **kwargs,
-    ) -> BaseModelOutputWithPast:
-        """position_ids is accepted for API compatibility only: rotary positions follow from cu_seqlens (restart at
+    ) -> FLAModelOutput:
+        """`cache` is the generation cache (`past_key_values`, its name before transformers 5.24, works too).
+        position_ids is accepted for API compatibility only: rotary positions follow from cu_seqlens (restart at
         every document), the attention mask (padding is not a position) and the cache (tokens already seen)."""
+        cache = resolve_cache(cache, past_key_values)
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids and inputs_embeds")
         if use_cache is None:  # cache only for inference on unpacked input
             use_cache = self.config.use_cache and not self.training and cu_seqlens is None
-        if past_key_values is not None and not isinstance(past_key_values, FLACache):
+        if cache is not None and not isinstance(cache, FLACache):
             raise ValueError(
-                f"past_key_values must be an fla.models.FLACache (got {type(past_key_values).__name__}): linear-"
+                f"the cache must be an fla.models.FLACache (got {type(cache).__name__}): linear-"
                 "attention layers keep a recurrent state, not keys and values; pass None and the model creates one"
             )
-        if use_cache and past_key_values is None:
-            past_key_values = FLACache(self.config.num_hidden_layers)
+        if use_cache and cache is None:
+            cache = FLACache(self.config.num_hidden_layers)
         if cu_seqlens is not None and use_cache:
             raise ValueError(
                 "cu_seqlens (packed training input) cannot be combined with use_cache; pass use_cache=False"
@@ -177,21 +180,20 @@ class FLAModel(FLAPreTrainedModel):
             if output_hidden_states:
                 all_hidden_states.append(hidden_states)
             hidden_states = layer(
-                hidden_states, attention_mask=attention_mask, past_key_values=past_key_values if use_cache else None,
+                hidden_states, attention_mask=attention_mask, past_key_values=cache if use_cache else None,
                 use_cache=use_cache, cu_seqlens=cu_seqlens,
             )
         hidden_states = self.norm(hidden_states)
         if output_hidden_states:
             all_hidden_states.append(hidden_states)
-        return BaseModelOutputWithPast(
-            last_hidden_state=hidden_states,
-            past_key_values=past_key_values if use_cache else None,
-            hidden_states=tuple(all_hidden_states) if output_hidden_states else None,
+        return model_output(
+            FLAModelOutput, cache if use_cache else None,
+            last_hidden_state=hidden_states, hidden_states=tuple(all_hidden_states) if output_hidden_states else None,
         )
 
 
 class FLAForCausalLM(FLAPreTrainedModel, GenerationMixin):
-    """Backbone + LM head. forward(...) -> CausalLMOutputWithPast (see `forward`)."""
+    """Backbone + LM head. forward(...) -> FLACausalLMOutput (a CausalLMOutputWithPast; see `forward`)."""
 
     _tied_weights_keys = {"lm_head.weight": "model.embeddings.weight"} if _TRANSFORMERS_5 else ["lm_head.weight"]
     base_model_class: type[FLAModel] = FLAModel
@@ -219,30 +221,35 @@ class FLAForCausalLM(FLAPreTrainedModel, GenerationMixin):
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values: FLACache | None = None,
+        cache: FLACache | None = None,
         inputs_embeds: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
         cu_seqlens: torch.Tensor | None = None,
         logits_to_keep: int = 0,
+        past_key_values: FLACache | None = None,
         **kwargs,
-    ) -> CausalLMOutputWithPast:
+    ) -> FLACausalLMOutput:
         """Args:
             input_ids: [B, T] (packed documents: [1, T_total] with cu_seqlens [N + 1])
             attention_mask: [B, T_past + T] 0/1 padding mask (left padding in generation), optional
+            cache: the FLACache of earlier steps (with use_cache); `past_key_values` is the same argument under its
+                name before transformers 5.24
             labels: [B, T], usually input_ids: token t is scored on predicting labels[t + 1] (shifted here, with
                 -100 at the end and at every document's last token under cu_seqlens, so no loss crosses a boundary);
                 -100 is ignored; loss = mean over the scored tokens
             logits_to_keep: compute logits for the last n positions only (0 = all)
         Returns:
             loss (with labels); logits [B, T or n, V] (None when labels are given and
-            config.fuse_linear_cross_entropy, which never materializes them); past_key_values (with use_cache)
+            config.fuse_linear_cross_entropy, which never materializes them); the cache (with use_cache), as
+            `.cache` and as `.past_key_values`
         """
         if use_cache is None and labels is not None:
             use_cache = False  # scoring, not generating
         outputs = self.model(
             input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-            past_key_values=past_key_values, inputs_embeds=inputs_embeds, use_cache=use_cache, cu_seqlens=cu_seqlens,
+            cache=resolve_cache(cache, past_key_values), inputs_embeds=inputs_embeds, use_cache=use_cache,
+            cu_seqlens=cu_seqlens,
             output_hidden_states=kwargs.get("output_hidden_states"),
         )
         hidden_states = outputs.last_hidden_state
@@ -262,8 +269,8 @@ class FLAForCausalLM(FLAPreTrainedModel, GenerationMixin):
                 logits = self.lm_head(hidden_states[:, -logits_to_keep:] if logits_to_keep else hidden_states)
             elif logits_to_keep:
                 logits = logits[:, -logits_to_keep:]
-        return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=outputs.past_key_values,
-                                      hidden_states=outputs.hidden_states)
+        return model_output(FLACausalLMOutput, outputs.cache, loss=loss, logits=logits,
+                            hidden_states=outputs.hidden_states)
 
     def flops_per_token(self, seq_len: int) -> float:
         """Training FLOPs per token (forward + backward = 3 x forward) at sequence length `seq_len`:

@@ -122,6 +122,46 @@ def test_beam_search_with_cache_matches_without(family):
     assert torch.equal(with_cache, model.generate(prompt, use_cache=False, **kwargs))
 
 
+@pytest.fixture
+def transformers_log():
+    """What transformers logs during a test (its deprecation notices are `warning_once`: the memo is cleared so a
+    notice printed by an earlier test in this process shows again)."""
+    import io
+    import logging
+
+    from transformers.utils import logging as hf_logging
+
+    logging.Logger.warning_once.cache_clear()
+    buffer, handler = io.StringIO(), logging.StreamHandler()
+    handler.stream = buffer
+    logger = hf_logging.get_logger("transformers")
+    logger.addHandler(handler)
+    yield buffer
+    logger.removeHandler(handler)
+
+
+def test_cache_under_both_names_without_deprecation_notices(transformers_log):
+    """transformers >= 5.24 passes the cache as `cache=` (and warns on `past_key_values`), older ones as
+    `past_key_values=`: the model takes either, its outputs answer to both, and generate prints no notice."""
+    model = make_model("gla_hybrid")
+    seed("names")
+    x = torch.randint(1, VOCAB, (2, 14))
+    full = model(x, use_cache=False).logits
+    out = model(x[:, :5], use_cache=True)
+    assert isinstance(out.cache, FLACache) and out.past_key_values is out.cache
+    logits = [out.logits]
+    for t in range(5, 14):  # alternate the two names on one cache
+        name = "cache" if t % 2 else "past_key_values"
+        out = model(x[:, t:t + 1], **{name: out.cache}, use_cache=True)
+        logits.append(out.logits)
+    assert_close("logits", torch.cat(logits, 1), full, 1e-5)
+    with pytest.raises(ValueError, match="not both"):
+        model(x, cache=FLACache(2), past_key_values=FLACache(2), use_cache=True)
+    model.generate(x[:, :6], max_new_tokens=4, do_sample=False, pad_token_id=0)
+    model.generate(x[:, :6], max_new_tokens=4, num_beams=2, do_sample=False, pad_token_id=0)
+    assert "deprecated" not in transformers_log.getvalue(), transformers_log.getvalue()
+
+
 @pytest.mark.parametrize("family", ["gla", "gated_deltanet", "transformer"])
 def test_sampling_generate_is_reproducible(family):
     model = make_model(family)
