@@ -13,15 +13,19 @@ every CPU test and still fail to build on a GPU. Here, in a process where TRITON
    forward and backward on small CPU tensors (their outputs are garbage: never compare them);
 4. every `@triton.jit` function defined under fla/ must have been compiled, or be called from a compiled kernel.
 
-Exit 0: all compiled; 1: a compile failed or a kernel was never compiled (listed); 77: this triton lacks the
-internals used here. Prints a table of registers / spills / shared memory per compiled kernel.
+Exit 0: all compiled; 1: a compile failed or a kernel was never compiled (listed); 75: slow, the budget ran out
+before every case compiled and none failed (the compiles that finished stay in triton's cache, so the next run
+goes on from there); 77: this triton lacks the internals used here. Prints a table of registers / spills / shared
+memory per compiled kernel.
 
-    python -m tests.gpu_compile.harness [case-name-substring ...]
+    python -m tests.gpu_compile.harness [--budget SECONDS] [case-name-substring ...]
 """
 from __future__ import annotations
 
+import argparse
 import ast
 import builtins
+import concurrent.futures
 import contextlib
 import importlib
 import inspect
@@ -40,7 +44,7 @@ os.environ.pop("TRITON_INTERPRET", None)  # kernels must be real JITFunctions: u
 
 import torch  # noqa: E402
 
-SKIP = 77
+SLOW, SKIP = 75, 77
 os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")  # triton 3.9 warns when unset; part of the cache key
 H100_SHARED_BYTES = 232448  # largest dynamic shared memory one H100 block may use (227 KiB)
 
@@ -142,10 +146,14 @@ class Recorder:
         jit.JITFunction.run = compile_only
 
 
-    def wait(self, records: list[Compiled]) -> None:
-        """Resolve the compiles submitted to threads (AsyncCompileMode); a failure is recorded like a direct one."""
-        for record in records:
-            if record.kernel is None or not hasattr(record.kernel, "future"):
+    def wait(self, records: list[Compiled], deadline: float) -> list[Compiled]:
+        """Resolve the compiles submitted to threads (AsyncCompileMode), until `deadline` (perf_counter); a failure
+        is recorded like a direct one. Returns the records still compiling at the deadline."""
+        pending = [r for r in records if r.kernel is not None and getattr(r.kernel, "future", None) is not None]
+        concurrent.futures.wait([r.kernel.future for r in pending], timeout=max(0.0, deadline - time.perf_counter()))
+        late = [r for r in pending if not r.kernel.future.done()]
+        for record in pending:
+            if record in late:
                 continue
             start = time.perf_counter()
             try:
@@ -155,6 +163,7 @@ class Recorder:
                 record.error = f"[case {record.case}] {type(e).__name__}: {e}"
                 record.error += "\n" + "".join(traceback.format_exception(e)[-3:])
             record.seconds += time.perf_counter() - start
+        return late
 
 
 def describe(fn, args, kwargs) -> str:
@@ -277,6 +286,11 @@ def print_table(records: list[Compiled]) -> None:
 
 
 def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(description="compile every fla kernel for sm_90 without a GPU")
+    parser.add_argument("--budget", type=float, default=float("inf"),
+                        help="seconds; past it no new case starts and compiles still running are left (exit 75)")
+    parser.add_argument("cases", nargs="*", help="run only the cases whose names contain one of these")
+    args = parser.parse_args(argv)
     run = getattr(jit.JITFunction, "run", None)
     if not hasattr(driver, "set_active") or run is None or "warmup" not in inspect.signature(run).parameters:
         print("triton internals changed: no driver.set_active or JITFunction.run(..., warmup)")
@@ -289,24 +303,37 @@ def main(argv: list[str]) -> int:
     from tests.gpu_compile.cases import CASES
 
     start = time.perf_counter()
-    selected = [c for c in CASES if not argv or any(a in c.__name__ for a in argv)]
-    case_errors = []
+    deadline = start + args.budget
+    selected = [c for c in CASES if not args.cases or any(a in c.__name__ for a in args.cases)]
+    case_errors, not_started = [], []
     threads = int(os.environ.get("FLA_COMPILE_THREADS", os.cpu_count() or 1))
     executor = ThreadPoolExecutor(threads) if threads > 1 and AsyncCompileMode is not None else None
-    # one AsyncCompileMode for the whole run: the host code never needs a kernel, so the compiles overlap freely
-    with AsyncCompileMode(executor, ignore_errors=True) if executor else contextlib.nullcontext():
-        for case in selected:
-            recorder.current_case = case.__name__
-            t0 = time.perf_counter()
-            n0 = len(recorder.compiled)
-            try:
-                case()
-            except Exception as e:  # host code failed (not a compile): a bug of the harness or of a launcher
-                case_errors.append(f"{case.__name__}: {type(e).__name__}: {e}\n"
-                                   + "".join(traceback.format_exception(e)[-4:]))
-            print(f"case {case.__name__}: {len(recorder.compiled) - n0} new specializations "
-                  f"({time.perf_counter() - t0:.1f} s)", flush=True)
-        recorder.wait(recorder.compiled)
+    # one AsyncCompileMode for the whole run: the host code never needs a kernel, so the compiles overlap freely.
+    # Entered by hand: its __exit__ waits for every compile, which a run past its budget must not do.
+    mode = AsyncCompileMode(executor, ignore_errors=True) if executor else contextlib.nullcontext()
+    mode.__enter__()
+    for case in selected:
+        if time.perf_counter() > deadline:
+            not_started.append(case.__name__)
+            continue
+        recorder.current_case = case.__name__
+        t0 = time.perf_counter()
+        n0 = len(recorder.compiled)
+        try:
+            case()
+        except Exception as e:  # host code failed (not a compile): a bug of the harness or of a launcher
+            case_errors.append(f"{case.__name__}: {type(e).__name__}: {e}\n"
+                               + "".join(traceback.format_exception(e)[-4:]))
+        print(f"case {case.__name__}: {len(recorder.compiled) - n0} new specializations "
+              f"({time.perf_counter() - t0:.1f} s)", flush=True)
+    late = recorder.wait(recorder.compiled, deadline)
+    if late:
+        executor.shutdown(wait=False, cancel_futures=True)
+    else:
+        mode.__exit__(None, None, None)
+    late_ids = {id(r) for r in late}
+    unfinished = len(late)
+    recorder.compiled = [r for r in recorder.compiled if id(r) not in late_ids]
     for r in recorder.compiled:
         if r.kernel is not None:
             r.usage = resource_usage(r.kernel)
@@ -341,7 +368,13 @@ def main(argv: list[str]) -> int:
         print("\nCASES THAT RAISED OUTSIDE A COMPILE:")
         for e in case_errors:
             print("- " + e)
-    if not argv:
+    slow = bool(not_started or unfinished)
+    if slow:
+        print(f"\nSLOW: the {args.budget:.0f} s budget ran out after {time.perf_counter() - start:.0f} s with "
+              f"{unfinished} compiles unfinished and {len(not_started)} of {len(selected)} cases not started "
+              f"({', '.join(not_started) or 'none'}). What compiled is in triton's cache: the next run goes on "
+              "from there.")
+    elif not args.cases:
         kernels = all_kernels()
         roots = [kernels[n] for n in {r.name for r in recorder.compiled} if n in kernels]
         missing = sorted(set(kernels) - reached(roots))
@@ -350,6 +383,11 @@ def main(argv: list[str]) -> int:
             print("\nNEVER COMPILED (add a case to tests/gpu_compile/cases.py):")
             for n in missing:
                 print(f"- {n}")
+    if slow and status == 0:
+        status = SLOW
+    if late:  # compiles still run in the pool's threads: do not wait for them at interpreter exit
+        sys.stdout.flush()
+        os._exit(status)
     return status
 
 
