@@ -150,7 +150,8 @@ class Recorder:
         """Resolve the compiles submitted to threads (AsyncCompileMode), until `deadline` (perf_counter); a failure
         is recorded like a direct one. Returns the records still compiling at the deadline."""
         pending = [r for r in records if r.kernel is not None and getattr(r.kernel, "future", None) is not None]
-        concurrent.futures.wait([r.kernel.future for r in pending], timeout=max(0.0, deadline - time.perf_counter()))
+        timeout = None if deadline == float("inf") else max(0.0, deadline - time.perf_counter())
+        concurrent.futures.wait([r.kernel.future for r in pending], timeout=timeout)
         late = [r for r in pending if not r.kernel.future.done()]
         for record in pending:
             if record in late:

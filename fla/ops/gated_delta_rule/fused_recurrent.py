@@ -10,7 +10,9 @@ Backward. With D_t = dL/dS_t (including scale * q_t^T do_t) walked backwards:
 The gate gradient dg_t = <dL/dS'_t, S'_t> needs no stored state: expanding it gives the running sum
     dg_t = dg_{t+1} + do_t . o_t - dvn_t . vn_t - (v_t - u_t) . du_t,   dg_{T+1} = <dL/dS_T, S_T> from the final state.
 So the backward is a reverse sweep (D, dv, dbeta, dg, the D vn part of dk) followed by a forward sweep that rebuilds
-S' and S for dq and the -S' du part of dk. u is saved by the forward.
+S' and S for dq and the -S' du part of dk. u is saved by the forward, and so is o in float32 when the inputs are
+float16/bfloat16: under strong decay the running sum's terms nearly cancel, and do . o from the rounded o put dg ~1%
+off in float16 (dq, from which simple_gla takes do . o, comes only after this sweep here).
 
 Grouped values: q/k have H heads, v/g/beta/state HV; value head j reads q/k head j // (HV // H).
 """
@@ -39,17 +41,18 @@ _KEY = ["H", "HV", "K", "V", "BV", "USE_G", "BETA_PER_CHANNEL"]
     "USE_INITIAL_STATE": lambda args: args["h0"] is not None,
     "STORE_FINAL_STATE": lambda args: args["ht"] is not None,
     "STORE_U": lambda args: args["u"] is not None,
+    "STORE_O32": lambda args: args["o32"] is not None,
     "IS_VARLEN": lambda args: args["cu_seqlens"] is not None,
 })
 @autotune(_CONFIGS, key=_KEY)
 @triton.jit
 def fused_recurrent_gdr_fwd_kernel(
-    q, k, v, g, beta, o, u, h0, ht, cu_seqlens, scale,
+    q, k, v, g, beta, o, o32, u, h0, ht, cu_seqlens, scale,
     T, H: tl.constexpr, HV: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     USE_G: tl.constexpr, BETA_PER_CHANNEL: tl.constexpr, USE_INITIAL_STATE: tl.constexpr,
-    STORE_FINAL_STATE: tl.constexpr, STORE_U: tl.constexpr, IS_VARLEN: tl.constexpr,
+    STORE_FINAL_STATE: tl.constexpr, STORE_U: tl.constexpr, STORE_O32: tl.constexpr, IS_VARLEN: tl.constexpr,
 ):
-    # grid (NV, N * HV). Layouts: q, k [B, T, H, K]; v, o, u [B, T, HV, V]; g [B, T, HV]; beta [B, T, HV] or
+    # grid (NV, N * HV). Layouts: q, k [B, T, H, K]; v, o, o32, u [B, T, HV, V]; g [B, T, HV]; beta [B, T, HV] or
     # [B, T, HV, V]; h0, ht [N, HV, K, V]. One program: value head i_hv, state columns [i_v*BV, i_v*BV + BV).
     i_v, i_nh = tl.program_id(0), tl.program_id(1)
     i_n, i_hv = i_nh // HV, i_nh % HV
@@ -79,6 +82,8 @@ def fused_recurrent_gdr_fwd_kernel(
         b_h += b_k[:, None] * (b_beta * b_u)[None, :]
         b_o = scale * tl.reduce(b_h * b_q[:, None], 0, _sum_combine)
         tl.store(o + (row * HV + i_hv) * V + o_v, b_o.to(o.dtype.element_ty), mask=m_v)
+        if STORE_O32:
+            tl.store(o32 + (row * HV + i_hv) * V + o_v, b_o, mask=m_v)
         if STORE_U:
             tl.store(u + (row * HV + i_hv) * V + o_v, b_u, mask=m_v)
     if STORE_FINAL_STATE:
@@ -220,19 +225,22 @@ def _group_sum(x: torch.Tensor, H: int) -> torch.Tensor:
     return x.view(B, T, H, HV // H, K).sum(3) if HV != H else x
 
 
-def fused_recurrent_gdr_fwd(q, k, v, g, beta, scale, initial_state, output_final_state, cu_seqlens, save_u):
+def fused_recurrent_gdr_fwd(q, k, v, g, beta, scale, initial_state, output_final_state, cu_seqlens, save):
+    """-> o (v's dtype), u (float32, if save), o_saved (o in float32 for the backward, if save), final state."""
     B, T, H, K = q.shape
     HV, V = v.shape[2], v.shape[3]
     N = _num_states(B, cu_seqlens)
     BK, BV = _block_sizes(K, V)
     o = torch.empty_like(v)
-    u = torch.empty(B, T, HV, V, device=v.device, dtype=torch.float32) if save_u else None
+    f32 = dict(device=v.device, dtype=torch.float32)
+    u = torch.empty(B, T, HV, V, **f32) if save else None
+    o32 = torch.empty(B, T, HV, V, **f32) if save and g is not None and v.dtype != torch.float32 else None
     ht = q.new_empty(N, HV, K, V, dtype=torch.float32) if output_final_state else None
     fused_recurrent_gdr_fwd_kernel[(triton.cdiv(V, BV), N * HV)](
-        q, k, v, g, beta, o, u, initial_state, ht, cu_seqlens, scale,
+        q, k, v, g, beta, o, o32, u, initial_state, ht, cu_seqlens, scale,
         T=T, H=H, HV=HV, K=K, V=V, BK=BK, BV=BV, BETA_PER_CHANNEL=beta.dim() == 4,
     )
-    return o, u, ht
+    return o, u, (o32 if o32 is not None else o) if save else None, ht
 
 
 def fused_recurrent_gdr_bwd(q, k, v, g, beta, o, u, ht, do, dht, scale, initial_state, cu_seqlens):
@@ -266,9 +274,9 @@ class FusedRecurrentGatedDeltaRuleFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, g, beta, scale, initial_state, output_final_state, cu_seqlens):
         save = any(ctx.needs_input_grad)
-        o, u, ht = fused_recurrent_gdr_fwd(q, k, v, g, beta, scale, initial_state, output_final_state or save,
-                                           cu_seqlens, save)
-        ctx.save_for_backward(q, k, v, g, beta, o, u, ht, initial_state, cu_seqlens)
+        o, u, o_saved, ht = fused_recurrent_gdr_fwd(q, k, v, g, beta, scale, initial_state, output_final_state or save,
+                                                    cu_seqlens, save)
+        ctx.save_for_backward(q, k, v, g, beta, o_saved, u, ht, initial_state, cu_seqlens)
         ctx.scale = scale
         return o, (ht if output_final_state else None)
 

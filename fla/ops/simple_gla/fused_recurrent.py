@@ -7,8 +7,10 @@ Backward, with D_t = dL/dS_t walked against the direction of the forward:
     D_t = a_{t+1} D_{t+1} + scale * q_t^T do_t,   dk_t = D_t v_t^T,   dv_t = k_t D_t,   dq_t = scale * S_t do_t
 The gate gradient dg_t = a_t <D_t, S_{t-1}> = <D_t, S_t> - dv_t . v_t needs no stored state, because
 <D_t, S_t> = <D_{t+1}, a_{t+1} S_t> + do_t . o_t = dg_{t+1} + do_t . o_t. So it is the running sum
-    dg_t = dg_{t+1} + do_t . o_t - dv_t . v_t,    dg_{T+1} = <dL/dS_T, S_T> (from the final state's gradient).
-The backward is one sweep against the forward direction (D, dk, dv, dg) and one along it rebuilding S for dq.
+    dg_t = dg_{t+1} + q_t . dq_t - k_t . dk_t,    dg_{T+1} = <dL/dS_T, S_T> (from the final state's gradient),
+using do_t . o_t = q_t . dq_t and dv_t . v_t = k_t . dk_t. Under strong decay its terms nearly cancel, so they must
+be float32: dq_t from the kernel, not o_t as stored in float16/bfloat16 (that rounding put dg 1-4% off in float16).
+The backward is one sweep along the forward direction rebuilding S for dq, then one against it (D, dk, dv, dg).
 """
 from __future__ import annotations
 
@@ -86,13 +88,14 @@ def fused_recurrent_simple_gla_fwd_kernel(
 @autotune(_CONFIGS, key=_KEY)
 @triton.jit
 def fused_recurrent_simple_gla_bwd_dkvg_kernel(
-    q, k, v, g, g_gamma, o, do, dht, ht, dk, dv, dg, dh0, cu_seqlens, scale,
+    q, k, v, g, g_gamma, dq, do, dht, ht, dk, dv, dg, dh0, cu_seqlens, scale,
     T, NROWS, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     REVERSE: tl.constexpr, USE_G: tl.constexpr, USE_G_GAMMA: tl.constexpr,
     USE_INITIAL_STATE: tl.constexpr, USE_FINAL_STATE_GRADIENT: tl.constexpr, IS_VARLEN: tl.constexpr,
 ):
     # Sweep against the forward direction. Sums over this program's value columns go to per-tile buffers summed on
-    # the host: dk [NV, NROWS, H, K], dg [NV, NROWS, H] (NROWS = B * T); dv [B, T, H, V] is complete.
+    # the host: dk [NV, NROWS, H, K], dg [NV, NROWS, H] (NROWS = B * T); dv [B, T, H, V] is complete. dq holds this
+    # tile's float32 partial dq (the dq kernel runs first), so q . dq is this tile's do . o.
     i_v, i_nh = tl.program_id(0), tl.program_id(1)
     i_n, i_h = i_nh // H, i_nh % H
     bos, T = sequence_bounds(i_n, cu_seqlens, T, IS_VARLEN)
@@ -104,11 +107,11 @@ def fused_recurrent_simple_gla_bwd_dkvg_kernel(
     o_kv = o_k[:, None] * V + o_v[None, :]
 
     b_dh = tl.zeros([BK, BV], dtype=tl.float32)
-    b_dg = tl.zeros([BV], dtype=tl.float32)  # per-column running sum, reduced at each store
+    b_dg = tl.zeros([BK], dtype=tl.float32)  # per-key-channel running sum, reduced at each store
     if USE_FINAL_STATE_GRADIENT:
         b_dh += tl.load(dht + i_nh * K * V + o_kv, mask=m_kv, other=0.)
         if USE_G:
-            b_dg += tl.sum(b_dh * tl.load(ht + i_nh * K * V + o_kv, mask=m_kv, other=0.), axis=0)
+            b_dg += tl.sum(b_dh * tl.load(ht + i_nh * K * V + o_kv, mask=m_kv, other=0.), axis=1)
     if USE_G_GAMMA:
         b_a = tl.exp(tl.load(g_gamma + i_h).to(tl.float32))
     for i_r in range(T):
@@ -126,8 +129,8 @@ def fused_recurrent_simple_gla_bwd_dkvg_kernel(
         tl.store(dk + ((tile + row) * H + i_h) * K + o_k, b_dk, mask=m_k)
         tl.store(dv + (row * H + i_h) * V + o_v, b_dv.to(dv.dtype.element_ty), mask=m_v)
         if USE_G:
-            b_o = tl.load(o + (row * H + i_h) * V + o_v, mask=m_v, other=0.).to(tl.float32)
-            b_dg += b_do * b_o - b_dv * b_v
+            b_dq = tl.load(dq + ((tile + row) * H + i_h) * K + o_k, mask=m_k, other=0.)
+            b_dg += b_q * b_dq - b_k * b_dk
             tl.store(dg + (tile + row) * H + i_h, tl.sum(b_dg, axis=0))
             b_dh *= tl.exp(tl.load(g + row * H + i_h).to(tl.float32))
         if USE_G_GAMMA:
@@ -202,7 +205,7 @@ def fused_recurrent_simple_gla_fwd(q, k, v, g, g_gamma, scale, initial_state, ou
     return o, ht
 
 
-def fused_recurrent_simple_gla_bwd(q, k, v, g, g_gamma, o, ht, do, dht, scale, initial_state, reverse, cu_seqlens):
+def fused_recurrent_simple_gla_bwd(q, k, v, g, g_gamma, ht, do, dht, scale, initial_state, reverse, cu_seqlens):
     B, T, H, K = q.shape
     V = v.shape[-1]
     N = _num_states(B, cu_seqlens)
@@ -216,9 +219,9 @@ def fused_recurrent_simple_gla_bwd(q, k, v, g, g_gamma, o, ht, do, dht, scale, i
     dh0 = torch.empty(N, H, K, V, **f32) if initial_state is not None else None
     grid = (NV, N * H)
     common = dict(T=T, NROWS=B * T, H=H, K=K, V=V, BK=BK, BV=BV, REVERSE=reverse)
-    fused_recurrent_simple_gla_bwd_dkvg_kernel[grid](
-        q, k, v, g, g_gamma, o, do, dht, ht, dk, dv, dg, dh0, cu_seqlens, scale, **common)
     fused_recurrent_simple_gla_bwd_dq_kernel[grid](k, v, g, g_gamma, do, initial_state, dq, cu_seqlens, scale, **common)
+    fused_recurrent_simple_gla_bwd_dkvg_kernel[grid](
+        q, k, v, g, g_gamma, dq, do, dht, ht, dk, dv, dg, dh0, cu_seqlens, scale, **common)
     dg = dg.sum(0).to(g.dtype) if g is not None else None
     return dq.sum(0).to(q.dtype), dk.sum(0).to(k.dtype), dv, dg, dh0
 
@@ -227,19 +230,18 @@ class FusedRecurrentSimpleGLAFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, k, v, g, g_gamma, scale, initial_state, output_final_state, reverse, cu_seqlens):
-        # The gate gradient starts from <dL/dS_T, S_T>: keep the final state whenever there is a gate input.
-        keep_ht = g is not None
-        o, ht = fused_recurrent_simple_gla_fwd(q, k, v, g, g_gamma, scale, initial_state,
-                                               output_final_state or keep_ht, reverse, cu_seqlens)
-        ctx.save_for_backward(q, k, v, g, g_gamma, o, ht, initial_state, cu_seqlens)
+        # The gate gradient starts from <dL/dS_T, S_T>; that term exists only when the final state is an output.
+        o, ht = fused_recurrent_simple_gla_fwd(q, k, v, g, g_gamma, scale, initial_state, output_final_state, reverse,
+                                               cu_seqlens)
+        ctx.save_for_backward(q, k, v, g, g_gamma, ht, initial_state, cu_seqlens)
         ctx.scale, ctx.reverse = scale, reverse
-        return o, (ht if output_final_state else None)
+        return o, ht
 
     @staticmethod
     def backward(ctx, do, dht):
-        q, k, v, g, g_gamma, o, ht, initial_state, cu_seqlens = ctx.saved_tensors
+        q, k, v, g, g_gamma, ht, initial_state, cu_seqlens = ctx.saved_tensors
         dq, dk, dv, dg, dh0 = fused_recurrent_simple_gla_bwd(
-            q, k, v, g, g_gamma, o, ht, do.contiguous(), dht.contiguous() if dht is not None else None, ctx.scale,
+            q, k, v, g, g_gamma, ht, do.contiguous(), dht.contiguous() if dht is not None else None, ctx.scale,
             initial_state, ctx.reverse, cu_seqlens)
         return dq, dk, dv, dg, None, None, dh0, None, None, None
 
