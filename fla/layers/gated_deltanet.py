@@ -109,8 +109,9 @@ class GatedDeltaNet(nn.Module):
         g = -self.A_log.float().exp() * F.softplus(self.a_proj(x).float() + self.dt_bias)
 
         op = fused_recurrent_gated_delta_rule if step.mode == "fused_recurrent" else chunk_gated_delta_rule
-        o, final_state = op(q, k, v, g, beta, initial_state=step.initial_state, output_final_state=step.use_cache,
-                            cu_seqlens=step.cu_seqlens, use_qk_l2norm_in_kernel=True)
+        o, final_state = op(q, k, v, g=g, beta=beta, initial_state=step.initial_state,  # keywords: the peer's order
+                            output_final_state=step.use_cache, cu_seqlens=step.cu_seqlens,
+                            use_qk_l2norm_in_kernel=True)
         if self.use_gate:
             o = self.o_norm(o, split_heads(self.g_proj(x), H, V))
         else:

@@ -81,8 +81,9 @@ class LinearAttention(nn.Module):
         k = self.feature_map(split_heads(self.k_proj(x), self.num_heads, self.head_k_dim))
         v = split_heads(self.v_proj(x), self.num_heads, self.head_v_dim)
         op = fused_recurrent_linear_attn if step.mode == "fused_recurrent" else chunk_linear_attn
+        # no normalizer: the output norm takes its place (the two ops default differently, as in the peer library)
         o, final_state = op(q, k, v, initial_state=step.initial_state, output_final_state=step.use_cache,
-                            cu_seqlens=step.cu_seqlens)
+                            normalize=False, cu_seqlens=step.cu_seqlens)
         o = self.o_proj(self.norm(o).reshape(*o.shape[:2], self.value_dim))
         return step.finish(o, final_state), None, past_key_values
 

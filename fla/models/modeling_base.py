@@ -50,7 +50,8 @@ class FLABlock(nn.Module):
         self.attn_norm = RMSNorm(config.hidden_size, eps=config.norm_eps)
         self.attn = mixer
         self.mlp_norm = RMSNorm(config.hidden_size, eps=config.norm_eps)
-        self.mlp = GatedMLP(config.hidden_size, config.mlp_intermediate_size, config.hidden_act)
+        self.mlp = GatedMLP(config.hidden_size, intermediate_size=config.mlp_intermediate_size,
+                            hidden_act=config.hidden_act)
 
     def forward(
         self,

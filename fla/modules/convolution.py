@@ -270,8 +270,11 @@ class ShortConvolution(nn.Conv1d):
 
     def __init__(
         self, hidden_size: int, kernel_size: int = 4, bias: bool = False, activation: str | None = "silu",
-        device=None, dtype=None,
+        backend: str = "triton", device=None, dtype=None,
     ):
+        # backend is the peer library's choice of kernel; here fla.ops.utils.dispatch picks one by device
+        if backend not in ("triton", "cuda"):
+            raise ValueError(f"backend must be 'triton' or 'cuda' (got {backend!r}); fla picks its kernel by device")
         if activation not in ACTIVATIONS:
             raise ValueError(f"activation must be one of {ACTIVATIONS} (got {activation!r})")
         super().__init__(

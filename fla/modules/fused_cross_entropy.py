@@ -173,9 +173,10 @@ def fused_cross_entropy(
 
 
 class FusedCrossEntropyLoss(nn.Module):
-    """`nn.CrossEntropyLoss` for [N, V] logits and [N] targets, with the gradient computed during forward."""
+    """`nn.CrossEntropyLoss` for [N, V] logits and [N] targets, with the gradient computed during forward. Argument
+    order (ignore_index, reduction, label_smoothing) is the peer library's."""
 
-    def __init__(self, ignore_index: int = -100, label_smoothing: float = 0.0, reduction: str = "mean"):
+    def __init__(self, ignore_index: int = -100, reduction: str = "mean", label_smoothing: float = 0.0):
         super().__init__()
         check_loss_options(label_smoothing, reduction)
         self.ignore_index, self.label_smoothing, self.reduction = ignore_index, label_smoothing, reduction

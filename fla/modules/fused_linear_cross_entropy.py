@@ -139,10 +139,12 @@ def fused_linear_cross_entropy(
 
 class FusedLinearCrossEntropyLoss(nn.Module):
     """`forward(hidden, target, weight, bias=None)` -> the cross entropy of `hidden @ weight.T + bias`, computed in
-    chunks of tokens (see `fused_linear_cross_entropy`)."""
+    chunks of tokens (see `fused_linear_cross_entropy`). The first two arguments are positional as in the peer
+    library (whose third is logit_scale, which fla lacks); num_chunks=None sizes the chunks by memory instead of
+    the peer's fixed 8 (the result does not depend on it)."""
 
     def __init__(
-        self, ignore_index: int = -100, label_smoothing: float = 0.0, reduction: str = "mean",
+        self, ignore_index: int = -100, label_smoothing: float = 0.0, *, reduction: str = "mean",
         chunk_size: int | None = None, num_chunks: int | None = None,
     ):
         super().__init__()

@@ -220,22 +220,30 @@ def _check(x, g, residual, weight, activation):
 def rms_norm(
     x: torch.Tensor,
     weight: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
     residual: torch.Tensor | None = None,
-    eps: float = 1e-6,
+    eps: float = 1e-5,
     prenorm: bool = False,
     residual_in_fp32: bool = False,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-    """RMS-normalize the last dim, after adding `residual` if given.
+    """RMS-normalize the last dim, after adding `residual` if given: y = (x + residual) / rms * weight + bias.
+    Argument order and eps are the peer library's.
 
     Args:
-        x: [..., N]; weight: [N] or None; residual: [..., N] or None
+        x: [..., N]; weight: [N] or None; bias: [N] or None; residual: [..., N] or None
         prenorm: also return r = x + residual (x when no residual), the stream the next block adds to
         residual_in_fp32: keep that r in float32
     Returns:
         y: [..., N] in x's dtype, or (y, r) when prenorm
     """
     _check(x, None, residual, weight, "swish")
-    return _rms_norm(x, None, residual, weight, eps, prenorm, residual_in_fp32, "swish")
+    if bias is not None and (not isinstance(bias, torch.Tensor) or bias.shape != (x.shape[-1],)):
+        raise ValueError(f"bias must be a tensor of shape [{x.shape[-1]}] (the last dim of x) or None")
+    out = _rms_norm(x, None, residual, weight, eps, prenorm, residual_in_fp32, "swish")
+    if bias is None:
+        return out
+    # the kernels have no bias term: one add after them (autograd gives its gradient)
+    return (out[0] + bias, out[1]) if prenorm else out + bias
 
 
 def rms_norm_gated(
@@ -243,7 +251,7 @@ def rms_norm_gated(
     g: torch.Tensor,
     weight: torch.Tensor | None = None,
     residual: torch.Tensor | None = None,
-    eps: float = 1e-6,
+    eps: float = 1e-5,
     activation: str = "swish",
     prenorm: bool = False,
     residual_in_fp32: bool = False,
@@ -256,35 +264,46 @@ def rms_norm_gated(
 
 class RMSNorm(nn.Module):
     """RMSNorm over the last dim with an optional fused residual add: `forward(x, residual=None, prenorm=False,
-    residual_in_fp32=False)` returns norm(x + residual), and also x + residual when prenorm (as a tuple)."""
+    residual_in_fp32=False)` returns norm(x + residual), and also x + residual when prenorm (as a tuple).
+    Arguments and defaults (eps 1e-5) are the peer library's; the models pass their config's norm_eps."""
 
-    def __init__(self, hidden_size: int, eps: float = 1e-6, elementwise_affine: bool = True, dtype=None, device=None):
+    def __init__(self, hidden_size: int, elementwise_affine: bool = True, bias: bool = False, eps: float = 1e-5,
+                 device=None, dtype=None):
         super().__init__()
         self.hidden_size, self.eps, self.elementwise_affine = hidden_size, eps, elementwise_affine
+        factory = dict(dtype=dtype, device=device)
         if elementwise_affine:
-            self.weight = nn.Parameter(torch.empty(hidden_size, dtype=dtype, device=device))
+            self.weight = nn.Parameter(torch.empty(hidden_size, **factory))
         else:
             self.register_parameter("weight", None)
+        if bias:
+            self.bias = nn.Parameter(torch.empty(hidden_size, **factory))
+        else:
+            self.register_parameter("bias", None)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
         if self.weight is not None:
             nn.init.ones_(self.weight)
+        if self.bias is not None:
+            nn.init.zeros_(self.bias)
 
     def extra_repr(self) -> str:
-        return f"{self.hidden_size}, eps={self.eps}, elementwise_affine={self.elementwise_affine}"
+        return (f"{self.hidden_size}, eps={self.eps}, elementwise_affine={self.elementwise_affine}, "
+                f"bias={self.bias is not None}")
 
     def forward(self, x, residual=None, prenorm=False, residual_in_fp32=False):
-        return rms_norm(x, self.weight, residual, self.eps, prenorm, residual_in_fp32)
+        return rms_norm(x, self.weight, self.bias, residual, self.eps, prenorm, residual_in_fp32)
 
 
 class FusedRMSNormGated(nn.Module):
     """`forward(x, g, residual=None, prenorm=False)` -> rms_norm(x + residual) * weight * act(g), the output norm of
-    gated linear-attention layers; act = "swish" (default, alias "silu") or "sigmoid"."""
+    gated linear-attention layers; act = "swish" (default, alias "silu") or "sigmoid". Arguments and defaults (eps
+    1e-5) are the peer library's; the layers pass their norm_eps."""
 
     def __init__(
-        self, hidden_size: int, eps: float = 1e-6, activation: str = "swish", elementwise_affine: bool = True,
-        dtype=None, device=None,
+        self, hidden_size: int, elementwise_affine: bool = True, eps: float = 1e-5, activation: str = "swish",
+        device=None, dtype=None,
     ):
         super().__init__()
         if activation not in ACTIVATIONS:

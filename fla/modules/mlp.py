@@ -88,11 +88,12 @@ def default_intermediate_size(hidden_size: int, hidden_ratio: float = 4) -> int:
 
 
 class GatedMLP(nn.Module):
-    """`forward(x [..., hidden_size]) -> down_proj(swish(gate_proj(x)) * up_proj(x))`."""
+    """`forward(x [..., hidden_size]) -> down_proj(swish(gate_proj(x)) * up_proj(x))`. The positional order is the
+    peer library's (hidden_size, hidden_ratio, intermediate_size, hidden_act); the rest is keyword-only."""
 
     def __init__(
-        self, hidden_size: int, intermediate_size: int | None = None, hidden_act: str = "swish", bias: bool = False,
-        hidden_ratio: float | None = None, device=None, dtype=None,
+        self, hidden_size: int, hidden_ratio: float | None = None, intermediate_size: int | None = None,
+        hidden_act: str = "swish", *, bias: bool = False, device=None, dtype=None,
     ):
         super().__init__()
         if hidden_act not in ACTIVATIONS:

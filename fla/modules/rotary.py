@@ -148,8 +148,16 @@ class RotaryEmbedding(nn.Module):
     `reset_parameters()` recomputes it (after building on the meta device and `to_empty`).
     """
 
-    def __init__(self, dim: int, base: float = 10000.0, interleaved: bool = False, device=None):
+    def __init__(self, dim: int, base: float = 10000.0, scale_base: float | None = None, interleaved: bool = False,
+                 pos_idx_in_fp32: bool = True, device=None):
+        # scale_base (xPos) and pos_idx_in_fp32 are the peer library's arguments, in its order; only the values that
+        # describe what this module computes are accepted, any other is refused rather than ignored
         super().__init__()
+        if scale_base is not None:
+            raise ValueError("scale_base (xPos rotary scaling) is not supported by fla's RotaryEmbedding; pass None")
+        if not pos_idx_in_fp32:
+            raise ValueError("pos_idx_in_fp32=False is not supported: fla's RotaryEmbedding always computes "
+                             "positions and angles in float32")
         if dim < 2 or dim % 2:
             raise ValueError(f"rotary dim must be a positive even number (got {dim})")
         self.dim, self.base, self.interleaved = dim, float(base), interleaved

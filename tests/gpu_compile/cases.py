@@ -138,9 +138,9 @@ def gated_delta_rule(x: Inputs):
     kw = dict(initial_state=x.h0(), output_final_state=x.state, cu_seqlens=x.cu_seqlens,
               use_qk_l2norm_in_kernel=x.gates)
     backward(chunk_gated_delta_rule(q, k, v, g, beta, **kw))
-    backward(fused_recurrent_gated_delta_rule(q, k, v, g, beta, **kw))
+    backward(fused_recurrent_gated_delta_rule(q, k, v, g, beta=beta, **kw))
     if x.gates:  # a beta per value channel
-        backward(fused_recurrent_gated_delta_rule(q, k, v, g, x.x(x.HV, x.V, fn=torch.sigmoid), **kw))
+        backward(fused_recurrent_gated_delta_rule(q, k, v, g, beta=x.x(x.HV, x.V, fn=torch.sigmoid), **kw))
 
 
 def attn(x: Inputs):

@@ -144,3 +144,10 @@ def test_conv_half(backend):
     (dx_ref,) = torch.autograd.grad(y_ref.sum(), x)
     assert_close("y", y, y_ref, 2e-3)
     assert_close("dx", x.grad, dx_ref, 2e-3)
+
+
+def test_peer_backend_argument():
+    conv = ShortConvolution(8, 4, False, "silu", "cuda")  # the peer's positional order: backend before device
+    assert conv.weight.shape == (8, 1, 4)
+    with pytest.raises(ValueError, match="backend"):
+        ShortConvolution(8, backend="tilelang")

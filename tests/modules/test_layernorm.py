@@ -66,7 +66,7 @@ def test_rms_norm_half_with_fp32_residual(backend):
     x, res = leaf(2, 19, 32, dtype=torch.float16), leaf(2, 19, 32)
     w = torch.randn(32, requires_grad=True)
     with use_backend(backend):
-        y, r = rms_norm(x, w, res, prenorm=True, residual_in_fp32=True)
+        y, r = rms_norm(x, w, residual=res, eps=1e-6, prenorm=True, residual_in_fp32=True)
     assert y.dtype == torch.float16 and r.dtype == torch.float32
     (y.float().sum() + r.sum()).backward()
     assert x.grad.dtype == torch.float16 and res.grad.dtype == torch.float32
@@ -83,3 +83,26 @@ def test_rms_norm_rejects_bad_inputs():
         rms_norm(x, torch.ones(4))
     with pytest.raises(ValueError, match="activation must be one of"):
         FusedRMSNormGated(8, activation="relu")
+
+
+@pytest.mark.parametrize("backend", ["triton", "torch"])
+def test_rms_norm_bias_and_the_peer_argument_order(backend):
+    """rms_norm(x, weight, bias, residual, eps, ...) and RMSNorm(hidden_size, elementwise_affine, bias, eps) as in
+    the peer library: y = norm(x + residual) * weight + bias, eps 1e-5 by default."""
+    seed("bias", backend)
+    x, res = leaf(2, 7, 16), leaf(2, 7, 16)
+    w, b = torch.randn(16, requires_grad=True), torch.randn(16, requires_grad=True)
+    with use_backend(backend):
+        y, r = rms_norm(x, w, b, res, 1e-5, True)
+        y_ref, r_ref = reference(x, None, res, w, 1e-5, "swish")
+        assert_close("y", y, y_ref + b, 1e-5)
+        assert_close("r", r, r_ref, 1e-6)
+        y.sum().backward()
+        assert_close("db", b.grad, torch.full_like(b, 14.0), 0)
+        norm = RMSNorm(16, True, True)
+        assert norm.eps == 1e-5 and norm.bias is not None and FusedRMSNormGated(16).eps == 1e-5
+        with torch.no_grad():
+            norm.bias.fill_(0.5)
+        assert_close("module", norm(x), rms_norm(x, norm.weight, eps=1e-5) + 0.5, 1e-6)
+    with pytest.raises(ValueError, match="bias must be"):
+        rms_norm(x, w, torch.randn(3))

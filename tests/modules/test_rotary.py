@@ -98,3 +98,11 @@ def test_rotary_rejects_bad_inputs():
         rope(q, q[:, :3])
     with pytest.raises(ValueError, match="positive even"):
         RotaryEmbedding(15)
+
+
+def test_peer_arguments_that_change_the_math_are_refused():
+    with pytest.raises(ValueError, match="scale_base"):
+        RotaryEmbedding(16, 10000.0, 512.0)
+    with pytest.raises(ValueError, match="pos_idx_in_fp32"):
+        RotaryEmbedding(16, pos_idx_in_fp32=False)
+    assert RotaryEmbedding(16, 10000.0, None, True).interleaved  # the peer's positional order

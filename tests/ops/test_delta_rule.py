@@ -86,3 +86,12 @@ def test_rejects_bad_input(op, change, match):
     kw.update(change)
     with pytest.raises(ValueError, match=match):
         OPS[op](**kw)
+
+
+def test_recurrent_beta_defaults_to_one():
+    seed("delta-beta-none")
+    B, T, H, K, V = 1, 10, 2, 16, 8
+    q, k, v = torch.randn(B, T, H, K), F.normalize(torch.randn(B, T, H, K), dim=-1), torch.randn(B, T, H, V)
+    with use_backend("torch"):
+        o, _ = fused_recurrent_delta_rule(q, k, v)
+    assert_close("o", o, naive_recurrent_delta_rule(q, k, v, torch.ones(B, T, H))[0], 1e-6)

@@ -32,7 +32,7 @@ def make_inputs(B, T, H, HV, K, V, num_states, use_h0, l2norm, dtype):
 
 def run(fn, xs, do, dht, output_final_state, l2norm, cu_seqlens):
     q, k, v, g, beta, h0 = xs
-    o, ht = fn(q, k, v, g, beta, initial_state=h0, output_final_state=output_final_state,
+    o, ht = fn(q, k, v, g=g, beta=beta, initial_state=h0, output_final_state=output_final_state,
                use_qk_l2norm_in_kernel=l2norm, cu_seqlens=cu_seqlens)
     loss = (o.float() * do).sum() + ((ht * dht).sum() if output_final_state else 0.)
     leaves = [x for x in xs if x is not None]
@@ -158,8 +158,28 @@ BAD = [
 ]
 
 
-@pytest.mark.parametrize("op", ["chunk", "recurrent"])
-@pytest.mark.parametrize("name,match", BAD)
+# the fused op takes g=None as the plain delta rule (as the peer's does); the chunk op needs its gate
+@pytest.mark.parametrize("op,name,match", [(op, name, match) for op in ("chunk", "recurrent") for name, match in BAD
+                                           if (op, name) != ("recurrent", "g_none")])
 def test_rejects_bad_input(op, name, match):
     with pytest.raises(ValueError, match=match):
         OPS[op](**_bad(name))
+
+
+@pytest.mark.parametrize("backend", ["triton", "torch"])
+def test_recurrent_peer_argument_forms(backend):
+    """The peer's order puts gk, gv before beta: beta=None means 1, g=None the plain delta rule, and a gk/gv (which
+    fla lacks) is refused rather than read as beta."""
+    seed("gdr-peer-forms", backend)
+    B, T, H, K, V = 1, 12, 2, 16, 16
+    q, k, v = torch.randn(B, T, H, K), F.normalize(torch.randn(B, T, H, K), dim=-1), torch.randn(B, T, H, V)
+    g, beta = F.logsigmoid(torch.randn(B, T, H)), torch.rand(B, T, H)
+    with use_backend(backend):
+        o, _ = fused_recurrent_gated_delta_rule(q, k, v, g, beta=beta)
+        assert_close("o", o, naive_recurrent_gated_delta_rule(q, k, v, beta, g)[0], 1e-5)
+        ones, _ = fused_recurrent_gated_delta_rule(q, k, v, g)
+        assert_close("beta=1", ones, naive_recurrent_gated_delta_rule(q, k, v, torch.ones_like(beta), g)[0], 1e-5)
+        plain, _ = fused_recurrent_gated_delta_rule(q, k, v, beta=beta)
+        assert_close("no gate", plain, naive_recurrent_gated_delta_rule(q, k, v, beta, None)[0], 1e-5)
+        with pytest.raises(ValueError, match="gk / gv"):
+            fused_recurrent_gated_delta_rule(q, k, v, g, beta)  # beta in the peer's gk slot

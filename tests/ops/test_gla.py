@@ -51,7 +51,7 @@ def compare(got, want, rel):
 
 
 def naive_gk(q, k, v, g=None, gk=None, gv=None, **kwargs):
-    return naive_recurrent_gla(q, k, v, g if g is not None else gk, gv, **kwargs)
+    return naive_recurrent_gla(q, k, v, g if g is not None else gk, gv=gv, **kwargs)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -70,8 +70,8 @@ def test_naive_reverse_is_forward_on_flipped_sequence():
     seed("naive-reverse")
     q, k, v = torch.randn(1, 7, 1, 4), torch.randn(1, 7, 1, 4), torch.randn(1, 7, 1, 6)
     gk, gv = F.logsigmoid(torch.randn(1, 7, 1, 4)), F.logsigmoid(torch.randn(1, 7, 1, 6))
-    o, ht = naive_recurrent_gla(q, k, v, gk, gv, reverse=True, output_final_state=True)
-    o_f, ht_f = naive_recurrent_gla(*(x.flip(1) for x in (q, k, v, gk, gv)), output_final_state=True)
+    o, ht = naive_recurrent_gla(q, k, v, gk, gv=gv, reverse=True, output_final_state=True)
+    o_f, ht_f = naive_recurrent_gla(*(x.flip(1) for x in (q, k, v, gk)), gv=gv.flip(1), output_final_state=True)
     assert_close("o", o, o_f.flip(1), 1e-6)
     assert_close("ht", ht, ht_f, 1e-6)
 
@@ -233,3 +233,18 @@ def test_fused_recurrent_rejects_bad_gv():
     args = _good()
     with pytest.raises(ValueError, match="gv must have shape"):
         fused_recurrent_gla(args["q"], args["k"], args["v"], gk=args["g"], gv=args["g"])
+
+
+def test_naive_positional_order_and_one_state_for_every_sequence():
+    """The peer's reference order (q, k, v, gk, initial_state, output_final_state) and a [H, K, V] state shared by
+    every sequence."""
+    seed("gla-naive-3d")
+    B, T, H, K, V = 2, 7, 2, 8, 4
+    q, k, v = torch.randn(B, T, H, K), torch.randn(B, T, H, K), torch.randn(B, T, H, V)
+    gk = F.logsigmoid(torch.randn(B, T, H, K))
+    h0 = torch.randn(H, K, V)
+    o, ht = naive_recurrent_gla(q, k, v, gk, h0, True)
+    want_o, want_ht = naive_recurrent_gla(q, k, v, gk, initial_state=h0.expand(B, H, K, V).clone(),
+                                          output_final_state=True)
+    assert_close("o", o, want_o, 0)
+    assert_close("ht", ht, want_ht, 0)

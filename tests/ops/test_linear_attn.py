@@ -47,7 +47,7 @@ def test_linear_attn_matches_naive(path, B, T, H, K, V, use_h0, normalize, cu):
 @pytest.mark.parametrize("fn", [chunk_linear_attn, fused_recurrent_linear_attn], ids=["chunk", "recurrent"])
 @pytest.mark.parametrize("change,match", [
     (dict(normalize=True, initial_state=torch.randn(2, 2, 16, 16)), r"\[N, H, K, V \+ 1\]"),
-    (dict(initial_state=torch.randn(2, 2, 16, 17)), "initial_state must have shape"),
+    (dict(normalize=False, initial_state=torch.randn(2, 2, 16, 17)), "initial_state must have shape"),
     (dict(k=torch.randn(2, 8, 2, 15)), "k must have shape"),
     (dict(q=torch.randn(2, 8, 2, 16).double()), "q must have dtype"),
     (dict(cu_seqlens=torch.tensor([0, 3, 8]).float()), "cu_seqlens must have dtype"),

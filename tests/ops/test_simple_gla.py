@@ -178,3 +178,18 @@ def test_rejects_bad_inputs(fn, case, change, match):
     good = dict(q=torch.randn(B, T, H, K), k=torch.randn(B, T, H, K), v=torch.randn(B, T, H, V))
     with pytest.raises(ValueError, match=match):
         fn(**{**good, **change})
+
+
+def test_naive_takes_one_state_for_every_sequence_and_returns_the_final_state_by_default():
+    """The peer's reference signature: a [H, K, V] initial state is every sequence's (not head 0's for all heads),
+    and output_final_state defaults to True."""
+    seed("naive-3d-state")
+    B, T, H, K, V = 3, 9, 2, 8, 4
+    q, k, v = torch.randn(B, T, H, K), torch.randn(B, T, H, K), torch.randn(B, T, H, V)
+    g = F.logsigmoid(torch.randn(B, T, H))
+    h0 = torch.randn(H, K, V)
+    o, ht = naive_recurrent_simple_gla(q, k, v, g, 0.5, h0)
+    want_o, want_ht = naive_recurrent_simple_gla(q, k, v, g, 0.5, h0.expand(B, H, K, V).clone())
+    assert ht is not None
+    assert_close("o", o, want_o, 0)
+    assert_close("ht", ht, want_ht, 0)

@@ -10,7 +10,7 @@ def fused_recurrent_delta_rule(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
-    beta: torch.Tensor,
+    beta: torch.Tensor | None = None,
     scale: float | None = None,
     initial_state: torch.Tensor | None = None,
     output_final_state: bool = False,
@@ -22,7 +22,7 @@ def fused_recurrent_delta_rule(
 
     Args:
         q, k: [B, T, H, K]; v: [B, T, H, V]
-        beta: [B, T, H] or [B, T, H, V] (one strength per value channel), in (0, 1)
+        beta: [B, T, H] or [B, T, H, V] (one strength per value channel), in (0, 1); None = 1 (as in the peer)
         scale: defaults to K ** -0.5
         initial_state: [N, H, K, V] float32 (N = B, or the number of sequences under cu_seqlens)
         use_qk_l2norm_in_kernel: L2-normalize q and k first (differentiated through)
@@ -30,6 +30,8 @@ def fused_recurrent_delta_rule(
     Returns:
         o: [B, T, H, V]; final_state: [N, H, K, V] float32 or None
     """
+    if beta is None and isinstance(v, torch.Tensor):
+        beta = torch.ones(v.shape[:3], dtype=v.dtype, device=v.device)
     check_delta_rule_inputs(q, k, v, None, beta, scale, initial_state, cu_seqlens, per_channel_beta=True)
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
     return _fused_recurrent(q, k, v, None, beta, scale,

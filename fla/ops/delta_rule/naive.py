@@ -30,5 +30,5 @@ def naive_recurrent_delta_rule(
     Returns:
         o: [B, T, H, V] in v's dtype; final_state: [N, H, K, V] float32 or None
     """
-    return naive_recurrent_gated_delta_rule(q, k, v, None, beta, scale, initial_state, output_final_state,
-                                            use_qk_l2norm_in_kernel, cu_seqlens)
+    return naive_recurrent_gated_delta_rule(q, k, v, beta, None, scale, initial_state, output_final_state,
+                                            use_qk_l2norm_in_kernel=use_qk_l2norm_in_kernel, cu_seqlens=cu_seqlens)

@@ -102,6 +102,7 @@ def chunk_gated_delta_rule(
     initial_state: torch.Tensor | None = None,
     output_final_state: bool = False,
     use_qk_l2norm_in_kernel: bool = False,
+    *,
     cu_seqlens: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The gated delta rule (`S_t = exp(g_t) S_{t-1} + k_t^T beta_t (v_t - exp(g_t) k_t S_{t-1})`,

@@ -301,8 +301,8 @@ def _fused_recurrent_torch(q, k, v, g, beta, scale, initial_state, output_final_
                            cu_seqlens):
     if use_qk_l2norm_in_kernel:
         q, k = l2_norm(q), l2_norm(k)
-    o, ht = naive_recurrent_gated_delta_rule(q, k, v, g, beta, scale, initial_state, output_final_state, False,
-                                             cu_seqlens)
+    o, ht = naive_recurrent_gated_delta_rule(q, k, v, beta, g, scale, initial_state, output_final_state,
+                                             cu_seqlens=cu_seqlens)
     return o, ht
 
 
@@ -339,20 +339,26 @@ def fused_recurrent_gated_delta_rule(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
-    g: torch.Tensor,
-    beta: torch.Tensor,
+    g: torch.Tensor | None = None,
+    gk: torch.Tensor | None = None,
+    gv: torch.Tensor | None = None,
+    beta: torch.Tensor | None = None,
     scale: float | None = None,
     initial_state: torch.Tensor | None = None,
     output_final_state: bool = False,
     use_qk_l2norm_in_kernel: bool = False,
+    *,
     cu_seqlens: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The gated delta rule, token by token (decoding, short prompts); differentiable.
+    """The gated delta rule, token by token (decoding, short prompts); differentiable. The positional order is the
+    peer library's (its fifth and sixth arguments are per-channel gates `gk`, `gv`, which fla does not have yet and
+    refuses): pass beta by keyword, `fused_recurrent_gated_delta_rule(q, k, v, g, beta=beta)`.
 
     Args:
         q, k: [B, T, H, K]; v: [B, T, HV, V] (HV a multiple of H: grouped values)
-        g: [B, T, HV] log decays (<= 0)
-        beta: [B, T, HV] or [B, T, HV, V] writing strengths in (0, 1)
+        g: [B, T, HV] log decays (<= 0), or None (no gate: the plain delta rule)
+        gk, gv: must be None (per-key / per-value gates are not implemented)
+        beta: [B, T, HV] or [B, T, HV, V] writing strengths in (0, 1); None = 1
         scale: defaults to K ** -0.5
         initial_state: [N, HV, K, V] float32 (N = B, or the number of sequences under cu_seqlens)
         use_qk_l2norm_in_kernel: L2-normalize q and k first (differentiated through)
@@ -360,10 +366,15 @@ def fused_recurrent_gated_delta_rule(
     Returns:
         o: [B, T, HV, V]; final_state: [N, HV, K, V] float32 or None
     """
-    if g is None:
-        raise ValueError("g must be a [B, T, HV] tensor of log decays; use fused_recurrent_delta_rule for no gate")
+    if gk is not None or gv is not None:
+        raise ValueError("gk / gv (per-key or per-value-channel gates) are not supported by fla's "
+                         "fused_recurrent_gated_delta_rule: pass a scalar gate per head and token as g [B, T, HV]; if "
+                         "you meant beta, pass it by keyword (beta=...)")
+    if beta is None:
+        beta = torch.ones(v.shape[:3], dtype=v.dtype, device=v.device) if isinstance(v, torch.Tensor) else beta
     check_delta_rule_inputs(q, k, v, g, beta, scale, initial_state, cu_seqlens, per_channel_beta=True)
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
-    return _fused_recurrent(q.contiguous(), k.contiguous(), v.contiguous(), g.contiguous(), beta.contiguous(), scale,
+    return _fused_recurrent(q.contiguous(), k.contiguous(), v.contiguous(), g.contiguous() if g is not None else None,
+                            beta.contiguous(), scale,
                             initial_state.contiguous() if initial_state is not None else None, output_final_state,
                             use_qk_l2norm_in_kernel, cu_seqlens)

@@ -21,15 +21,17 @@ def naive_recurrent_gated_delta_rule(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
-    g: torch.Tensor | None,
     beta: torch.Tensor,
+    g: torch.Tensor | None,
     scale: float | None = None,
     initial_state: torch.Tensor | None = None,
     output_final_state: bool = False,
+    *,
     use_qk_l2norm_in_kernel: bool = False,
     cu_seqlens: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """
+    """Note the order (beta before g): it is the peer library's for this reference, unlike its ops (g, beta).
+
     Args:
         q, k: [B, T, H, K]; v: [B, T, HV, V]
         g: [B, T, HV] log decays, or None (the plain delta rule)

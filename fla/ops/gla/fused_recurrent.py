@@ -206,14 +206,17 @@ def _bwd_triton(q, k, v, gk, gv, do, dht, scale, h0, reverse, cu_seqlens):
 
 def _fwd_torch(q, k, v, gk, gv, scale, h0, output_final_state, reverse, cu_seqlens):
     with torch.no_grad():
-        return naive_recurrent_gla(q, k, v, gk, gv, scale, h0, output_final_state, reverse, cu_seqlens)
+        return naive_recurrent_gla(q, k, v, gk, h0, output_final_state, gv=gv, scale=scale, reverse=reverse,
+                                   cu_seqlens=cu_seqlens)
 
 
 def _bwd_torch(q, k, v, gk, gv, do, dht, scale, h0, reverse, cu_seqlens):
     # the recurrence again, differentiated by autograd (the recurrent form has no cheaper chunked twin)
     inputs = [x.detach().requires_grad_() if x is not None else None for x in (q, k, v, gk, gv, h0)]
     with torch.enable_grad():
-        o, ht = naive_recurrent_gla(*inputs[:5], scale, inputs[5], dht is not None, reverse, cu_seqlens)
+        q_, k_, v_, gk_, gv_, h0_ = inputs
+        o, ht = naive_recurrent_gla(q_, k_, v_, gk_, h0_, dht is not None, gv=gv_, scale=scale, reverse=reverse,
+                                    cu_seqlens=cu_seqlens)
         outputs, grads = [o], [do]
         if dht is not None:
             outputs.append(ht)
@@ -257,6 +260,7 @@ def fused_recurrent_gla(
     initial_state: torch.Tensor | None = None,
     output_final_state: bool = False,
     reverse: bool = False,
+    *,
     cu_seqlens: torch.Tensor | None = None,
     g: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 
+from fla.ops.utils.checks import broadcast_initial_state
 from fla.ops.utils.index import sequence_spans
 
 
@@ -17,17 +18,21 @@ def naive_recurrent_gla(
     k: torch.Tensor,
     v: torch.Tensor,
     gk: torch.Tensor | None = None,
-    gv: torch.Tensor | None = None,
-    scale: float | None = None,
     initial_state: torch.Tensor | None = None,
     output_final_state: bool = False,
+    *,
+    gv: torch.Tensor | None = None,
+    scale: float | None = None,
     reverse: bool = False,
     cu_seqlens: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """q, k, gk: [B, T, H, K]; v, gv: [B, T, H, V]; initial_state: [N, H, K, V].
-    Returns o [B, T, H, V] (q's dtype) and the final state [N, H, K, V] float32 (or None). Differentiable."""
+    """q, k, gk: [B, T, H, K]; v, gv: [B, T, H, V]; initial_state: [N, H, K, V], or [H, K, V] for the same state in
+    every sequence. The positional part is the peer library's (q, k, v, gk, initial_state, output_final_state);
+    the rest is keyword-only. Returns o [B, T, H, V] (q's dtype) and the final state [N, H, K, V] float32 (or None).
+    Differentiable."""
     B, T, H, K = q.shape
     V = v.shape[-1]
+    initial_state = broadcast_initial_state(initial_state, B if cu_seqlens is None else len(cu_seqlens) - 1)
     scale = K ** -0.5 if scale is None else scale
     outputs = [[None] * T for _ in range(B)]
     finals = []

@@ -35,7 +35,7 @@ def chunk_linear_attn(
     scale: float | None = None,
     initial_state: torch.Tensor | None = None,
     output_final_state: bool = False,
-    normalize: bool = False,
+    normalize: bool = True,
     cu_seqlens: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Causal linear attention, chunk-parallel; differentiable in q, k, v and initial_state.
@@ -46,7 +46,9 @@ def chunk_linear_attn(
         scale: defaults to K ** -0.5
         initial_state: [N, H, K, V] float32, or [N, H, K, V + 1] with normalize (last column: the normalizer z)
         output_final_state: also return the state after the last token (same shape as initial_state)
-        normalize: o_t = q_t S_t / (q_t z_t + eps) with z_t = sum_{s <= t} k_s (scale on both sides)
+        normalize: o_t = q_t S_t / (q_t z_t + eps) with z_t = sum_{s <= t} k_s (scale on both sides). The default
+            (True) is the peer library's for this op (its fused_recurrent_linear_attn defaults to False): pass it
+            by keyword when it matters
         cu_seqlens: [N + 1] int32/int64, packed sequences, B must be 1
     Returns:
         o: [B, T, H, V] in v's dtype; final_state: [N, H, K, V] ([N, H, K, V + 1] with normalize) float32 or None

@@ -15,8 +15,8 @@ def fused_recurrent_linear_attn(
     scale: float | None = None,
     initial_state: torch.Tensor | None = None,
     output_final_state: bool = False,
-    normalize: bool = False,
     reverse: bool = False,
+    normalize: bool = False,
     cu_seqlens: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Causal linear attention token by token (decoding, short prompts); differentiable in q, k, v and initial_state.
@@ -26,8 +26,9 @@ def fused_recurrent_linear_attn(
         scale: defaults to K ** -0.5
         initial_state: [N, H, K, V] float32, or [N, H, K, V + 1] with normalize (last column: the normalizer z)
         output_final_state: also return the state after the last token walked (same shape as initial_state)
-        normalize: o_t = q_t S_t / (q_t z_t + eps) with z_t = sum of the keys walked so far
         reverse: walk each sequence from its end
+        normalize: o_t = q_t S_t / (q_t z_t + eps) with z_t = sum of the keys walked so far (default False here, True
+            for chunk_linear_attn: the peer library's defaults)
         cu_seqlens: [N + 1] int32/int64, packed sequences, B must be 1
     Returns:
         o: [B, T, H, V] in v's dtype; final_state: [N, H, K, V] ([N, H, K, V + 1] with normalize) float32 or None

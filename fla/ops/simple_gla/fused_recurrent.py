@@ -252,8 +252,8 @@ def _fused_recurrent_triton(q, k, v, g, g_gamma, scale, initial_state, output_fi
 
 
 def _fused_recurrent_torch(q, k, v, g, g_gamma, scale, initial_state, output_final_state, reverse, cu_seqlens):
-    return naive_recurrent_simple_gla(q, k, v, g, g_gamma, scale, initial_state, output_final_state, reverse,
-                                      cu_seqlens)
+    return naive_recurrent_simple_gla(q, k, v, g, scale, initial_state, output_final_state, g_gamma=g_gamma,
+                                      reverse=reverse, cu_seqlens=cu_seqlens)
 
 
 _fused_recurrent = dispatch(_fused_recurrent_triton, _fused_recurrent_torch)
@@ -269,6 +269,7 @@ def fused_recurrent_simple_gla(
     initial_state: torch.Tensor | None = None,
     output_final_state: bool = False,
     reverse: bool = False,
+    *,
     cu_seqlens: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Simple gated linear attention token by token (decoding, short prompts); differentiable in q, k, v, g and

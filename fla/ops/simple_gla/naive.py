@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 
+from fla.ops.utils.checks import broadcast_initial_state
 from fla.ops.utils.index import sequence_spans
 
 
@@ -18,23 +19,28 @@ def naive_recurrent_simple_gla(
     k: torch.Tensor,
     v: torch.Tensor,
     g: torch.Tensor | None = None,
-    g_gamma: torch.Tensor | None = None,
     scale: float | None = None,
     initial_state: torch.Tensor | None = None,
-    output_final_state: bool = False,
+    output_final_state: bool = True,
+    *,
+    g_gamma: torch.Tensor | None = None,
     reverse: bool = False,
     cu_seqlens: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """
+    """The positional order and `output_final_state=True` are the peer library's for this function (the fused and
+    chunk ops default to False); what the peer lacks is keyword-only.
+
     Args:
         q, k: [B, T, H, K]; v: [B, T, H, V]
         g: [B, T, H] log decays, or g_gamma: [H] fixed log decays, or neither (no decay)
-        initial_state: [N, H, K, V]; cu_seqlens: [N + 1] packed sequences (B == 1)
+        initial_state: [N, H, K, V], or [H, K, V] for the same state in every sequence
+        cu_seqlens: [N + 1] packed sequences (B == 1)
     Returns:
         o: [B, T, H, V] in v's dtype; final_state: [N, H, K, V] float32 or None. Differentiable.
     """
     B, T, H, K = q.shape
     V = v.shape[-1]
+    initial_state = broadcast_initial_state(initial_state, B if cu_seqlens is None else len(cu_seqlens) - 1)
     scale = K ** -0.5 if scale is None else scale
     dtype = v.dtype
     q, k, v = q.float(), k.float(), v.float()

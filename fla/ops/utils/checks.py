@@ -84,6 +84,14 @@ def check_initial_state(initial_state: object, num_states: int, shape: Sequence[
     check_tensor("initial_state", initial_state, layout, full, (torch.float32,), device, contiguous=False)
 
 
+def broadcast_initial_state(initial_state: torch.Tensor | None, num_states: int) -> torch.Tensor | None:
+    """[H, K, V] -> [N, H, K, V], the same state for every sequence (as the peer library's references take it); any
+    other shape passes through unchanged."""
+    if initial_state is not None and initial_state.dim() == 3:
+        return initial_state.unsqueeze(0).expand(num_states, *initial_state.shape)
+    return initial_state
+
+
 def check_scale(scale: object) -> None:
     if scale is not None and not isinstance(scale, (int, float)):
         raise ValueError(f"scale must be a Python float or None (got {type(scale).__name__})")

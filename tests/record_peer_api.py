@@ -1,0 +1,60 @@
+"""Record the peer library's public op and module signatures (names, order, kinds, defaults) as JSON.
+
+Run with the peer importable as `fla` in its own process, never beside ours (both are the package `fla`):
+
+    pip install --no-deps --target /tmp/peer fla-core==0.6.0
+    PYTHONPATH=/tmp/peer python tests/record_peer_api.py > tests/peer_api_fla_core_0.6.0.json
+
+tests/test_peer_api.py compares our signatures with the table, so a positional call written for the peer never
+silently means something else here. Only the import paths of the families and modules we ship are recorded.
+"""
+from __future__ import annotations
+
+import importlib
+import inspect
+import json
+import sys
+import warnings
+
+FAMILIES = ["attn", "delta_rule", "gated_delta_rule", "gla", "linear_attn", "retention", "simple_gla"]
+MODULES = ["fla.modules"] + [f"fla.modules.{m}" for m in (
+    "convolution", "fused_cross_entropy", "fused_linear_cross_entropy", "l2norm", "layernorm", "mlp", "rotary")]
+MODULES += [f"fla.ops.{f}{sub}" for f in FAMILIES for sub in ("", ".naive")]
+
+
+def describe(obj) -> list[list[str]] | None:
+    """[[name, kind, default repr or '<required>'], ...] of a function, or of a class's __init__ (self dropped)."""
+    try:
+        sig = inspect.signature(obj.__init__ if inspect.isclass(obj) else obj)
+    except (TypeError, ValueError):
+        return None
+    return [[p.name, p.kind.name, "<required>" if p.default is p.empty else repr(p.default)]
+            for p in sig.parameters.values() if p.name != "self"]
+
+
+def main() -> None:
+    warnings.filterwarnings("ignore")  # the peer warns that it falls back to the CPU
+    import fla
+
+    table = {"_source": f"fla-core {getattr(fla, '__version__', '?')}", "signatures": {}}
+    for path in MODULES:
+        try:
+            module = importlib.import_module(path)
+        except Exception as e:  # noqa: BLE001 - a path the peer lacks is simply not recorded
+            print(f"not importable: {path}: {e}", file=sys.stderr)
+            continue
+        for name in sorted(getattr(module, "__all__", None) or vars(module)):
+            obj = getattr(module, name, None)
+            if name.startswith("_") or not (inspect.isfunction(obj) or inspect.isclass(obj)):
+                continue
+            if not getattr(obj, "__module__", "").startswith("fla."):
+                continue
+            params = describe(obj)
+            if params is not None:
+                table["signatures"][f"{path}.{name}"] = params
+    json.dump(table, sys.stdout, indent=1, sort_keys=True)
+    print()
+
+
+if __name__ == "__main__":
+    main()
