@@ -19,7 +19,7 @@ import torch
 import triton
 import triton.language as tl
 
-from fla.ops.utils.checks import check_cu_seqlens, check_head_dim, check_scale, check_tensor
+from fla.ops.utils.checks import check_cu_seqlens, check_head_dim, check_scale, check_tensor, normalize_inputs
 from fla.ops.utils.dispatch import autotune, dispatch, is_interpreter
 from fla.ops.utils.index import prepare_chunk_indices, prepare_token_indices
 
@@ -525,6 +525,7 @@ _parallel_attn = dispatch(_parallel_attn_triton, _parallel_attn_torch)
 # ---------------------------------------------------------------------------------------------------------------------
 # The public function.
 
+@normalize_inputs
 def parallel_attn(
     q: torch.Tensor,
     k: torch.Tensor,

@@ -6,8 +6,10 @@ import torch
 
 from fla.ops.gated_delta_rule.chunk import chunk_delta_rule_family
 from fla.ops.gated_delta_rule.fused_recurrent import check_delta_rule_inputs
+from fla.ops.utils.checks import normalize_inputs
 
 
+@normalize_inputs
 def chunk_delta_rule(
     q: torch.Tensor,
     k: torch.Tensor,

@@ -4,8 +4,10 @@ from __future__ import annotations
 import torch
 
 from fla.ops.gated_delta_rule.fused_recurrent import _fused_recurrent, check_delta_rule_inputs
+from fla.ops.utils.checks import normalize_inputs
 
 
+@normalize_inputs
 def fused_recurrent_delta_rule(
     q: torch.Tensor,
     k: torch.Tensor,

@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 
 from fla.ops.gated_delta_rule.fused_recurrent import check_delta_rule_inputs
+from fla.ops.utils.checks import normalize_inputs
 from fla.ops.utils.chunk_o import chunk_bwd_dqkwg, chunk_bwd_dv_local, chunk_fwd_o
 from fla.ops.utils.cumsum import chunk_local_cumsum
 from fla.ops.utils.delta_h import chunk_gated_delta_rule_bwd_dhu, chunk_gated_delta_rule_fwd_h
@@ -92,6 +93,7 @@ def chunk_delta_rule_family(q, k, v, g, beta, scale, initial_state, output_final
     return o, ht
 
 
+@normalize_inputs
 def chunk_gated_delta_rule(
     q: torch.Tensor,
     k: torch.Tensor,

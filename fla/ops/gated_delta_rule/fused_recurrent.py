@@ -26,8 +26,8 @@ import triton.language as tl
 from triton.language.standard import _sum_combine
 
 from fla.ops.gated_delta_rule.naive import naive_recurrent_gated_delta_rule
-from fla.ops.utils.checks import (check_cu_seqlens, check_head_dim, check_initial_state, check_scale,
-                                  check_tensor)
+from fla.ops.utils.checks import (check_cu_seqlens, check_head_dim, check_initial_state, check_scale, check_tensor,
+                                  normalize_inputs)
 from fla.ops.utils.dispatch import autotune, dispatch
 from fla.ops.utils.l2norm import l2_norm
 from fla.ops.utils.index import sequence_bounds
@@ -335,6 +335,7 @@ def check_delta_rule_inputs(q, k, v, g, beta, scale, initial_state, cu_seqlens, 
     check_initial_state(initial_state, N, (HV, K, V), "[N, HV, K, V]", q.device)
 
 
+@normalize_inputs
 def fused_recurrent_gated_delta_rule(
     q: torch.Tensor,
     k: torch.Tensor,

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import torch
 
-from fla.ops.utils.checks import check_cu_seqlens, check_head_dim, check_initial_state, check_scale, check_tensor
+from fla.ops.utils.checks import (check_cu_seqlens, check_head_dim, check_initial_state, check_scale, check_tensor,
+                                  normalize_inputs)
 from fla.ops.utils.chunk_gk import chunk_gk_bwd_dqkg, chunk_gk_bwd_dv, chunk_gk_fwd_o
 from fla.ops.utils.chunk_h import chunk_bwd_dh, chunk_fwd_h
 from fla.ops.utils.cumsum import chunk_local_cumsum
@@ -71,6 +72,7 @@ def check_gla_inputs(q, k, v, gates, scale, initial_state, cu_seqlens):
     return N
 
 
+@normalize_inputs
 def chunk_gla(
     q: torch.Tensor,
     k: torch.Tensor,

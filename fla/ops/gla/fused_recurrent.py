@@ -17,6 +17,7 @@ import triton.language as tl
 
 from fla.ops.gla.chunk import check_gla_inputs
 from fla.ops.gla.naive import naive_recurrent_gla
+from fla.ops.utils.checks import normalize_inputs
 from fla.ops.utils.dispatch import autotune, dispatch
 from fla.ops.utils.index import sequence_bounds
 
@@ -250,6 +251,7 @@ class FusedRecurrentGLAFunction(torch.autograd.Function):
         return dq, dk, dv, dgk, dgv, None, dh0, None, None, None
 
 
+@normalize_inputs
 def fused_recurrent_gla(
     q: torch.Tensor,
     k: torch.Tensor,

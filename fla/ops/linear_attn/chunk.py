@@ -9,6 +9,7 @@ import torch
 
 from fla.ops.linear_attn.naive import NORMALIZE_EPS
 from fla.ops.simple_gla.chunk import ChunkSimpleGLAFunction, check_simple_gla_inputs
+from fla.ops.utils.checks import normalize_inputs
 
 
 def linear_attn_with_normalizer(run, q, k, v, scale, initial_state, output_final_state, normalize, cu_seqlens):
@@ -28,6 +29,7 @@ def linear_attn_with_normalizer(run, q, k, v, scale, initial_state, output_final
     return o.to(v.dtype), ht
 
 
+@normalize_inputs
 def chunk_linear_attn(
     q: torch.Tensor,
     k: torch.Tensor,

@@ -6,8 +6,10 @@ import torch
 
 from fla.ops.linear_attn.chunk import linear_attn_with_normalizer
 from fla.ops.simple_gla.fused_recurrent import _fused_recurrent
+from fla.ops.utils.checks import normalize_inputs
 
 
+@normalize_inputs
 def fused_recurrent_linear_attn(
     q: torch.Tensor,
     k: torch.Tensor,

@@ -6,9 +6,10 @@ import torch
 
 from fla.ops.retention.naive import retention_log_decays
 from fla.ops.simple_gla.chunk import chunk_simple_gla
-from fla.ops.utils.checks import check_tensor
+from fla.ops.utils.checks import check_tensor, normalize_inputs
 
 
+@normalize_inputs
 def chunk_retention(
     q: torch.Tensor,
     k: torch.Tensor,

@@ -5,9 +5,10 @@ import torch
 
 from fla.ops.retention.naive import retention_log_decays
 from fla.ops.simple_gla.fused_recurrent import fused_recurrent_simple_gla
-from fla.ops.utils.checks import check_tensor
+from fla.ops.utils.checks import check_tensor, normalize_inputs
 
 
+@normalize_inputs
 def fused_recurrent_retention(
     q: torch.Tensor,
     k: torch.Tensor,

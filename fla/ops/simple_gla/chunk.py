@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import torch
 
-from fla.ops.utils.checks import check_cu_seqlens, check_head_dim, check_initial_state, check_scale, check_tensor
+from fla.ops.utils.checks import (check_cu_seqlens, check_head_dim, check_initial_state, check_scale, check_tensor,
+                                  normalize_inputs)
 from fla.ops.utils.chunk_h import chunk_bwd_dh, chunk_fwd_h
 from fla.ops.utils.chunk_o import chunk_bwd_dqkwg, chunk_bwd_dv, chunk_fwd_o
 from fla.ops.utils.cumsum import chunk_local_cumsum
@@ -96,6 +97,7 @@ def check_simple_gla_inputs(q, k, v, g, g_gamma, scale, initial_state, cu_seqlen
                         q.device)
 
 
+@normalize_inputs
 def chunk_simple_gla(
     q: torch.Tensor,
     k: torch.Tensor,

@@ -20,6 +20,7 @@ import triton.language as tl
 
 from fla.ops.simple_gla.chunk import check_simple_gla_inputs
 from fla.ops.simple_gla.naive import naive_recurrent_simple_gla
+from fla.ops.utils.checks import normalize_inputs
 from fla.ops.utils.dispatch import autotune, dispatch
 from fla.ops.utils.index import sequence_bounds
 
@@ -259,6 +260,7 @@ def _fused_recurrent_torch(q, k, v, g, g_gamma, scale, initial_state, output_fin
 _fused_recurrent = dispatch(_fused_recurrent_triton, _fused_recurrent_torch)
 
 
+@normalize_inputs
 def fused_recurrent_simple_gla(
     q: torch.Tensor,
     k: torch.Tensor,

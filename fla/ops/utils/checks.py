@@ -1,11 +1,13 @@
 """Input checks shared by every public op. Each raises `ValueError` naming the argument, what was wrong and the fix.
 
-The kernels index with explicit strides of the `[B, T, H, K]` layout, so a layout mistake (for example a head-first
-`[B, H, T, K]` tensor transposed into place) would otherwise give silently wrong numbers: we refuse it instead.
+The kernels index with explicit strides of the `[B, T, H, K]` layout, so a tensor that is not contiguous would give
+silently wrong numbers: the blocks refuse it (`check_tensor`), and the public ops copy it first (`normalize_inputs`,
+as the peer library does), so a head-first `[B, H, T, K]` tensor transposed into place just works there.
 """
 from __future__ import annotations
 
-from typing import Sequence
+import functools
+from typing import Callable, Sequence
 
 import torch
 
@@ -50,6 +52,30 @@ def check_tensor(
             f"{layout} layout in memory: call .contiguous() on it (a head-first tensor needs .transpose(1, 2) first)"
         )
     return x
+
+
+def normalize_inputs(op: Callable) -> Callable:
+    """Decorate a public op to take its inputs as the peer library does, once, before any check: a tensor that is
+    not contiguous is copied into its layout, and an initial_state in float16/bfloat16 is cast to float32 (autograd
+    returns its gradient in its own dtype). What is still wrong after that (shape, other dtypes, device) is refused
+    by the checks as before."""
+    import inspect
+
+    names = list(inspect.signature(op).parameters)
+
+    def fix(name: str, x):
+        if not isinstance(x, torch.Tensor):
+            return x
+        if name == "initial_state" and x.dtype in (torch.float16, torch.bfloat16):
+            x = x.float()
+        return x if x.is_contiguous() else x.contiguous()
+
+    @functools.wraps(op)
+    def wrapper(*args, **kwargs):
+        args = tuple(fix(names[i], a) if i < len(names) else a for i, a in enumerate(args))
+        return op(*args, **{k: fix(k, v) for k, v in kwargs.items()})
+
+    return wrapper
 
 
 def check_cu_seqlens(cu_seqlens: object, batch_size: int, num_tokens: int) -> int:
