@@ -19,7 +19,7 @@ import warnings
 FAMILIES = ["attn", "delta_rule", "gated_delta_rule", "gla", "linear_attn", "retention", "simple_gla"]
 MODULES = ["fla.modules"] + [f"fla.modules.{m}" for m in (
     "convolution", "fused_cross_entropy", "fused_linear_cross_entropy", "l2norm", "layernorm", "mlp", "rotary")]
-MODULES += [f"fla.ops.{f}{sub}" for f in FAMILIES for sub in ("", ".naive")]
+MODULES += [f"fla.ops.{f}{sub}" for f in FAMILIES for sub in ("", ".naive")] + ["fla.ops.gated_delta_rule.gate"]
 
 
 def describe(obj) -> list[list[str]] | None:

@@ -28,7 +28,6 @@ DELIBERATE = {
         "None sizes the chunks by memory; the loss and gradients do not depend on the chunking",
 }
 
-_CHUNK = ["state_v_first", "cu_seqlens_cpu"]
 # name -> the peer's parameters we lack (all of them after our last positional parameter, or keyword-only there)
 MISSING = {
     "FusedCrossEntropyLoss": ["logit_scale", "lse_square_scale", "logit_softcapping",
@@ -41,18 +40,7 @@ MISSING = {
     "prepare_chunk_indices": ["cu_seqlens_cpu"],
     "rotary_embedding": None,  # a different function under the same name: not compared
     "parallel_attn": ["chunk_indices", "sink_bias"],
-    "chunk_delta_rule": ["cu_seqlens_cpu"],
-    "chunk_gated_delta_rule": ["use_beta_sigmoid_in_kernel", "allow_neg_eigval",
-                                                        "state_v_first", "cu_seqlens_cpu", "chunk_indices",
-                                                        "cp_context"],
-    "fused_recurrent_gated_delta_rule": ["use_gate_in_kernel", "A_log", "dt_bias",
-                                                                  "use_beta_sigmoid_in_kernel", "allow_neg_eigval",
-                                                                  "state_v_first"],
-    "chunk_gla": _CHUNK,
-    "fused_recurrent_gla": ["state_v_first"],
-    "fused_recurrent_retention": ["state_v_first"],
-    "chunk_simple_gla": _CHUNK,
-    "fused_recurrent_simple_gla": ["state_v_first"],
+    "chunk_gated_delta_rule": ["chunk_indices", "cp_context"],
 }
 
 

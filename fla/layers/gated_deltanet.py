@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from fla.layers.utils import RecurrentStep, recurrent_flops_per_token, split_heads
 from fla.modules import FusedRMSNormGated, RMSNorm, ShortConvolution
 from fla.ops.gated_delta_rule import chunk_gated_delta_rule, fused_recurrent_gated_delta_rule
+from fla.ops.gated_delta_rule.gate import naive_gdn_gate
 
 
 class GatedDeltaNet(nn.Module):
@@ -106,7 +107,7 @@ class GatedDeltaNet(nn.Module):
         beta = self.b_proj(x).sigmoid()
         if self.allow_neg_eigval:
             beta = beta * 2
-        g = -self.A_log.float().exp() * F.softplus(self.a_proj(x).float() + self.dt_bias)
+        g = naive_gdn_gate(self.a_proj(x), self.A_log, self.dt_bias)  # -exp(A_log) * softplus(a + dt_bias)
 
         op = fused_recurrent_gated_delta_rule if step.mode == "fused_recurrent" else chunk_gated_delta_rule
         o, final_state = op(q, k, v, g=g, beta=beta, initial_state=step.initial_state,  # keywords: the peer's order

@@ -20,6 +20,7 @@ def chunk_delta_rule(
     output_final_state: bool = False,
     use_qk_l2norm_in_kernel: bool = False,
     cu_seqlens: torch.Tensor | None = None,
+    cu_seqlens_cpu: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The delta rule (`S_t = S_{t-1} + k_t^T beta_t (v_t - k_t S_{t-1})`, `o_t = scale * q_t S_t`),
     chunk-parallel; differentiable.

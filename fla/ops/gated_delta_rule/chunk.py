@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 
 from fla.ops.gated_delta_rule.fused_recurrent import check_delta_rule_inputs
+from fla.ops.gated_delta_rule.gate import gated_delta_rule_inputs
 from fla.ops.utils.checks import normalize_inputs
 from fla.ops.utils.chunk_o import chunk_bwd_dqkwg, chunk_bwd_dv_local, chunk_fwd_o
 from fla.ops.utils.cumsum import chunk_local_cumsum
@@ -104,8 +105,15 @@ def chunk_gated_delta_rule(
     initial_state: torch.Tensor | None = None,
     output_final_state: bool = False,
     use_qk_l2norm_in_kernel: bool = False,
-    *,
+    use_beta_sigmoid_in_kernel: bool = False,
+    allow_neg_eigval: bool = False,
+    state_v_first: bool = False,
     cu_seqlens: torch.Tensor | None = None,
+    cu_seqlens_cpu: torch.Tensor | None = None,
+    *,
+    use_gate_in_kernel: bool = False,
+    A_log: torch.Tensor | None = None,
+    dt_bias: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The gated delta rule (`S_t = exp(g_t) S_{t-1} + k_t^T beta_t (v_t - exp(g_t) k_t S_{t-1})`,
     `o_t = scale * q_t S_t`), chunk-parallel; differentiable.
@@ -117,10 +125,15 @@ def chunk_gated_delta_rule(
         scale: defaults to K ** -0.5
         initial_state: [N, HV, K, V] float32 (N = B, or the number of sequences under cu_seqlens)
         use_qk_l2norm_in_kernel: L2-normalize q and k first (differentiated through)
-        cu_seqlens: [N + 1] int, packed sequences, B must be 1
+        use_beta_sigmoid_in_kernel: beta is the raw projection: use sigmoid(beta) (times 2 with allow_neg_eigval)
+        state_v_first: initial and final states are [N, HV, V, K] (see fla.ops.utils.checks.normalize_inputs)
+        cu_seqlens: [N + 1] int, packed sequences, B must be 1; cu_seqlens_cpu: the same on the host (optional)
+        use_gate_in_kernel: g is the raw gate: use -exp(A_log) * softplus(g + dt_bias) (see `gate.py`)
     Returns:
         o: [B, T, HV, V]; final_state: [N, HV, K, V] float32 or None
     """
+    g, beta = gated_delta_rule_inputs(g, beta, use_gate_in_kernel, A_log, dt_bias, use_beta_sigmoid_in_kernel,
+                                      allow_neg_eigval)
     if g is None:
         raise ValueError("g must be a [B, T, HV] tensor of log decays; use chunk_delta_rule for no gate")
     check_delta_rule_inputs(q, k, v, g, beta, scale, initial_state, cu_seqlens, per_channel_beta=False)

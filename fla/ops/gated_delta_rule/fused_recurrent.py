@@ -25,6 +25,7 @@ import triton.language as tl
 # dominates a per-token loop. tl.reduce with the standard combine is the same reduction and takes numpy's fast path.
 from triton.language.standard import _sum_combine
 
+from fla.ops.gated_delta_rule.gate import gated_delta_rule_inputs
 from fla.ops.gated_delta_rule.naive import naive_recurrent_gated_delta_rule
 from fla.ops.utils.checks import (check_cu_seqlens, check_head_dim, check_initial_state, check_scale, check_tensor,
                                   normalize_inputs)
@@ -348,7 +349,12 @@ def fused_recurrent_gated_delta_rule(
     initial_state: torch.Tensor | None = None,
     output_final_state: bool = False,
     use_qk_l2norm_in_kernel: bool = False,
-    *,
+    use_gate_in_kernel: bool = False,
+    A_log: torch.Tensor | None = None,
+    dt_bias: torch.Tensor | None = None,
+    use_beta_sigmoid_in_kernel: bool = False,
+    allow_neg_eigval: bool = False,
+    state_v_first: bool = False,
     cu_seqlens: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The gated delta rule, token by token (decoding, short prompts); differentiable. The positional order is the
@@ -363,6 +369,9 @@ def fused_recurrent_gated_delta_rule(
         scale: defaults to K ** -0.5
         initial_state: [N, HV, K, V] float32 (N = B, or the number of sequences under cu_seqlens)
         use_qk_l2norm_in_kernel: L2-normalize q and k first (differentiated through)
+        use_gate_in_kernel: g is the raw gate: use -exp(A_log) * softplus(g + dt_bias) (see `gate.py`)
+        use_beta_sigmoid_in_kernel: beta is the raw projection: use sigmoid(beta) (times 2 with allow_neg_eigval)
+        state_v_first: initial and final states are [N, HV, V, K] (see fla.ops.utils.checks.normalize_inputs)
         cu_seqlens: [N + 1] int, packed sequences, B must be 1
     Returns:
         o: [B, T, HV, V]; final_state: [N, HV, K, V] float32 or None
@@ -373,6 +382,8 @@ def fused_recurrent_gated_delta_rule(
                          "you meant beta, pass it by keyword (beta=...)")
     if beta is None:
         beta = torch.ones(v.shape[:3], dtype=v.dtype, device=v.device) if isinstance(v, torch.Tensor) else beta
+    g, beta = gated_delta_rule_inputs(g, beta, use_gate_in_kernel, A_log, dt_bias, use_beta_sigmoid_in_kernel,
+                                      allow_neg_eigval)
     check_delta_rule_inputs(q, k, v, g, beta, scale, initial_state, cu_seqlens, per_channel_beta=True)
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
     return _fused_recurrent(q.contiguous(), k.contiguous(), v.contiguous(), g.contiguous() if g is not None else None,

@@ -17,7 +17,7 @@ def fused_recurrent_retention(
     initial_state: torch.Tensor | None = None,
     output_final_state: bool = False,
     reverse: bool = False,
-    *,
+    state_v_first: bool = False,
     cu_seqlens: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Retention token by token (decoding, short prompts); differentiable in q, k, v and initial_state.

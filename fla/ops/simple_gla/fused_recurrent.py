@@ -271,7 +271,7 @@ def fused_recurrent_simple_gla(
     initial_state: torch.Tensor | None = None,
     output_final_state: bool = False,
     reverse: bool = False,
-    *,
+    state_v_first: bool = False,
     cu_seqlens: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Simple gated linear attention token by token (decoding, short prompts); differentiable in q, k, v, g and

@@ -55,13 +55,21 @@ def check_tensor(
 
 
 def normalize_inputs(op: Callable) -> Callable:
-    """Decorate a public op to take its inputs as the peer library does, once, before any check: a tensor that is
-    not contiguous is copied into its layout, and an initial_state in float16/bfloat16 is cast to float32 (autograd
-    returns its gradient in its own dtype). What is still wrong after that (shape, other dtypes, device) is refused
-    by the checks as before."""
+    """Decorate a public op to take its inputs as the peer library does, once, before any check:
+    - a tensor that is not contiguous is copied into its layout;
+    - an initial_state in float16/bfloat16 is cast to float32 (autograd returns its gradient in its own dtype);
+    - `state_v_first=True` (if the op has it): initial and final states are [N, H, V, K] instead of [N, H, K, V];
+      they are transposed here, and the op itself always sees [N, H, K, V] (and state_v_first=False);
+    - `cu_seqlens_cpu` (if the op has it): a host copy of cu_seqlens, checked for its length; the results do not
+      depend on it.
+    What is still wrong after that (shape, other dtypes, device) is refused by the checks as before."""
     import inspect
 
-    names = list(inspect.signature(op).parameters)
+    signature = inspect.signature(op)
+    names = list(signature.parameters)
+    # the options that need the whole call bound: where they sit when passed positionally (binding costs ~10 us,
+    # so a call without them does not pay it)
+    optional = {n: names.index(n) for n in ("state_v_first", "cu_seqlens_cpu") if n in names}
 
     def fix(name: str, x):
         if not isinstance(x, torch.Tensor):
@@ -72,10 +80,35 @@ def normalize_inputs(op: Callable) -> Callable:
 
     @functools.wraps(op)
     def wrapper(*args, **kwargs):
+        if any(n in kwargs or len(args) > i for n, i in optional.items()):
+            bound = signature.bind(*args, **kwargs)
+            values = bound.arguments
+            cpu = values.get("cu_seqlens_cpu")
+            if cpu is not None:
+                check_cu_seqlens_cpu(cpu, values.get("cu_seqlens"))
+            if values.get("state_v_first"):
+                if isinstance(values.get("initial_state"), torch.Tensor):
+                    values["initial_state"] = values["initial_state"].transpose(-1, -2)
+                values["state_v_first"] = False
+                o, final_state = op(**{n: fix(n, v) for n, v in values.items()})
+                return o, final_state.transpose(-1, -2) if final_state is not None else None
+            return op(**{n: fix(n, v) for n, v in values.items()})
         args = tuple(fix(names[i], a) if i < len(names) else a for i, a in enumerate(args))
         return op(*args, **{k: fix(k, v) for k, v in kwargs.items()})
 
     return wrapper
+
+
+def check_cu_seqlens_cpu(cu_seqlens_cpu: object, cu_seqlens: object) -> None:
+    """A host copy of cu_seqlens: a CPU integer tensor of the same length (its values are not compared, which would
+    cost the device sync it exists to spare)."""
+    if cu_seqlens is None:
+        raise ValueError("cu_seqlens_cpu was given without cu_seqlens: pass both (the same boundaries, on the host "
+                         "and on the device) or neither")
+    if (not isinstance(cu_seqlens_cpu, torch.Tensor) or cu_seqlens_cpu.device.type != "cpu"
+            or cu_seqlens_cpu.dtype not in INDEX_DTYPES or cu_seqlens_cpu.shape != getattr(cu_seqlens, "shape", None)):
+        raise ValueError("cu_seqlens_cpu must be a CPU int32/int64 tensor with the shape of cu_seqlens (a host copy "
+                         "of the same boundaries)")
 
 
 def check_cu_seqlens(cu_seqlens: object, batch_size: int, num_tokens: int) -> int:
