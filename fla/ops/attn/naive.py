@@ -49,3 +49,44 @@ def naive_attn(
             p = s.masked_fill(~mask, float("-inf")).softmax(-1)
             o[b, bos:eos] = torch.einsum("hij,jhv->ihv", p, vs)
     return o.to(q.dtype)
+
+
+def naive_parallel_attn(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    scale: float | None = None,
+    window_size: int | None = None,
+    causal: bool = True,
+    *,
+    g: torch.Tensor | None = None,
+    sink_bias: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The peer library's reference of that name: one sequence per row, the scores of `naive_attn` (optionally not
+    causal), and `sink_bias` [HQ], a per-head logit added to every softmax's denominator only (an attention sink).
+    q: [B, T, HQ, K]; k: [B, T, H, K]; v: [B, T, H, V]; g: [B, T, HQ] ->
+    (o [B, T, HQ, V] in q's dtype, max_logits [B, T, HQ] float32: the largest score of each query)."""
+    B, T, HQ, K = q.shape
+    if k.shape[2] == 0 or HQ % k.shape[2]:
+        raise ValueError(f"the query heads ({HQ}) must be a multiple of the key/value heads ({k.shape[2]})")
+    group = HQ // k.shape[2]
+    scale = K ** -0.5 if scale is None else scale
+    ks, vs = k.float().repeat_interleave(group, dim=2), v.float().repeat_interleave(group, dim=2)
+    s = scale * torch.einsum("bihk,bjhk->bhij", q.float(), ks)
+    if g is not None:
+        G = g.float().cumsum(1).transpose(1, 2)  # [B, HQ, T]
+        s = s + G[..., :, None] - G[..., None, :]
+    i = torch.arange(T, device=q.device)
+    if causal:
+        mask = i[:, None] >= i[None, :]
+        if window_size is not None:
+            mask &= i[:, None] - i[None, :] < window_size
+        s = s.masked_fill(~mask, float("-inf"))
+    max_logits = s.amax(-1)
+    if sink_bias is not None:
+        sink = sink_bias.float()[None, :, None, None].expand(B, HQ, T, 1)
+        p = torch.cat([s, sink], -1).softmax(-1)[..., :T]
+    else:
+        p = s.softmax(-1)
+    o = torch.einsum("bhij,bjhv->bihv", p, vs)
+    return o.to(q.dtype), max_logits.transpose(1, 2)

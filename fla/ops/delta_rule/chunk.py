@@ -39,3 +39,9 @@ def chunk_delta_rule(
     o, ht = chunk_delta_rule_family(q, k, v, None, beta, scale, initial_state, output_final_state,
                                     use_qk_l2norm_in_kernel, cu_seqlens)
     return o, (ht if output_final_state else None)
+
+
+def fused_chunk_delta_rule(**kwargs):
+    """Deprecated in the peer library, which raises; so do we."""
+    raise NotImplementedError("fused_chunk_delta_rule is deprecated (as in the peer library): use chunk_delta_rule, "
+                              "same arguments")

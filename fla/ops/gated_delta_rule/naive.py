@@ -68,3 +68,19 @@ def naive_recurrent_gated_delta_rule(
         o = torch.cat(outs)[None]
     final_state = torch.stack(finals) if output_final_state else None
     return o.to(dtype), final_state
+
+
+def naive_chunk_gated_delta_rule(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    g: torch.Tensor,
+    beta: torch.Tensor,
+    chunk_size: int = 64,
+    scale: float | None = None,
+    initial_state: torch.Tensor | None = None,
+    output_final_state: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The peer library's chunked reference, by its name and arguments (g before beta here, unlike the recurrent
+    reference): the same function as the token-by-token recurrence, which is what it computes here."""
+    return naive_recurrent_gated_delta_rule(q, k, v, beta, g, scale, initial_state, output_final_state)

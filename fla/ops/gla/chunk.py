@@ -106,3 +106,8 @@ def chunk_gla(
     if initial_state is not None:
         initial_state = initial_state.contiguous()
     return ChunkGLAFunction.apply(q, k, v, g, scale, initial_state, output_final_state, cu_seqlens)
+
+
+def fused_chunk_gla(**kwargs):
+    """Deprecated in the peer library, which raises; so do we."""
+    raise NotImplementedError("fused_chunk_gla is deprecated (as in the peer library): use chunk_gla, same arguments")

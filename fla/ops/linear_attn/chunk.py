@@ -60,3 +60,18 @@ def chunk_linear_attn(
         return ChunkSimpleGLAFunction.apply(q, k, v, None, None, scale, h0, output_final_state, cu_seqlens)
 
     return linear_attn_with_normalizer(run, q, k, v, scale, initial_state, output_final_state, normalize, cu_seqlens)
+
+
+@normalize_inputs
+def fused_chunk_linear_attn(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    scale: float | None = None,
+    initial_state: torch.Tensor | None = None,
+    output_final_state: bool = False,
+    normalize: bool = True,
+    cu_seqlens: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The peer library's name for a one-kernel chunked forward of the same function: here `chunk_linear_attn`."""
+    return chunk_linear_attn(q, k, v, scale, initial_state, output_final_state, normalize, cu_seqlens)

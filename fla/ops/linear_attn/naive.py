@@ -55,3 +55,23 @@ def naive_recurrent_linear_attn(
         finals.append(torch.cat([S, z[..., None]], -1) if normalize else S)
     o = torch.stack(outs) if cu_seqlens is None else torch.cat(outs)[None]
     return o.to(dtype), (torch.stack(finals) if output_final_state else None)
+
+
+def naive_chunk_linear_attn(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    scale: float | None = None,
+    normalize: bool = False,
+) -> torch.Tensor:
+    """The peer library's reference of that name (its output only): o_i = sum_{j <= i} scale q_i.k_j v_j, divided by
+    scale q_i . sum_{j <= i} k_j + NORMALIZE_EPS with normalize. q, k: [B, T, H, K]; v: [B, T, H, V] -> o, float32."""
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    q, k, v = q.float() * scale, k.float(), v.float()
+    T = q.shape[1]
+    A = torch.einsum("bihk,bjhk->bhij", q, k).masked_fill(
+        ~torch.ones(T, T, dtype=torch.bool, device=q.device).tril(), 0.0)
+    o = torch.einsum("bhij,bjhv->bihv", A, v)
+    if normalize:
+        o = o / ((q * k.cumsum(1)).sum(-1, keepdim=True) + NORMALIZE_EPS)
+    return o

@@ -34,3 +34,17 @@ def chunk_retention(
     g_gamma = retention_log_decays(q.shape[2], q.device)
     return chunk_simple_gla(q, k, v, g_gamma=g_gamma, scale=scale, initial_state=initial_state,
                             output_final_state=output_final_state, cu_seqlens=cu_seqlens)
+
+
+@normalize_inputs
+def fused_chunk_retention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    scale: float | None = None,
+    initial_state: torch.Tensor | None = None,
+    output_final_state: bool = False,
+    cu_seqlens: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The peer library's name for a one-kernel chunked forward of the same function: here `chunk_retention`."""
+    return chunk_retention(q, k, v, scale, initial_state, output_final_state, cu_seqlens)

@@ -52,3 +52,10 @@ def naive_recurrent_retention(
         finals.append(S)
     o = torch.stack(outs) if cu_seqlens is None else torch.cat(outs)[None]
     return o.to(dtype), (torch.stack(finals) if output_final_state else None)
+
+
+def naive_retention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """The peer library's reference of that name, in its head-first layout: q, k [B, H, T, K], v [B, H, T, V] ->
+    o [B, H, T, V] in q's dtype (scale K ** -0.5, the fixed per-head decays)."""
+    o, _ = naive_recurrent_retention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+    return o.transpose(1, 2).to(q.dtype)

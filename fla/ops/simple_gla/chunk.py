@@ -129,3 +129,19 @@ def chunk_simple_gla(
     return ChunkSimpleGLAFunction.apply(
         q, k, v, g.contiguous() if g is not None else None, g_gamma.detach() if g_gamma is not None else None,
         scale, initial_state.contiguous() if initial_state is not None else None, output_final_state, cu_seqlens)
+
+
+@normalize_inputs
+def fused_chunk_simple_gla(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    g: torch.Tensor | None = None,
+    g_gamma: torch.Tensor | None = None,
+    scale: float | None = None,
+    initial_state: torch.Tensor | None = None,
+    output_final_state: bool = False,
+    cu_seqlens: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The peer library's name for a one-kernel chunked forward of the same function: here `chunk_simple_gla`."""
+    return chunk_simple_gla(q, k, v, g, g_gamma, scale, initial_state, output_final_state, cu_seqlens=cu_seqlens)

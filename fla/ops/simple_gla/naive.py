@@ -60,3 +60,34 @@ def naive_recurrent_simple_gla(
         finals.append(S)
     o = torch.stack(outs) if cu_seqlens is None else torch.cat(outs)[None]
     return o.to(dtype), (torch.stack(finals) if output_final_state else None)
+
+
+def naive_parallel_simple_gla(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    g: torch.Tensor | None,
+    scale: float | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The attention form (the peer library's reference of that name): A_ij = scale q_i.k_j exp(G_i - G_j) for
+    j <= i, o = A v. q, k: [B, T, H, K]; v: [B, T, H, V]; g: [B, T, H] or None -> (o [B, T, H, V] float32,
+    A [B, H, T, T] float32)."""
+    from fla.ops.simple_gla.parallel import decayed_scores
+
+    A = decayed_scores(q, k, g, q.shape[-1] ** -0.5 if scale is None else scale)
+    return torch.einsum("bhij,bjhv->bihv", A, v.float()), A
+
+
+def naive_chunk_simple_gla(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    g: torch.Tensor,
+    initial_state: torch.Tensor | None = None,
+    output_final_state: bool = False,
+    chunk_size: int = 64,
+    scale: float | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The peer library's chunked reference, by its name and arguments: the same function as the token-by-token
+    recurrence, which is what it computes here (chunk_size changes nothing but rounding)."""
+    return naive_recurrent_simple_gla(q, k, v, g, scale, initial_state, output_final_state)
