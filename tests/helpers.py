@@ -55,3 +55,23 @@ def poisoned_empty() -> Iterator[None]:
         yield
     finally:
         torch.empty, torch.empty_like, torch.Tensor.new_empty = originals
+
+
+@contextlib.contextmanager
+def transformers_log() -> Iterator["io.StringIO"]:
+    """What transformers logs inside the block. Its deprecation notices are `warning_once`: the memo is cleared
+    first, so a notice an earlier test in this process printed shows again."""
+    import io
+    import logging
+
+    from transformers.utils import logging as hf_logging
+
+    logging.Logger.warning_once.cache_clear()
+    buffer = io.StringIO()
+    handler = logging.StreamHandler(buffer)
+    logger = hf_logging.get_logger("transformers")
+    logger.addHandler(handler)
+    try:
+        yield buffer
+    finally:
+        logger.removeHandler(handler)

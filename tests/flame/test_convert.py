@@ -4,11 +4,20 @@ import os
 import pytest
 import torch
 
+from tests.helpers import transformers_log
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 @pytest.mark.parametrize("family", ["gla_hybrid_debug"])
 def test_dcp_hf_round_trip_gives_identical_logits(family, tmp_path, capsys):
+    with transformers_log() as log:
+        round_trip(family, tmp_path, capsys)
+    # a normal train, convert and generate run prints no deprecation notice of transformers (e.g. the cache name)
+    assert "deprecat" not in log.getvalue().lower(), log.getvalue()
+
+
+def round_trip(family, tmp_path, capsys):
     import fla.models  # noqa: F401
     from transformers import AutoModelForCausalLM
 
@@ -39,6 +48,8 @@ def test_dcp_hf_round_trip_gives_identical_logits(family, tmp_path, capsys):
         b = AutoModelForCausalLM.from_pretrained(hf2).eval()(x).logits
     assert torch.isfinite(a).all()
     assert torch.equal(a, b)
+    with use_backend("torch"):
+        AutoModelForCausalLM.from_pretrained(hf1).eval().generate(x[:, :8], max_new_tokens=4, do_sample=False)
 
     # The converted step-0 is a seed checkpoint: training starts from it (same weights, fresh optimizer).
     with use_backend("torch"):

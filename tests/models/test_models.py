@@ -10,6 +10,7 @@ import torch.nn.functional as F
 import fla.models  # noqa: F401  (registers the families)
 from fla.models import FLACache
 from fla.ops.utils.dispatch import use_backend
+from tests import helpers
 from tests.helpers import assert_close, seed
 
 VOCAB = 64
@@ -124,20 +125,8 @@ def test_beam_search_with_cache_matches_without(family):
 
 @pytest.fixture
 def transformers_log():
-    """What transformers logs during a test (its deprecation notices are `warning_once`: the memo is cleared so a
-    notice printed by an earlier test in this process shows again)."""
-    import io
-    import logging
-
-    from transformers.utils import logging as hf_logging
-
-    logging.Logger.warning_once.cache_clear()
-    buffer, handler = io.StringIO(), logging.StreamHandler()
-    handler.stream = buffer
-    logger = hf_logging.get_logger("transformers")
-    logger.addHandler(handler)
-    yield buffer
-    logger.removeHandler(handler)
+    with helpers.transformers_log() as buffer:
+        yield buffer
 
 
 def test_cache_under_both_names_without_deprecation_notices(transformers_log):
