@@ -52,6 +52,10 @@ def main() -> None:
             params = describe(obj)
             if params is not None:
                 table["signatures"][f"{path}.{name}"] = params
+            if inspect.isclass(obj) and path == "fla.modules":  # how the modules are called, once per class
+                for method in ("forward", "step"):
+                    if method in vars(obj) and (params := describe(vars(obj)[method])) is not None:
+                        table["signatures"][f"{path}.{name}.{method}"] = params
     json.dump(table, sys.stdout, indent=1, sort_keys=True)
     print()
 

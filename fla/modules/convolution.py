@@ -303,26 +303,46 @@ class ShortConvolution(nn.Conv1d):
             if not cache.is_contiguous():
                 raise ValueError("cache must be contiguous: call .contiguous() on it")
 
-    def forward(self, x, cache=None, output_final_state=False, cu_seqlens=None):
+    def forward(self, x, residual=None, mask=None, cache=None, output_final_state=False, cu_seqlens=None):
+        """x [B, T, D] -> (y [B, T, D], final cache [N, D, W] or None); the peer library's argument order.
+        residual [B, T, D] is added to the output (after the activation); mask [B, T] (0/1) zeroes padded inputs
+        first (not with cu_seqlens, whose packing has no padding)."""
+        if mask is not None:
+            if cu_seqlens is not None:
+                raise ValueError("mask and cu_seqlens cannot be given together: packed sequences have no padding")
+            x = x * mask[..., None].to(x.dtype)
         self._check(x, cache, cu_seqlens)
         W = self.kernel_size[0]
-        weight = self.weight.view(self.hidden_size, W)
         grad_needed = torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad)
-        if cache is not None and x.shape[1] == 1 and cu_seqlens is None and not grad_needed:
-            y, cache = self.step(x, cache)
-            return y, cache if output_final_state else None
+        one_token_each = x.shape[1] == 1 if cu_seqlens is None else x.shape[1] == cu_seqlens.shape[0] - 1
+        if cache is not None and one_token_each and not grad_needed:
+            return self.step(x, residual, cache, output_final_state, cu_seqlens)
         x = x.contiguous()
-        y = short_conv(x, weight, self.bias, cache, cu_seqlens, self.activation)
+        y = short_conv(x, self.weight.view(self.hidden_size, W), self.bias, cache, cu_seqlens, self.activation)
         final = final_conv_state(x.detach(), cache, cu_seqlens, W) if output_final_state else None
-        return y, final
+        return (y if residual is None else y + residual), final
 
-    def step(self, x: torch.Tensor, cache: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """One decode step: x [B, 1, D] (or [B, D]); cache [B, D, W] is shifted and updated in place."""
-        squeeze = x.dim() == 2
-        x = x[:, None] if squeeze else x
+    def step(self, x: torch.Tensor, residual: torch.Tensor | None, cache: torch.Tensor | None,
+             output_final_state: bool = False, cu_seqlens: torch.Tensor | None = None
+             ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """One decode step (the peer library's signature): x [B, 1, D] (or [B, D]; or [1, N, D] with cu_seqlens, one
+        token per sequence); cache [N, D, W] is shifted and updated in place (a zero one is made if None).
+        Returns (y like x, plus residual if given; the cache if output_final_state else None)."""
+        shape = x.shape
+        if cu_seqlens is not None:  # one token per packed sequence: [1, N, D] -> [N, 1, D]
+            if x.dim() != 3 or x.shape[0] != 1 or x.shape[1] != cu_seqlens.shape[0] - 1:
+                raise ValueError(f"with cu_seqlens, step takes one token per sequence, x [1, N, D] (got {list(shape)})")
+            x = x.transpose(0, 1)
+        elif x.dim() == 2:
+            x = x[:, None]
+        if cache is None:
+            cache = x.new_zeros(x.shape[0], self.hidden_size, self.kernel_size[0])
         self._check(x, cache, None)
         if x.shape[1] != 1:
-            raise ValueError(f"step takes one token per sequence, x [B, 1, D] (got {list(x.shape)})")
+            raise ValueError(f"step takes one token per sequence, x [B, 1, D] (got {list(shape)})")
         W = self.kernel_size[0]
         y = short_conv_step(x.contiguous(), self.weight.view(self.hidden_size, W), self.bias, cache, self.activation)
-        return (y[:, 0] if squeeze else y), cache
+        y = y.transpose(0, 1) if cu_seqlens is not None else y.view(shape)
+        if residual is not None:
+            y = y + residual
+        return y, (cache if output_final_state else None)

@@ -184,5 +184,6 @@ class FusedCrossEntropyLoss(nn.Module):
     def extra_repr(self) -> str:
         return f"ignore_index={self.ignore_index}, label_smoothing={self.label_smoothing}, reduction={self.reduction!r}"
 
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return fused_cross_entropy(logits, target, self.ignore_index, self.label_smoothing, self.reduction)
+    def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:  # noqa: A002 (torch's name)
+        """input: [N, V] logits; target: [N] class indices."""
+        return fused_cross_entropy(input, target, self.ignore_index, self.label_smoothing, self.reduction)

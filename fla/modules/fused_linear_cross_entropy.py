@@ -155,8 +155,9 @@ class FusedLinearCrossEntropyLoss(nn.Module):
     def extra_repr(self) -> str:
         return f"ignore_index={self.ignore_index}, label_smoothing={self.label_smoothing}, reduction={self.reduction!r}"
 
-    def forward(self, hidden, target, weight, bias=None):
+    def forward(self, x, target, weight, bias=None):
+        """x: [N, D] hidden states; target: [N]; weight: [V, D]; bias: [V] or None."""
         return fused_linear_cross_entropy(
-            hidden, target, weight, bias, self.ignore_index, self.label_smoothing, self.reduction,
+            x, target, weight, bias, self.ignore_index, self.label_smoothing, self.reduction,
             self.chunk_size, self.num_chunks,
         )

@@ -151,3 +151,27 @@ def test_peer_backend_argument():
     assert conv.weight.shape == (8, 1, 4)
     with pytest.raises(ValueError, match="backend"):
         ShortConvolution(8, backend="tilelang")
+
+
+@pytest.mark.parametrize("backend", ["triton", "torch"])
+def test_peer_call_forms_residual_mask_and_packed_step(backend):
+    """forward(x, residual, mask, cache, ...) and step(x, residual, cache, output_final_state, cu_seqlens), in the
+    peer library's order: the residual is added after the activation, the mask zeroes padded inputs, and one token
+    per packed sequence decodes like a batch of rows."""
+    seed("peer-conv", backend)
+    B, T, D, W = 3, 9, 16, 4
+    conv = make_conv(D, W, True, "silu")
+    x, res = torch.randn(B, T, D), torch.randn(B, T, D)
+    mask = (torch.arange(T)[None] >= torch.tensor([[0], [2], [5]])).long()  # left padding
+    with use_backend(backend), torch.no_grad():
+        y, _ = conv(x, res, mask)
+        assert_close("residual+mask", y, conv(x * mask[..., None])[0] + res, 1e-6)
+        cache, x1, r1 = torch.randn(B, D, W), torch.randn(B, 1, D), torch.randn(B, 1, D)
+        want, want_cache = conv.step(x1, r1, cache.clone(), True)
+        got, got_cache = conv.step(x1.transpose(0, 1), r1.transpose(0, 1), cache.clone(), True,
+                                   torch.arange(B + 1, dtype=torch.int32))
+        assert_close("packed step", got, want.transpose(0, 1), 1e-6)
+        assert_close("packed cache", got_cache, want_cache, 0)
+        assert conv.step(x1, None, cache.clone())[1] is None  # the cache only when asked for
+        with pytest.raises(ValueError, match="mask and cu_seqlens"):
+            conv(x[:1], mask=mask[:1], cu_seqlens=torch.tensor([0, T]))
