@@ -139,13 +139,30 @@ def _check_offset(seqlen_offset, batch_size, num_seqs):
         raise ValueError(f"seqlen_offset must be an int or an int tensor (got {type(seqlen_offset).__name__})")
 
 
+def rotary_embedding_ref(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, interleaved: bool = False
+                         ) -> torch.Tensor:
+    """The rotation in plain PyTorch (the peer library's reference of that name): x [..., T, H, D]; cos, sin [T, R]
+    for R = rotary dim / 2 -> x with its first 2R features rotated."""
+    R = cos.shape[-1]
+    if interleaved:
+        x1, x2 = x[..., 0:2 * R:2], x[..., 1:2 * R:2]
+    else:
+        x1, x2 = x[..., :R], x[..., R:2 * R]
+    c, s = cos[..., None, :], sin[..., None, :]  # over the heads
+    y1, y2 = x1 * c - x2 * s, x2 * c + x1 * s
+    rotated = torch.stack([y1, y2], -1).flatten(-2) if interleaved else torch.cat([y1, y2], -1)
+    return torch.cat([rotated, x[..., 2 * R:]], -1)
+
+
 class RotaryEmbedding(nn.Module):
     """`forward(q, k, seqlen_offset=0, cu_seqlens=None, max_seqlen=None) -> (q, k)` with q/k [B, T, H, D], D >= dim.
 
     `seqlen_offset`: an int (tokens already seen, when decoding) or a tensor [B] (one per row; e.g. cache length
-    minus left padding), or [N] per document under `cu_seqlens`. `max_seqlen` is accepted for API compatibility and
-    unused: angles are computed from the positions, there is no table to size. `inv_freq` is a non-persistent buffer:
-    `reset_parameters()` recomputes it (after building on the meta device and `to_empty`).
+    minus left padding), or [N] per document under `cu_seqlens`. Angles are computed from the positions, so there is
+    no table to size; `_cos_cached` / `_sin_cached` ([L, dim / 2] float32, L = max_seqlen or the furthest position of
+    the last call), which the peer library's module keeps, are built on demand for code that reads them. `inv_freq`
+    is a non-persistent buffer: `reset_parameters()` recomputes it (after building on the meta device and
+    `to_empty`).
     """
 
     def __init__(self, dim: int, base: float = 10000.0, scale_base: float | None = None, interleaved: bool = False,
@@ -162,6 +179,7 @@ class RotaryEmbedding(nn.Module):
             raise ValueError(f"rotary dim must be a positive even number (got {dim})")
         self.dim, self.base, self.interleaved = dim, float(base), interleaved
         self.register_buffer("inv_freq", torch.empty(dim // 2, dtype=torch.float32, device=device), persistent=False)
+        self._last_call = (0, 0, None)  # (seq_len, seqlen_offset, max_seqlen) of the last forward, for _cos_cached
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -183,8 +201,25 @@ class RotaryEmbedding(nn.Module):
         N = B if cu_seqlens is None else check_cu_seqlens(cu_seqlens, B, T)
         _check_offset(seqlen_offset, B, N)
         positions = rotary_positions(B, T, seqlen_offset, cu_seqlens, q.device)
+        if not torch.compiler.is_compiling():  # bookkeeping for _cos_cached only; a compiled graph skips it
+            self._last_call = (T, seqlen_offset, max_seqlen)
         inv_freq = self.inv_freq.float()
         return (
             rotary(q.contiguous(), positions, inv_freq, self.interleaved),
             rotary(k.contiguous(), positions, inv_freq, self.interleaved),
         )
+
+    def _table(self) -> torch.Tensor:
+        T, offset, max_seqlen = self._last_call
+        if max_seqlen is None:
+            max_seqlen = T + (int(offset.max()) if isinstance(offset, torch.Tensor) and offset.numel() else int(offset))
+        positions = torch.arange(max(int(max_seqlen), 0), dtype=torch.float32, device=self.inv_freq.device)
+        return positions[:, None] * self.inv_freq.float()[None, :]
+
+    @property
+    def _cos_cached(self) -> torch.Tensor:
+        return self._table().cos()
+
+    @property
+    def _sin_cached(self) -> torch.Tensor:
+        return self._table().sin()

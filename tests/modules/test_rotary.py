@@ -106,3 +106,27 @@ def test_peer_arguments_that_change_the_math_are_refused():
     with pytest.raises(ValueError, match="pos_idx_in_fp32"):
         RotaryEmbedding(16, pos_idx_in_fp32=False)
     assert RotaryEmbedding(16, 10000.0, None, True).interleaved  # the peer's positional order
+
+
+@pytest.mark.parametrize("interleaved", [False, True])
+def test_peer_reference_and_tables(interleaved):
+    """rotary_embedding_ref(x, module._cos_cached[...], module._sin_cached[...]) reproduces the module, as the peer
+    library's tests read it; with per-row offsets the tables cover max_seqlen positions."""
+    from fla.modules.rotary import rotary_embedding_ref
+
+    seed("rotary-ref", interleaved)
+    B, T, H, D = 2, 11, 2, 16
+    rope = RotaryEmbedding(12, interleaved=interleaved)
+    q, k = torch.randn(B, T, H, D), torch.randn(B, T, H, D)
+    with use_backend("torch"):
+        q_rot, k_rot = rope(q, k)
+        assert rope._cos_cached.shape == (T, 6)
+        assert_close("q", q_rot, rotary_embedding_ref(q, rope._cos_cached, rope._sin_cached, interleaved), 1e-6)
+        assert_close("k", k_rot, rotary_embedding_ref(k, rope._cos_cached, rope._sin_cached, interleaved), 1e-6)
+        offsets = torch.tensor([3, 0])
+        q_off, _ = rope(q, k, seqlen_offset=offsets, max_seqlen=T + 3)
+        cos, sin = rope._cos_cached, rope._sin_cached
+        assert cos.shape == (T + 3, 6)
+        for b, o in enumerate(offsets.tolist()):
+            want = rotary_embedding_ref(q[b:b + 1], cos[o:o + T], sin[o:o + T], interleaved)
+            assert_close(f"row{b}", q_off[b:b + 1], want, 1e-6)
