@@ -66,12 +66,10 @@ def naive_chunk_linear_attn(
 ) -> torch.Tensor:
     """The peer library's reference of that name (its output only): o_i = sum_{j <= i} scale q_i.k_j v_j, divided by
     scale q_i . sum_{j <= i} k_j + NORMALIZE_EPS with normalize. q, k: [B, T, H, K]; v: [B, T, H, V] -> o, float32."""
+    from fla.ops.simple_gla.parallel import decayed_scores  # the attention form without decay
+
     scale = q.shape[-1] ** -0.5 if scale is None else scale
-    q, k, v = q.float() * scale, k.float(), v.float()
-    T = q.shape[1]
-    A = torch.einsum("bihk,bjhk->bhij", q, k).masked_fill(
-        ~torch.ones(T, T, dtype=torch.bool, device=q.device).tril(), 0.0)
-    o = torch.einsum("bhij,bjhv->bihv", A, v)
+    o = torch.einsum("bhij,bjhv->bihv", decayed_scores(q, k, None, scale), v.float())
     if normalize:
-        o = o / ((q * k.cumsum(1)).sum(-1, keepdim=True) + NORMALIZE_EPS)
+        o = o / ((scale * q.float() * k.float().cumsum(1)).sum(-1, keepdim=True) + NORMALIZE_EPS)
     return o
