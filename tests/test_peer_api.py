@@ -31,8 +31,6 @@ DELIBERATE = {
 
 # name -> the peer's parameters we lack (all of them after our last positional parameter, or keyword-only there)
 MISSING = {
-    "FusedCrossEntropyLoss": ["logit_scale", "lse_square_scale", "logit_softcapping",
-                                          "inplace_backward", "process_group", "return_z_loss"],
     "FusedLinearCrossEntropyLoss": ["logit_scale", "logit_softcapping", "use_l2warp",
                                                 "l2_penalty_factor", "accumulate_grad_in_fp32", "process_group"],
     "GatedMLP": ["fuse_swiglu", "powglu_power"],

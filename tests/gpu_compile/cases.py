@@ -190,7 +190,9 @@ def modules(x: Inputs):
     backward(M.FusedRMSNormGated(D, dtype=dt, activation="swish" if x.gates else "sigmoid")(a, b))
     logits = torch.randn(8, 5000, dtype=dt, requires_grad=True)
     target = torch.randint(0, 5000, (8,))
-    backward(M.FusedCrossEntropyLoss(label_smoothing=0.1 if x.gates else 0.0)(logits, target))
+    options = dict(label_smoothing=0.1, logit_scale=0.5, logit_softcapping=30.0, lse_square_scale=1e-4) if x.gates \
+        else {}
+    backward(M.FusedCrossEntropyLoss(**options)(logits, target))
     weight = torch.randn(100, D, dtype=dt, requires_grad=True)
     backward(M.fused_linear_cross_entropy(a.reshape(-1, D), torch.randint(0, 100, (a.shape[0] * a.shape[1],)),
                                           weight))

@@ -187,3 +187,51 @@ def test_cross_entropy_kernel_keeps_one_gradient_buffer():
         FusedCrossEntropyLoss()(logits, target).backward()
     print(f"peak bytes {tally.peak}, one half-precision [N, V] buffer {N * V * 2}")
     assert N * V * 2 <= tally.peak < N * V * 2 * 1.25
+
+
+@pytest.mark.parametrize("backend", ["triton", "torch"])
+@pytest.mark.parametrize("scale,cap,z", [(1.0, None, 1e-3), (0.5, 3.0, 0.0), (2.0, 5.0, 1e-2)])
+def test_peer_logit_options_match_pytorch(backend, scale, cap, z):
+    """logit_scale, logit_softcapping and the z-loss (lse_square_scale), as the peer library defines them, against
+    PyTorch autograd of the same formula; return_z_loss gives the z part alone."""
+    seed("ce-options", backend, scale, cap, z)
+    N, V = 37, 300
+    logits = (torch.randn(N, V) * 4).requires_grad_()
+    target = torch.randint(0, V, (N,))
+    target[::5] = -100
+    x = logits.detach().clone().requires_grad_()
+    y = x * scale
+    if cap is not None:
+        y = cap * torch.tanh(y / cap)
+    lse = torch.logsumexp(y, -1)
+    valid = target != -100
+    want = F.cross_entropy(y, target, label_smoothing=0.1) + z * (lse[valid] ** 2).mean()
+    want.backward()
+    with use_backend(backend), poisoned_empty():
+        loss, z_loss = FusedCrossEntropyLoss(label_smoothing=0.1, logit_scale=scale, lse_square_scale=z,
+                                             logit_softcapping=cap, return_z_loss=True)(logits, target)
+        loss.backward()
+    assert_close("loss", loss, want, 1e-5)
+    assert_close("z_loss", z_loss, z * (lse[valid] ** 2).mean(), 1e-5)
+    assert_close("dlogits", logits.grad, x.grad, 1e-5)
+
+
+def test_peer_logit_options_refused_when_wrong():
+    with pytest.raises(ValueError, match="process_group"):
+        FusedCrossEntropyLoss(process_group=object())
+    with pytest.raises(ValueError, match="logit_scale"):
+        FusedCrossEntropyLoss(logit_scale=0.0)
+    with pytest.raises(ValueError, match="logit_softcapping"):
+        FusedCrossEntropyLoss(logit_softcapping=-1.0)
+
+
+def test_inplace_backward_writes_the_gradient_into_the_logits():
+    seed("ce-inplace")
+    logits = torch.randn(8, 50)
+    target = torch.randint(0, 50, (8,))
+    ref = logits.clone().requires_grad_()
+    F.cross_entropy(ref, target).backward()
+    leaf = logits.clone().requires_grad_()
+    with use_backend("torch"):
+        FusedCrossEntropyLoss(inplace_backward=True)(leaf, target).backward()
+    assert_close("grad", leaf.grad, ref.grad, 1e-6)
