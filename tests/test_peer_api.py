@@ -31,8 +31,7 @@ DELIBERATE = {
 
 # name -> the peer's parameters we lack (all of them after our last positional parameter, or keyword-only there)
 MISSING = {
-    "FusedLinearCrossEntropyLoss": ["logit_scale", "logit_softcapping", "use_l2warp",
-                                                "l2_penalty_factor", "accumulate_grad_in_fp32", "process_group"],
+    "FusedLinearCrossEntropyLoss": ["use_l2warp", "l2_penalty_factor", "accumulate_grad_in_fp32", "process_group"],
     "GatedMLP": ["fuse_swiglu", "powglu_power"],
     "L2Norm": ["output_dtype"],
     "l2_norm": ["output_dtype"],

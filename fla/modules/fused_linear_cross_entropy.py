@@ -12,6 +12,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from fla.modules.fused_cross_entropy import (
+    check_logit_options,
     check_loss_options,
     check_targets,
     cross_entropy_loss_and_grad,
@@ -37,7 +38,8 @@ def _accumulate(acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
 
 class FusedLinearCrossEntropyFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, hidden, target, weight, bias, ignore_index, label_smoothing, reduction, chunk_size):
+    def forward(ctx, hidden, target, weight, bias, ignore_index, label_smoothing, reduction, chunk_size,
+                logit_scale=1.0, softcap=0.0):
         N, D = hidden.shape
         V = weight.shape[0]
         grad_scale, count = grad_scale_and_count(target, ignore_index, reduction)
@@ -53,7 +55,7 @@ class FusedLinearCrossEntropyFunction(torch.autograd.Function):
             logits = F.linear(h_c, weight, bias).contiguous()
             loss = cross_entropy_loss_and_grad(
                 logits, target[start:start + chunk_size], grad_scale, ignore_index, label_smoothing,
-                logits if need_grad else None,
+                logits if need_grad else None, logit_scale, softcap,
             )
             total += loss.sum()
             if need_dh:
@@ -81,7 +83,7 @@ class FusedLinearCrossEntropyFunction(torch.autograd.Function):
             dw = dw.mul_(dloss).to(w_dtype)
         if db is not None:
             db = db.mul_(dloss).to(b_dtype)
-        return dh, None, dw, db, None, None, None, None
+        return dh, None, dw, db, None, None, None, None, None, None
 
 
 def fused_linear_cross_entropy(
@@ -94,8 +96,12 @@ def fused_linear_cross_entropy(
     reduction: str = "mean",
     chunk_size: int | None = None,
     num_chunks: int | None = None,
+    *,
+    logit_scale: float = 1.0,
+    logit_softcapping: float | None = None,
 ) -> torch.Tensor:
-    """`F.cross_entropy(F.linear(hidden, weight, bias), target)` without the full logits.
+    """`F.cross_entropy(F.linear(hidden, weight, bias), target)` without the full logits (on the logits scaled by
+    `logit_scale` and soft-capped at `logit_softcapping`, as in `fused_cross_entropy`).
 
     Args:
         hidden: [..., D] hidden states (leading dims are flattened to N tokens)
@@ -107,6 +113,7 @@ def fused_linear_cross_entropy(
         the loss, a float32 scalar. Backward must run only once (the saved gradients are scaled in place).
     """
     check_loss_options(label_smoothing, reduction, REDUCTIONS)
+    check_logit_options(logit_scale, logit_softcapping, 0.0)
     if not isinstance(hidden, torch.Tensor) or hidden.dim() < 2 or not hidden.is_floating_point():
         got = list(hidden.shape) if isinstance(hidden, torch.Tensor) else type(hidden).__name__
         raise ValueError(f"hidden must be a floating-point [N, D] (or [B, T, D]) tensor (got {got})")
@@ -134,22 +141,25 @@ def fused_linear_cross_entropy(
         raise ValueError(f"chunk_size must be >= 1 (got {chunk_size})")
     return FusedLinearCrossEntropyFunction.apply(
         hidden, target.reshape(-1), weight.contiguous(), bias, ignore_index, label_smoothing, reduction, chunk_size,
+        float(logit_scale), float(logit_softcapping or 0.0),
     )
 
 
 class FusedLinearCrossEntropyLoss(nn.Module):
     """`forward(hidden, target, weight, bias=None)` -> the cross entropy of `hidden @ weight.T + bias`, computed in
-    chunks of tokens (see `fused_linear_cross_entropy`). The first two arguments are positional as in the peer
-    library (whose third is logit_scale, which fla lacks); num_chunks=None sizes the chunks by memory instead of
-    the peer's fixed 8 (the result does not depend on it)."""
+    chunks of tokens (see `fused_linear_cross_entropy`). Positional arguments in the peer library's order;
+    num_chunks=None sizes the chunks by memory instead of the peer's fixed 8 (the result does not depend on it)."""
 
     def __init__(
-        self, ignore_index: int = -100, label_smoothing: float = 0.0, *, reduction: str = "mean",
-        chunk_size: int | None = None, num_chunks: int | None = None,
+        self, ignore_index: int = -100, label_smoothing: float = 0.0, logit_scale: float = 1.0,
+        logit_softcapping: float | None = None, num_chunks: int | None = None, reduction: str = "mean", *,
+        chunk_size: int | None = None,
     ):
         super().__init__()
         check_loss_options(label_smoothing, reduction, REDUCTIONS)
+        check_logit_options(logit_scale, logit_softcapping, 0.0)
         self.ignore_index, self.label_smoothing, self.reduction = ignore_index, label_smoothing, reduction
+        self.logit_scale, self.logit_softcapping = logit_scale, logit_softcapping
         self.chunk_size, self.num_chunks = chunk_size, num_chunks
 
     def extra_repr(self) -> str:
@@ -159,5 +169,5 @@ class FusedLinearCrossEntropyLoss(nn.Module):
         """x: [N, D] hidden states; target: [N]; weight: [V, D]; bias: [V] or None."""
         return fused_linear_cross_entropy(
             x, target, weight, bias, self.ignore_index, self.label_smoothing, self.reduction,
-            self.chunk_size, self.num_chunks,
+            self.chunk_size, self.num_chunks, logit_scale=self.logit_scale, logit_softcapping=self.logit_softcapping,
         )

@@ -235,3 +235,21 @@ def test_inplace_backward_writes_the_gradient_into_the_logits():
     with use_backend("torch"):
         FusedCrossEntropyLoss(inplace_backward=True)(leaf, target).backward()
     assert_close("grad", leaf.grad, ref.grad, 1e-6)
+
+
+@pytest.mark.parametrize("backend", ["triton", "torch"])
+def test_linear_cross_entropy_logit_scale_and_softcap(backend):
+    seed("flce-options", backend)
+    N, D, V = 40, 16, 96
+    h, w = torch.randn(N, D, requires_grad=True), torch.randn(V, D, requires_grad=True)
+    target = torch.randint(0, V, (N,))
+    h_ref, w_ref = h.detach().clone().requires_grad_(), w.detach().clone().requires_grad_()
+    y = h_ref @ w_ref.t() * 0.5
+    F.cross_entropy(20.0 * torch.tanh(y / 20.0), target).backward()
+    with use_backend(backend), poisoned_empty():
+        loss = FusedLinearCrossEntropyLoss(-100, 0.0, 0.5, 20.0, 3)(h, target, w)  # the peer's positional order
+        loss.backward()
+    want = F.cross_entropy(20.0 * torch.tanh(h.detach() @ w.detach().t() * 0.5 / 20.0), target)
+    assert_close("loss", loss, want, 1e-5)
+    assert_close("dh", h.grad, h_ref.grad, 1e-5)
+    assert_close("dw", w.grad, w_ref.grad, 1e-5)
