@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import zlib
 from typing import Iterator
@@ -58,10 +59,9 @@ def poisoned_empty() -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def transformers_log() -> Iterator["io.StringIO"]:
+def transformers_log() -> Iterator[io.StringIO]:
     """What transformers logs inside the block. Its deprecation notices are `warning_once`: the memo is cleared
     first, so a notice an earlier test in this process printed shows again."""
-    import io
     import logging
 
     from transformers.utils import logging as hf_logging
