@@ -35,12 +35,11 @@ MISSING = {
     "GatedMLP": ["fuse_swiglu", "powglu_power"],
     "L2Norm": ["output_dtype"],
     "l2_norm": ["output_dtype"],
-    "prepare_chunk_indices": ["cu_seqlens_cpu"],
     "RotaryEmbedding.forward": ["chunk_indices"],
     "ShortConvolution.forward": ["chunk_indices"],
     "rotary_embedding": None,  # a different function under the same name: not compared
-    "parallel_attn": ["chunk_indices", "sink_bias"],
-    "chunk_gated_delta_rule": ["chunk_indices", "cp_context"],
+    "parallel_attn": ["sink_bias"],
+    "chunk_gated_delta_rule": ["cp_context"],
 }
 
 

@@ -21,7 +21,7 @@ import triton.language as tl
 
 from fla.ops.utils.checks import check_cu_seqlens, check_head_dim, check_scale, check_tensor, normalize_inputs
 from fla.ops.utils.dispatch import autotune, dispatch, is_interpreter
-from fla.ops.utils.index import prepare_chunk_indices, prepare_token_indices
+from fla.ops.utils.index import prepare_chunk_indices, prepare_token_indices, varlen_index
 
 LOG2E: tl.constexpr = tl.constexpr(1.4426950408889634)  # scores run in base 2 (exp2 is the fast path)
 
@@ -508,7 +508,7 @@ def _parallel_attn_torch(q, k, v, g, scale, window_size, cu_seqlens):
     qf, kf, vf = q.float(), k.float(), v.float()
     if cu_seqlens is None:
         return _sdpa(qf, kf, vf, G, scale, window_size).to(q.dtype)
-    bounds = cu_seqlens.tolist()
+    bounds = varlen_index(cu_seqlens).bounds
     pieces = [
         _sdpa(qf[:, bos:eos], kf[:, bos:eos], vf[:, bos:eos], G[:, bos:eos] if G is not None else None, scale,
               window_size)
@@ -534,6 +534,9 @@ def parallel_attn(
     scale: float | None = None,
     window_size: int | None = None,
     cu_seqlens: torch.Tensor | None = None,
+    chunk_indices: torch.Tensor | None = None,
+    *,
+    cu_seqlens_cpu: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Causal softmax attention; query head h uses key/value head h // (HQ / H).
 
@@ -545,6 +548,9 @@ def parallel_attn(
         scale: defaults to K ** -0.5
         window_size: W, query i attends to keys i - W + 1 .. i; None for full causal attention
         cu_seqlens: [N + 1] int, packed sequences, B must be 1 (no attention across a boundary)
+        chunk_indices: taken for the peer library's call form and not needed: the block index of a cu_seqlens is
+            built once and memoized (`fla.ops.utils.index.varlen_index`), for this op's own block size
+        cu_seqlens_cpu: the same boundaries on the host (optional): then no device->host sync at all
     Returns:
         o: [B, T, HQ, V] in q's dtype
     """

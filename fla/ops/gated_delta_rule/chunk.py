@@ -110,6 +110,7 @@ def chunk_gated_delta_rule(
     state_v_first: bool = False,
     cu_seqlens: torch.Tensor | None = None,
     cu_seqlens_cpu: torch.Tensor | None = None,
+    chunk_indices: torch.Tensor | None = None,
     *,
     use_gate_in_kernel: bool = False,
     A_log: torch.Tensor | None = None,
@@ -127,7 +128,10 @@ def chunk_gated_delta_rule(
         use_qk_l2norm_in_kernel: L2-normalize q and k first (differentiated through)
         use_beta_sigmoid_in_kernel: beta is the raw projection: use sigmoid(beta) (times 2 with allow_neg_eigval)
         state_v_first: initial and final states are [N, HV, V, K] (see fla.ops.utils.checks.normalize_inputs)
-        cu_seqlens: [N + 1] int, packed sequences, B must be 1; cu_seqlens_cpu: the same on the host (optional)
+        cu_seqlens: [N + 1] int, packed sequences, B must be 1; cu_seqlens_cpu: the same on the host (optional:
+            then no device->host sync at all)
+        chunk_indices: taken for the peer library's call form and not needed (the chunk index of a cu_seqlens is
+            built once and memoized: `fla.ops.utils.index.varlen_index`)
         use_gate_in_kernel: g is the raw gate: use -exp(A_log) * softplus(g + dt_bias) (see `gate.py`)
     Returns:
         o: [B, T, HV, V]; final_state: [N, HV, K, V] float32 or None

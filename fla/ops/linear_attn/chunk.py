@@ -39,6 +39,8 @@ def chunk_linear_attn(
     output_final_state: bool = False,
     normalize: bool = True,
     cu_seqlens: torch.Tensor | None = None,
+    *,
+    cu_seqlens_cpu: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Causal linear attention, chunk-parallel; differentiable in q, k, v and initial_state.
 
@@ -51,7 +53,8 @@ def chunk_linear_attn(
         normalize: o_t = q_t S_t / (q_t z_t + eps) with z_t = sum_{s <= t} k_s (scale on both sides). The default
             (True) is the peer library's for this op (its fused_recurrent_linear_attn defaults to False): pass it
             by keyword when it matters
-        cu_seqlens: [N + 1] int32/int64, packed sequences, B must be 1
+        cu_seqlens: [N + 1] int32/int64, packed sequences, B must be 1; cu_seqlens_cpu: the same on the host
+            (optional: then no device->host sync at all)
     Returns:
         o: [B, T, H, V] in v's dtype; final_state: [N, H, K, V] ([N, H, K, V + 1] with normalize) float32 or None
     """

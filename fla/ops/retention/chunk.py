@@ -18,6 +18,8 @@ def chunk_retention(
     initial_state: torch.Tensor | None = None,
     output_final_state: bool = False,
     cu_seqlens: torch.Tensor | None = None,
+    *,
+    cu_seqlens_cpu: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Retention, chunk-parallel; differentiable in q, k, v and initial_state.
 
@@ -26,7 +28,8 @@ def chunk_retention(
         scale: defaults to K ** -0.5
         initial_state: [N, H, K, V] float32 (N = B, or the number of sequences under cu_seqlens)
         output_final_state: also return the state after the last token
-        cu_seqlens: [N + 1] int32/int64, packed sequences, B must be 1
+        cu_seqlens: [N + 1] int32/int64, packed sequences, B must be 1; cu_seqlens_cpu: the same on the host
+            (optional: then no device->host sync at all)
     Returns:
         o: [B, T, H, V] in v's dtype; final_state: [N, H, K, V] float32 or None
     """

@@ -20,13 +20,8 @@ import triton
 import triton.language as tl
 
 from fla.ops.utils.dispatch import autotune, dispatch, tensor_core_dtype
-from fla.ops.utils.index import chunk_state_bounds, prepare_chunk_offsets, sequence_spans
+from fla.ops.utils.index import chunk_state_bounds, num_chunks, prepare_chunk_offsets, sequence_spans, varlen_index
 
-
-def _num_chunks(T: int, cu_seqlens: torch.Tensor | None, chunk_size: int) -> int:
-    if cu_seqlens is None:
-        return triton.cdiv(T, chunk_size)
-    return int(prepare_chunk_offsets(cu_seqlens, chunk_size)[-1])
 
 
 def _chunk_fwd_h_torch(k, v, g=None, gk=None, gv=None, h0=None, output_final_state=False, cu_seqlens=None,
@@ -34,8 +29,8 @@ def _chunk_fwd_h_torch(k, v, g=None, gk=None, gv=None, h0=None, output_final_sta
     B, T, H, K = k.shape
     V = v.shape[-1]
     spans = sequence_spans(cu_seqlens, B, T)
-    offsets = prepare_chunk_offsets(cu_seqlens, chunk_size).tolist() if cu_seqlens is not None else None
-    h = k.new_empty(B, _num_chunks(T, cu_seqlens, chunk_size), H, K, V,
+    offsets = varlen_index(cu_seqlens).chunk_offsets_host(chunk_size) if cu_seqlens is not None else None
+    h = k.new_empty(B, num_chunks(T, cu_seqlens, chunk_size), H, K, V,
                     dtype=torch.float32 if states_in_fp32 else k.dtype)
     ht = k.new_empty(len(spans), H, K, V, dtype=torch.float32) if output_final_state else None
     for i, (b, bos, eos) in enumerate(spans):
@@ -68,8 +63,8 @@ def _chunk_bwd_dh_torch(q, do, g=None, gk=None, gv=None, h0=None, dht=None, scal
     B, T, H, K = q.shape
     V = do.shape[-1]
     spans = sequence_spans(cu_seqlens, B, T)
-    offsets = prepare_chunk_offsets(cu_seqlens, chunk_size).tolist() if cu_seqlens is not None else None
-    dh = q.new_empty(B, _num_chunks(T, cu_seqlens, chunk_size), H, K, V,
+    offsets = varlen_index(cu_seqlens).chunk_offsets_host(chunk_size) if cu_seqlens is not None else None
+    dh = q.new_empty(B, num_chunks(T, cu_seqlens, chunk_size), H, K, V,
                      dtype=torch.float32 if states_in_fp32 else q.dtype)
     dh0 = q.new_empty(len(spans), H, K, V, dtype=torch.float32) if h0 is not None else None
     for i, (b, bos, eos) in enumerate(spans):
@@ -240,7 +235,7 @@ def _chunk_fwd_h_triton(k, v, g=None, gk=None, gv=None, h0=None, output_final_st
     V = v.shape[-1]
     N = B if cu_seqlens is None else len(cu_seqlens) - 1
     chunk_offsets = prepare_chunk_offsets(cu_seqlens, chunk_size) if cu_seqlens is not None else None
-    h = k.new_empty(B, _num_chunks(T, cu_seqlens, chunk_size), H, K, V,
+    h = k.new_empty(B, num_chunks(T, cu_seqlens, chunk_size), H, K, V,
                     dtype=torch.float32 if states_in_fp32 else k.dtype)
     ht = k.new_empty(N, H, K, V, dtype=torch.float32) if output_final_state else None
     dot_dtype = tensor_core_dtype(k.dtype)
@@ -258,7 +253,7 @@ def _chunk_bwd_dh_triton(q, do, g=None, gk=None, gv=None, h0=None, dht=None, sca
     V = do.shape[-1]
     N = B if cu_seqlens is None else len(cu_seqlens) - 1
     chunk_offsets = prepare_chunk_offsets(cu_seqlens, chunk_size) if cu_seqlens is not None else None
-    dh = q.new_empty(B, _num_chunks(T, cu_seqlens, chunk_size), H, K, V,
+    dh = q.new_empty(B, num_chunks(T, cu_seqlens, chunk_size), H, K, V,
                      dtype=torch.float32 if states_in_fp32 else q.dtype)
     dh0 = q.new_empty(N, H, K, V, dtype=torch.float32) if h0 is not None else None
     dot_dtype = tensor_core_dtype(q.dtype)

@@ -20,19 +20,14 @@ import triton
 import triton.language as tl
 
 from fla.ops.utils.dispatch import autotune, dispatch, tensor_core_dtype
-from fla.ops.utils.index import chunk_state_bounds, prepare_chunk_offsets, sequence_spans
+from fla.ops.utils.index import chunk_state_bounds, num_chunks, prepare_chunk_offsets, sequence_spans, varlen_index
 
-
-def _num_chunks(T: int, cu_seqlens: torch.Tensor | None, chunk_size: int) -> int:
-    if cu_seqlens is None:
-        return triton.cdiv(T, chunk_size)
-    return int(prepare_chunk_offsets(cu_seqlens, chunk_size)[-1])
 
 
 def _chunks_of(cu_seqlens, B, T, chunk_size):
     """[(batch row, first flat chunk, [(start, end), ...])] per sequence."""
     spans = sequence_spans(cu_seqlens, B, T)
-    offsets = prepare_chunk_offsets(cu_seqlens, chunk_size).tolist() if cu_seqlens is not None else [0] * len(spans)
+    offsets = varlen_index(cu_seqlens).chunk_offsets_host(chunk_size) if cu_seqlens is not None else [0] * len(spans)
     return [(b, offsets[i], [(s, min(s + chunk_size, eos)) for s in range(bos, eos, chunk_size)])
             for i, (b, bos, eos) in enumerate(spans)]
 
@@ -40,7 +35,7 @@ def _chunks_of(cu_seqlens, B, T, chunk_size):
 def _fwd_h_torch(k, w, u, g=None, h0=None, output_final_state=False, cu_seqlens=None, chunk_size=64):
     B, T, H, K = k.shape
     V = u.shape[-1]
-    h = k.new_empty(B, _num_chunks(T, cu_seqlens, chunk_size), H, K, V)
+    h = k.new_empty(B, num_chunks(T, cu_seqlens, chunk_size), H, K, V)
     v_new = torch.empty_like(u)
     seqs = _chunks_of(cu_seqlens, B, T, chunk_size)
     ht = k.new_empty(len(seqs), H, K, V, dtype=torch.float32) if output_final_state else None
@@ -64,7 +59,7 @@ def _fwd_h_torch(k, w, u, g=None, h0=None, output_final_state=False, cu_seqlens=
 def _bwd_dhu_torch(q, k, w, do, dv, g=None, h0=None, dht=None, scale=1.0, cu_seqlens=None, chunk_size=64):
     B, T, H, K = q.shape
     V = do.shape[-1]
-    dh = q.new_empty(B, _num_chunks(T, cu_seqlens, chunk_size), H, K, V)
+    dh = q.new_empty(B, num_chunks(T, cu_seqlens, chunk_size), H, K, V)
     dv2 = torch.empty_like(dv)
     seqs = _chunks_of(cu_seqlens, B, T, chunk_size)
     dh0 = q.new_empty(len(seqs), H, K, V, dtype=torch.float32) if h0 is not None else None
@@ -222,7 +217,7 @@ def _fwd_h_triton(k, w, u, g=None, h0=None, output_final_state=False, cu_seqlens
     B, T, H, K = k.shape
     V = u.shape[-1]
     N, chunk_offsets, grid, BK = _state_launch(k, V, cu_seqlens, chunk_size)
-    h = k.new_empty(B, _num_chunks(T, cu_seqlens, chunk_size), H, K, V)
+    h = k.new_empty(B, num_chunks(T, cu_seqlens, chunk_size), H, K, V)
     v_new = torch.empty_like(u)
     ht = k.new_empty(N, H, K, V, dtype=torch.float32) if output_final_state else None
     # bf16 dot operands are upcast under the interpreter (it computes bf16 dots wrongly); outputs keep their dtype.
@@ -236,7 +231,7 @@ def _bwd_dhu_triton(q, k, w, do, dv, g=None, h0=None, dht=None, scale=1.0, cu_se
     B, T, H, K = q.shape
     V = do.shape[-1]
     N, chunk_offsets, grid, BK = _state_launch(q, V, cu_seqlens, chunk_size)
-    dh = q.new_empty(B, _num_chunks(T, cu_seqlens, chunk_size), H, K, V)
+    dh = q.new_empty(B, num_chunks(T, cu_seqlens, chunk_size), H, K, V)
     dv2 = torch.empty_like(dv)
     dh0 = q.new_empty(N, H, K, V, dtype=torch.float32) if h0 is not None else None
     q, k, w, do, dv = (x.to(tensor_core_dtype(x.dtype)) for x in (q, k, w, do, dv))

@@ -11,44 +11,121 @@ import triton
 import triton.language as tl
 
 
+class VarlenIndex:
+    """Everything the kernels need to know about one packed batch, read from the host once.
+
+    A chunk kernel needs the (sequence, chunk) rows of its grid and each sequence's first chunk; the grid size itself
+    is a host integer. Computing those from a device `cu_seqlens` costs a device->host sync per quantity (and
+    `repeat_interleave` with tensor repeats syncs too), and every block of every layer needs them. So they are
+    computed here, on the host, from one host copy of the boundaries (`cu_seqlens_cpu` when the caller has it: no sync
+    at all; else one `cu_seqlens.tolist()`), once per chunk size, and moved to the device with non-blocking copies.
+    `varlen_index()` memoizes them per `cu_seqlens` tensor, so every block and every layer of a forward and its
+    backward share one index (a model or trainer that builds it up front with the host copy makes the whole step
+    sync-free).
+    """
+
+    def __init__(self, cu_seqlens: torch.Tensor, bounds: list[int]):
+        self.cu_seqlens = cu_seqlens
+        self.bounds = bounds  # the boundaries as host ints, [N + 1]
+        self.version = cu_seqlens._version
+        self._chunks: dict[int, tuple[int, torch.Tensor, torch.Tensor, list[int]]] = {}
+        self._tokens: torch.Tensor | None = None
+
+    @property
+    def num_seqs(self) -> int:
+        return len(self.bounds) - 1
+
+    def _chunk_index(self, chunk_size: int):
+        if chunk_size not in self._chunks:
+            counts = [-(-(eos - bos) // chunk_size) for bos, eos in zip(self.bounds[:-1], self.bounds[1:])]
+            offsets = [0]
+            for n in counts:
+                offsets.append(offsets[-1] + n)
+            rows = [(seq, c) for seq, n in enumerate(counts) for c in range(n)]
+            device = self.cu_seqlens.device
+            indices = torch.tensor(rows, dtype=torch.int32).view(-1, 2).to(device, non_blocking=True)
+            offsets_t = torch.tensor(offsets, dtype=torch.int64).to(device, non_blocking=True)
+            self._chunks[chunk_size] = (offsets[-1], indices, offsets_t, offsets)
+        return self._chunks[chunk_size]
+
+    def num_chunks(self, chunk_size: int) -> int:
+        """Total chunk count over all sequences (a host int: a grid size or an allocation)."""
+        return self._chunk_index(chunk_size)[0]
+
+    def chunk_indices(self, chunk_size: int) -> torch.Tensor:
+        """[NT_total, 2] int32 rows of (sequence index, chunk index within that sequence), on the device."""
+        return self._chunk_index(chunk_size)[1]
+
+    def chunk_offsets(self, chunk_size: int) -> torch.Tensor:
+        """[N + 1] int64 index of each sequence's first chunk (last entry: the total), on the device."""
+        return self._chunk_index(chunk_size)[2]
+
+    def chunk_offsets_host(self, chunk_size: int) -> list[int]:
+        return self._chunk_index(chunk_size)[3]
+
+    def token_indices(self) -> torch.Tensor:
+        """[T_total, 2] int32 rows of (sequence index, position within that sequence), on the device."""
+        if self._tokens is None:
+            bounds = torch.tensor(self.bounds, dtype=torch.int64)
+            lens = bounds[1:] - bounds[:-1]
+            seq = torch.repeat_interleave(torch.arange(len(lens)), lens, output_size=self.bounds[-1])
+            pos = torch.arange(self.bounds[-1]) - bounds[:-1][seq]
+            self._tokens = torch.stack([seq, pos], 1).to(torch.int32).to(self.cu_seqlens.device, non_blocking=True)
+        return self._tokens
+
+
+_CACHE_SIZE = 8  # recent batches; a model's layers all hit the newest entry
+_cache: list[VarlenIndex] = []
+
+
+def varlen_index(cu_seqlens: torch.Tensor, cu_seqlens_cpu: torch.Tensor | None = None) -> VarlenIndex:
+    """The `VarlenIndex` of this `cu_seqlens` tensor: the memoized one if the same tensor (same object, not written
+    since) was seen recently, else a new one built from `cu_seqlens_cpu` (trusted to hold the same values: comparing
+    them would cost the sync it spares) or, without it, from one read of `cu_seqlens`. The entry keeps the tensor
+    alive, so its identity cannot be reused by another tensor while cached."""
+    for entry in _cache:
+        if entry.cu_seqlens is cu_seqlens and entry.version == cu_seqlens._version:
+            return entry
+    bounds = (cu_seqlens_cpu if cu_seqlens_cpu is not None else cu_seqlens).tolist()
+    entry = VarlenIndex(cu_seqlens, bounds)
+    _cache.insert(0, entry)
+    del _cache[_CACHE_SIZE:]
+    return entry
+
+
 def prepare_lens(cu_seqlens: torch.Tensor) -> torch.Tensor:
     """[N + 1] -> [N] sequence lengths."""
     return cu_seqlens[1:] - cu_seqlens[:-1]
 
 
-def prepare_num_chunks(cu_seqlens: torch.Tensor, chunk_size: int) -> torch.Tensor:
-    """[N + 1] -> [N] number of chunks per sequence (a length-0 sequence has none)."""
-    return triton.cdiv(prepare_lens(cu_seqlens), chunk_size)
-
-
 def prepare_chunk_offsets(cu_seqlens: torch.Tensor, chunk_size: int) -> torch.Tensor:
     """[N + 1] -> [N + 1] int64: index of each sequence's first chunk; the last entry is the total chunk count."""
-    num_chunks = prepare_num_chunks(cu_seqlens, chunk_size)
-    return torch.cat([num_chunks.new_zeros(1), num_chunks.cumsum(0)]).to(torch.int64)
+    return varlen_index(cu_seqlens).chunk_offsets(chunk_size)
 
 
-def prepare_chunk_indices(cu_seqlens: torch.Tensor, chunk_size: int) -> torch.Tensor:
+def prepare_chunk_indices(cu_seqlens: torch.Tensor, chunk_size: int,
+                          cu_seqlens_cpu: torch.Tensor | None = None) -> torch.Tensor:
     """[N + 1] -> [NT_total, 2] int32 rows of (sequence index, chunk index within that sequence)."""
-    num_chunks = prepare_num_chunks(cu_seqlens, chunk_size)
-    seq = torch.repeat_interleave(torch.arange(len(num_chunks), device=cu_seqlens.device), num_chunks)
-    first = torch.repeat_interleave(prepare_chunk_offsets(cu_seqlens, chunk_size)[:-1], num_chunks)
-    chunk = torch.arange(len(seq), device=cu_seqlens.device) - first
-    return torch.stack([seq, chunk], 1).to(torch.int32)
+    return varlen_index(cu_seqlens, cu_seqlens_cpu).chunk_indices(chunk_size)
 
 
 def prepare_token_indices(cu_seqlens: torch.Tensor) -> torch.Tensor:
     """[N + 1] -> [T_total, 2] int32 rows of (sequence index, position within that sequence)."""
-    lens = prepare_lens(cu_seqlens)
-    seq = torch.repeat_interleave(torch.arange(len(lens), device=cu_seqlens.device), lens)
-    pos = torch.arange(len(seq), device=cu_seqlens.device) - cu_seqlens[:-1].long()[seq]
-    return torch.stack([seq, pos], 1).to(torch.int32)
+    return varlen_index(cu_seqlens).token_indices()
+
+
+def num_chunks(T: int, cu_seqlens: torch.Tensor | None, chunk_size: int) -> int:
+    """Chunks per batch row without cu_seqlens, else the total over the packed sequences (a host int)."""
+    if cu_seqlens is None:
+        return triton.cdiv(T, chunk_size)
+    return varlen_index(cu_seqlens).num_chunks(chunk_size)
 
 
 def sequence_spans(cu_seqlens: torch.Tensor | None, batch_size: int, seq_len: int) -> list[tuple[int, int, int]]:
     """(batch row, start, end) of every sequence, for the PyTorch twins that loop over sequences on the host."""
     if cu_seqlens is None:
         return [(b, 0, seq_len) for b in range(batch_size)]
-    bounds = cu_seqlens.tolist()
+    bounds = varlen_index(cu_seqlens).bounds
     return [(0, bos, eos) for bos, eos in zip(bounds[:-1], bounds[1:])]
 
 
@@ -62,7 +139,7 @@ def for_each_sequence(fn, cu_seqlens: torch.Tensor | None, tokens, outs, states=
             if out is not None:
                 out.copy_(r)
         return
-    offsets = prepare_chunk_offsets(cu_seqlens, chunk_size).tolist() if states else None
+    offsets = varlen_index(cu_seqlens).chunk_offsets_host(chunk_size) if states else None
     for i, (_, bos, eos) in enumerate(sequence_spans(cu_seqlens, 1, 0)):
         if eos == bos:
             continue
