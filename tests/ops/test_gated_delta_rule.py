@@ -181,3 +181,61 @@ def test_recurrent_peer_argument_forms(backend):
         assert_close("no gate", plain, naive_recurrent_gated_delta_rule(q, k, v, beta, None)[0], 1e-5)
         with pytest.raises(ValueError, match="gk / gv"):
             fused_recurrent_gated_delta_rule(q, k, v, g, beta)  # beta in the peer's gk slot
+
+
+def test_recurrent_forward_saves_for_backward_only_when_one_can_follow(monkeypatch):
+    """u and o32 (float32 [B, T, HV, V] each) are written only if a backward can follow: not under no_grad, not
+    when no input requires grad (ctx.needs_input_grad is True under no_grad, so it cannot decide this)."""
+    import fla.ops.gated_delta_rule.fused_recurrent as fr
+
+    saved = []
+    forward = fr.fused_recurrent_gdr_fwd
+
+    def spy(*args):
+        saved.append(args[-1])
+        return forward(*args)
+
+    monkeypatch.setattr(fr, "fused_recurrent_gdr_fwd", spy)
+    seed("save")
+    q, k, v = (torch.randn(1, 5, 2, 16) for _ in range(3))
+    g, beta = F.logsigmoid(torch.randn(1, 5, 2)), torch.rand(1, 5, 2)
+    leaves = [t.requires_grad_() for t in (q, k, v)]
+    with use_backend("triton"):
+        with torch.no_grad():
+            o_eval, _ = fused_recurrent_gated_delta_rule(*leaves, g, beta=beta)
+        o_train, _ = fused_recurrent_gated_delta_rule(*leaves, g, beta=beta)
+        fused_recurrent_gated_delta_rule(*(t.detach() for t in leaves), g, beta=beta)
+    assert saved == [False, True, False]
+    assert_close("o", o_eval, o_train.detach(), 1e-6)
+
+
+def test_recurrent_forward_in_narrow_value_tiles_matches_naive(monkeypatch):
+    """On a GPU the forward splits V into narrow tiles to fill the SMs (`_forward_block_v`); under the interpreter
+    it would keep one wide tile, so the narrow one is forced here: 68 columns in tiles of 8 (the last one half full)."""
+    import fla.ops.gated_delta_rule.fused_recurrent as fr
+
+    monkeypatch.setattr(fr, "_forward_block_v", lambda K, V, programs, device: 8)
+    seed("narrow tiles")
+    cu = [0, 1, 9, 24]
+    xs = make_inputs(1, 24, 2, 2, 40, 68, len(cu) - 1, True, False, torch.float32)
+    do, dht = torch.randn(1, 24, 2, 68), torch.randn(3, 2, 40, 68)
+    cu_seqlens = torch.tensor(cu, dtype=torch.int32)
+    with use_backend("triton"), poisoned_empty():
+        got = run(OPS["recurrent"], xs, do, dht, True, False, cu_seqlens)
+    ref_xs = [x.detach().float().requires_grad_() if x is not None else None for x in xs]
+    want = run(naive_recurrent_gated_delta_rule, ref_xs, do, dht, True, False, cu_seqlens)
+    for name, a, b in zip(NAMES, got, want):
+        if b is not None:
+            assert_close(name, a, b, 1e-4)
+
+
+def test_forward_value_tile_fills_an_h100():
+    """B * HV = 64 heads, K = V = 128: >= 4 programs per SM of an H100 (132 SMs), never narrower than 8."""
+    from fla.ops.gated_delta_rule.fused_recurrent import H100_SMS, _forward_block_v
+
+    cpu = torch.device("cpu")
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr("fla.ops.gated_delta_rule.fused_recurrent.is_interpreter", lambda: False)
+        BV = _forward_block_v(128, 128, 64, cpu)
+        assert -(-128 // BV) * 64 >= 4 * H100_SMS and BV >= 8
+        assert _forward_block_v(128, 128, 4096, cpu) == 64  # enough heads already: the wide tile stays

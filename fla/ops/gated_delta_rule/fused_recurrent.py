@@ -29,12 +29,16 @@ from fla.ops.gated_delta_rule.gate import gated_delta_rule_inputs
 from fla.ops.gated_delta_rule.naive import naive_recurrent_gated_delta_rule
 from fla.ops.utils.checks import (check_cu_seqlens, check_head_dim, check_initial_state, check_scale, check_tensor,
                                   normalize_inputs)
-from fla.ops.utils.dispatch import autotune, dispatch
+from fla.ops.utils.dispatch import autotune, dispatch, is_interpreter
 from fla.ops.utils.l2norm import l2_norm
 from fla.ops.utils.index import sequence_bounds
 
 _CONFIGS = [triton.Config({}, num_warps=w, num_stages=s) for w in (2, 4, 1, 8) for s in (2, 3, 1)]
+# The forward's tiles are narrow (see `_forward_block_v`): a [128, 16] float32 state tile is 64 registers per thread
+# at one warp, so one and two warps come first (wider ones only add idle lanes to a per-token loop).
+_FWD_CONFIGS = [triton.Config({}, num_warps=w, num_stages=s) for w in (1, 2, 4) for s in (2, 3, 1)]
 _KEY = ["H", "HV", "K", "V", "BV", "USE_G", "BETA_PER_CHANNEL"]
+H100_SMS = 132  # the compile check's target, when no GPU can be asked
 
 
 @triton.heuristics({
@@ -45,7 +49,7 @@ _KEY = ["H", "HV", "K", "V", "BV", "USE_G", "BETA_PER_CHANNEL"]
     "STORE_O32": lambda args: args["o32"] is not None,
     "IS_VARLEN": lambda args: args["cu_seqlens"] is not None,
 })
-@autotune(_CONFIGS, key=_KEY)
+@autotune(_FWD_CONFIGS, key=_KEY)
 @triton.jit
 def fused_recurrent_gdr_fwd_kernel(
     q, k, v, g, beta, o, o32, u, h0, ht, cu_seqlens, scale,
@@ -216,6 +220,21 @@ def _block_sizes(K: int, V: int) -> tuple[int, int]:
     return BK, BV
 
 
+def _forward_block_v(K: int, V: int, programs_per_tile: int, device: torch.device) -> int:
+    """The forward's value tile. Each program walks its sequence token by token, so the GPU is kept busy only by
+    many programs in flight: at B * HV = 64 heads, K = V = 128, the [128, 64] tile of `_block_sizes` gives 128
+    programs for 132 SMs, one warp group each, mostly waiting on loads. Halve the tile until there are >= 4 programs
+    per SM (down to 8 columns; the q/k rows each program re-reads are small and stay in L2). Under the interpreter
+    (and on the CPU) fewer, wider programs are faster, so the tile stays."""
+    BV = _block_sizes(K, V)[1]
+    if is_interpreter():
+        return BV
+    sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else H100_SMS
+    while BV > 8 and triton.cdiv(V, BV) * programs_per_tile < 4 * sms:
+        BV //= 2
+    return BV
+
+
 def _num_states(B: int, cu_seqlens) -> int:
     return B if cu_seqlens is None else len(cu_seqlens) - 1
 
@@ -231,7 +250,8 @@ def fused_recurrent_gdr_fwd(q, k, v, g, beta, scale, initial_state, output_final
     B, T, H, K = q.shape
     HV, V = v.shape[2], v.shape[3]
     N = _num_states(B, cu_seqlens)
-    BK, BV = _block_sizes(K, V)
+    BK = _block_sizes(K, V)[0]
+    BV = _forward_block_v(K, V, N * HV, v.device)
     o = torch.empty_like(v)
     f32 = dict(device=v.device, dtype=torch.float32)
     u = torch.empty(B, T, HV, V, **f32) if save else None
@@ -273,8 +293,9 @@ def fused_recurrent_gdr_bwd(q, k, v, g, beta, o, u, ht, do, dht, scale, initial_
 class FusedRecurrentGatedDeltaRuleFunction(torch.autograd.Function):
 
     @staticmethod
-    def forward(ctx, q, k, v, g, beta, scale, initial_state, output_final_state, cu_seqlens):
-        save = any(ctx.needs_input_grad)
+    def forward(ctx, q, k, v, g, beta, scale, initial_state, output_final_state, cu_seqlens, save):
+        # `save`: a backward can follow (decided by the caller: inside forward grad mode is always off, and
+        # ctx.needs_input_grad is True under no_grad too). Without it u, o32 and the state are not written.
         o, u, o_saved, ht = fused_recurrent_gdr_fwd(q, k, v, g, beta, scale, initial_state, output_final_state or save,
                                                     cu_seqlens, save)
         ctx.save_for_backward(q, k, v, g, beta, o_saved, u, ht, initial_state, cu_seqlens)
@@ -287,15 +308,17 @@ class FusedRecurrentGatedDeltaRuleFunction(torch.autograd.Function):
         dq, dk, dv, dg, dbeta, dh0 = fused_recurrent_gdr_bwd(
             q, k, v, g, beta, o, u, ht, do.contiguous(), dht.contiguous() if dht is not None else None, ctx.scale,
             initial_state, cu_seqlens)
-        return dq, dk, dv, dg, dbeta, None, dh0, None, None
+        return dq, dk, dv, dg, dbeta, None, dh0, None, None, None
 
 
 def _fused_recurrent_triton(q, k, v, g, beta, scale, initial_state, output_final_state, use_qk_l2norm_in_kernel,
                             cu_seqlens):
     if use_qk_l2norm_in_kernel:
         q, k = l2_norm(q), l2_norm(k)
+    save = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (q, k, v, g, beta, initial_state))
     return FusedRecurrentGatedDeltaRuleFunction.apply(q, k, v, g, beta, scale, initial_state, output_final_state,
-                                                      cu_seqlens)
+                                                      cu_seqlens, save)
 
 
 def _fused_recurrent_torch(q, k, v, g, beta, scale, initial_state, output_final_state, use_qk_l2norm_in_kernel,
