@@ -23,7 +23,7 @@ class Attention(nn.Module):
         num_heads: query heads H (head_dim = D / H)
         num_kv_heads: key/value heads (grouped-query attention; must divide H), default H
         qkv_bias: biases on the q/k/v projections
-        qk_norm: RMSNorm on each query and key head before rotary
+        qk_norm: RMSNorm (eps norm_eps, 1e-5 as in the peer library) on each query and key head before rotary
         window_size: attend to at most this many most recent tokens (itself included); None = unlimited
         rope_theta: rotary base
     """
@@ -38,7 +38,7 @@ class Attention(nn.Module):
         window_size: int | None = None,
         rope_theta: float = 10000.0,
         max_position_embeddings: int | None = None,
-        norm_eps: float = 1e-6,
+        norm_eps: float = 1e-5,
         layer_idx: int | None = None,
     ):
         super().__init__()
@@ -92,15 +92,16 @@ class Attention(nn.Module):
             o = pad(o, indices, B, T)
             new_kv = (pad(k, indices, B, T), pad(v, indices, B, T))
         else:
-            past_len = state.attn_state[0].shape[1]
+            past_len = state.seen_tokens  # input columns so far; a sliding window keeps only the last ones' keys
             q, k = self.rotary(q, k, seqlen_offset=rotary_offsets(attention_mask, past_len, B))
-            keys = torch.cat([state.attn_state[0], k], dim=1)
-            values = torch.cat([state.attn_state[1], v], dim=1)
+            keys = torch.cat([state.attn_state[0].view(B, -1, self.num_kv_heads, self.head_dim), k], dim=1)
+            values = torch.cat([state.attn_state[1].view(B, -1, self.num_kv_heads, self.head_dim), v], dim=1)
             o = self._attend_to_cache(q, keys, values, attention_mask, past_len)
             new_kv = (k, v)
 
-        if use_cache and past_key_values is not None:
-            past_key_values.update_state(self.layer_idx, offset=T, attn_state=new_kv)
+        if use_cache and past_key_values is not None:  # [B, T, H_kv * D], the peer library's layout
+            past_key_values.update(attn_state=(new_kv[0].flatten(-2), new_kv[1].flatten(-2)),
+                                   layer_idx=self.layer_idx, offset=T, cache_kwargs={"window_size": self.window_size})
         o = self.o_proj(o.reshape(B, T, -1))
         return o, None, past_key_values
 
@@ -108,23 +109,24 @@ class Attention(nn.Module):
         self, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, attention_mask: torch.Tensor | None,
         past_len: int,
     ) -> torch.Tensor:
-        """q [B, T, H, D] at positions past_len.. against keys/values [B, S, H_kv, D] with S = past_len + T."""
+        """q [B, T, H, D] at columns past_len.. against keys/values [B, S, H_kv, D] of the last S columns up to
+        past_len + T (all of them, or the window the cache kept)."""
         B, T = q.shape[:2]
         S = keys.shape[1]
         i = torch.arange(T, device=q.device)[:, None] + past_len
-        j = torch.arange(S, device=q.device)[None, :]
+        j = torch.arange(S, device=q.device)[None, :] + (past_len + T - S)
         allowed = j <= i
         if self.window_size is not None:
             allowed = allowed & (i - j < self.window_size)
         allowed = allowed[None].expand(B, T, S)
         if attention_mask is not None:
-            if attention_mask.shape[-1] != S:
+            if attention_mask.shape[-1] != past_len + T:
                 raise ValueError(
                     f"attention_mask covers {attention_mask.shape[-1]} positions but the cache plus the new tokens "
-                    f"hold {S}: pass the mask of the whole sequence so far"
+                    f"hold {past_len + T}: pass the mask of the whole sequence so far"
                 )
             # A padded query (its output is discarded) still sees itself, so no row is empty.
-            allowed = (allowed & attention_mask[:, None, :].bool()) | (i == j)[None]
+            allowed = (allowed & attention_mask[:, None, -S:].bool()) | (i == j)[None]
         groups = self.num_heads // self.num_kv_heads
         k = keys.repeat_interleave(groups, dim=2) if groups > 1 else keys
         v = values.repeat_interleave(groups, dim=2) if groups > 1 else values

@@ -2,8 +2,9 @@
 Rule over Sequence Length").
 
 S_t = S_{t-1} + beta_t k_t^T (v_t - k_t S_{t-1}),   o_t = q_t S_t * scale
-with q, k L2-normalized per head (inside the kernel), beta_t = sigmoid(W_b x_t) (times 2 to allow negative
-eigenvalues), SiLU short convolutions on q, k, v, and a per-head RMSNorm (optionally gated) on the output.
+with q, k activated (SiLU by default) and normalized per head (L2 inside the kernel, or by their L1 norm),
+beta_t = sigmoid(W_b x_t) (times 2 to allow negative eigenvalues), short convolutions on q, k, v, and a per-head
+RMSNorm (optionally gated) on the output.
 """
 from __future__ import annotations
 
@@ -11,9 +12,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from fla.layers.feature_maps import elu_p1, sum_norm
 from fla.layers.utils import RecurrentStep, recurrent_flops_per_token, split_heads
 from fla.modules import FusedRMSNormGated, RMSNorm, ShortConvolution
 from fla.ops.delta_rule import chunk_delta_rule, fused_recurrent_delta_rule
+
+QK_ACTIVATIONS = {"silu": F.silu, "relu": F.relu, "elu": elu_p1, "identity": lambda x: x}
 
 
 class DeltaNet(nn.Module):
@@ -22,10 +26,12 @@ class DeltaNet(nn.Module):
         expand_k / expand_v: key and value widths as multiples of D
         num_heads: heads H
         use_beta: learned per-token writing strength (else beta = 1)
-        use_short_conv / conv_size / conv_bias: causal depthwise SiLU convolutions on q, k, v (without them q, k, v
-            go through SiLU directly)
+        use_short_conv / conv_size / conv_bias: causal depthwise convolutions on q, k, v; SiLU on v always, on q and
+            k when qk_activation is "silu" (without convolutions the same activations apply directly)
         use_gate: o = RMSNorm(o) * swish(W_g x) instead of RMSNorm(o)
-        allow_neg_eigval: beta in (0, 2) instead of (0, 1)
+        allow_neg_eigval: beta in (0, 2) instead of (0, 1) (2 without use_beta)
+        qk_activation: "silu", "relu", "elu" (elu + 1) or "identity" on q and k
+        qk_norm: "l2" (in the kernel) or "sum" (q / sum |q|, k likewise)
     """
 
     def __init__(
@@ -43,8 +49,16 @@ class DeltaNet(nn.Module):
         norm_eps: float = 1e-6,
         chunk_size: int = 64,
         layer_idx: int | None = None,
+        *,
+        qk_activation: str = "silu",
+        qk_norm: str = "l2",
     ):
         super().__init__()
+        if qk_activation not in QK_ACTIVATIONS:
+            raise ValueError(f"qk_activation must be one of {sorted(QK_ACTIVATIONS)} (got {qk_activation!r})")
+        if qk_norm not in ("l2", "sum"):
+            raise ValueError(f"qk_norm must be 'l2' or 'sum' (got {qk_norm!r})")
+        self.qk_activation, self.qk_norm = qk_activation, qk_norm
         self.hidden_size, self.num_heads = hidden_size, num_heads
         self.key_dim, self.value_dim = int(hidden_size * expand_k), int(hidden_size * expand_v)
         if self.key_dim % num_heads or self.value_dim % num_heads:
@@ -64,8 +78,9 @@ class DeltaNet(nn.Module):
         if use_beta:
             self.b_proj = nn.Linear(hidden_size, num_heads, bias=False)
         if use_short_conv:
-            self.q_conv1d = ShortConvolution(self.key_dim, conv_size, bias=conv_bias, activation="silu")
-            self.k_conv1d = ShortConvolution(self.key_dim, conv_size, bias=conv_bias, activation="silu")
+            qk_act = "silu" if qk_activation == "silu" else None  # other activations come after the heads split
+            self.q_conv1d = ShortConvolution(self.key_dim, conv_size, bias=conv_bias, activation=qk_act)
+            self.k_conv1d = ShortConvolution(self.key_dim, conv_size, bias=conv_bias, activation=qk_act)
             self.v_conv1d = ShortConvolution(self.value_dim, conv_size, bias=conv_bias, activation="silu")
         if use_gate:
             self.g_proj = nn.Linear(hidden_size, self.value_dim, bias=False)
@@ -89,19 +104,22 @@ class DeltaNet(nn.Module):
         if self.use_short_conv:
             q, k, v = step.conv(0, self.q_conv1d, q), step.conv(1, self.k_conv1d, k), step.conv(2, self.v_conv1d, v)
         else:
-            q, k, v = F.silu(q), F.silu(k), F.silu(v)
+            v = F.silu(v)
+            if self.qk_activation == "silu":
+                q, k = F.silu(q), F.silu(k)
         H, K, V = self.num_heads, self.head_k_dim, self.head_v_dim
         q, k, v = split_heads(q, H, K), split_heads(k, H, K), split_heads(v, H, V)
-        if self.use_beta:
-            beta = self.b_proj(x).sigmoid()
-            if self.allow_neg_eigval:
-                beta = beta * 2
-        else:
-            beta = x.new_ones(*x.shape[:2], self.num_heads)
+        if self.qk_activation != "silu":
+            q, k = QK_ACTIVATIONS[self.qk_activation](q), QK_ACTIVATIONS[self.qk_activation](k)
+        if self.qk_norm == "sum":
+            q, k = sum_norm(q), sum_norm(k)
+        beta = self.b_proj(x).sigmoid() if self.use_beta else x.new_ones(*x.shape[:2], self.num_heads)
+        if self.allow_neg_eigval:  # also without use_beta (beta = 2), as in the peer library
+            beta = beta * 2
 
         op = fused_recurrent_delta_rule if step.mode == "fused_recurrent" else chunk_delta_rule
         o, final_state = op(q, k, v, beta, initial_state=step.initial_state, output_final_state=step.use_cache,
-                            cu_seqlens=step.cu_seqlens, use_qk_l2norm_in_kernel=True)
+                            cu_seqlens=step.cu_seqlens, use_qk_l2norm_in_kernel=self.qk_norm == "l2")
         if self.use_gate:
             o = self.o_norm(o, split_heads(self.g_proj(x), H, V))
         else:

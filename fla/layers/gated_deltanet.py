@@ -25,9 +25,13 @@ class GatedDeltaNet(nn.Module):
         head_dim: key head width K (the paper: 256)
         num_heads: heads H (key width H * K)
         expand_v: value head width as a multiple of head_dim (the paper: 2)
-        use_gate: gated output norm (else plain RMSNorm)
+        num_v_heads: value heads HV, a multiple of H (grouped values: value head j reads q/k head j // (HV / H));
+            default H. The decay, beta and the state are per value head
+        use_gate: gated output norm RMSNorm(o) * act(W_g x), act = output_gate_activation ("swish", alias "silu",
+            or "sigmoid"); else plain RMSNorm
         use_short_conv / conv_size / conv_bias: causal depthwise SiLU convolutions on q, k, v
         allow_neg_eigval: beta in (0, 2) instead of (0, 1)
+    The cached recurrent state is [B, HV, V, K] (the peer library's layout).
     """
 
     # A_log and dt_bias are gate parameters that should not be decayed (trainers look for this attribute).
@@ -47,11 +51,17 @@ class GatedDeltaNet(nn.Module):
         norm_eps: float = 1e-6,
         chunk_size: int = 64,
         layer_idx: int | None = None,
+        *,
+        num_v_heads: int | None = None,
+        output_gate_activation: str = "swish",
     ):
         super().__init__()
         self.hidden_size, self.num_heads = hidden_size, num_heads
+        self.num_v_heads = num_v_heads or num_heads
+        if self.num_v_heads % num_heads:
+            raise ValueError(f"num_v_heads ({self.num_v_heads}) must be a multiple of num_heads ({num_heads})")
         self.head_k_dim, self.head_v_dim = head_dim, int(head_dim * expand_v)
-        self.key_dim, self.value_dim = num_heads * self.head_k_dim, num_heads * self.head_v_dim
+        self.key_dim, self.value_dim = num_heads * self.head_k_dim, self.num_v_heads * self.head_v_dim
         self.use_gate, self.use_short_conv, self.allow_neg_eigval = use_gate, use_short_conv, allow_neg_eigval
         self.chunk_size = chunk_size
         self.layer_idx = layer_idx
@@ -59,10 +69,10 @@ class GatedDeltaNet(nn.Module):
         self.q_proj = nn.Linear(hidden_size, self.key_dim, bias=False)
         self.k_proj = nn.Linear(hidden_size, self.key_dim, bias=False)
         self.v_proj = nn.Linear(hidden_size, self.value_dim, bias=False)
-        self.a_proj = nn.Linear(hidden_size, num_heads, bias=False)
-        self.b_proj = nn.Linear(hidden_size, num_heads, bias=False)
-        self.A_log = nn.Parameter(torch.empty(num_heads, dtype=torch.float32))
-        self.dt_bias = nn.Parameter(torch.empty(num_heads, dtype=torch.float32))
+        self.a_proj = nn.Linear(hidden_size, self.num_v_heads, bias=False)
+        self.b_proj = nn.Linear(hidden_size, self.num_v_heads, bias=False)
+        self.A_log = nn.Parameter(torch.empty(self.num_v_heads, dtype=torch.float32))
+        self.dt_bias = nn.Parameter(torch.empty(self.num_v_heads, dtype=torch.float32))
         self.A_log._no_weight_decay = True
         self.dt_bias._no_weight_decay = True
         if use_short_conv:
@@ -71,7 +81,7 @@ class GatedDeltaNet(nn.Module):
             self.v_conv1d = ShortConvolution(self.value_dim, conv_size, bias=conv_bias, activation="silu")
         if use_gate:
             self.g_proj = nn.Linear(hidden_size, self.value_dim, bias=False)
-            self.o_norm = FusedRMSNormGated(self.head_v_dim, eps=norm_eps)
+            self.o_norm = FusedRMSNormGated(self.head_v_dim, eps=norm_eps, activation=output_gate_activation)
         else:
             self.o_norm = RMSNorm(self.head_v_dim, eps=norm_eps)
         self.o_proj = nn.Linear(self.value_dim, hidden_size, bias=False)
@@ -102,8 +112,8 @@ class GatedDeltaNet(nn.Module):
             q, k, v = step.conv(0, self.q_conv1d, q), step.conv(1, self.k_conv1d, k), step.conv(2, self.v_conv1d, v)
         else:
             q, k, v = F.silu(q), F.silu(k), F.silu(v)
-        H, K, V = self.num_heads, self.head_k_dim, self.head_v_dim
-        q, k, v = split_heads(q, H, K), split_heads(k, H, K), split_heads(v, H, V)
+        H, HV, K, V = self.num_heads, self.num_v_heads, self.head_k_dim, self.head_v_dim
+        q, k, v = split_heads(q, H, K), split_heads(k, H, K), split_heads(v, HV, V)
         beta = self.b_proj(x).sigmoid()
         if self.allow_neg_eigval:
             beta = beta * 2
@@ -111,10 +121,10 @@ class GatedDeltaNet(nn.Module):
 
         op = fused_recurrent_gated_delta_rule if step.mode == "fused_recurrent" else chunk_gated_delta_rule
         o, final_state = op(q, k, v, g=g, beta=beta, initial_state=step.initial_state,  # keywords: the peer's order
-                            output_final_state=step.use_cache, cu_seqlens=step.cu_seqlens,
+                            output_final_state=step.use_cache, state_v_first=True, cu_seqlens=step.cu_seqlens,
                             use_qk_l2norm_in_kernel=True)
         if self.use_gate:
-            o = self.o_norm(o, split_heads(self.g_proj(x), H, V))
+            o = self.o_norm(o, split_heads(self.g_proj(x), HV, V))
         else:
             o = self.o_norm(o)
         o = self.o_proj(o.reshape(*o.shape[:2], self.value_dim))
@@ -122,4 +132,4 @@ class GatedDeltaNet(nn.Module):
 
     def flops_per_token(self, seq_len: int) -> float:
         """Forward FLOPs per token of the chunked gated delta-rule op (see `recurrent_flops_per_token`)."""
-        return recurrent_flops_per_token(self.num_heads, self.head_k_dim, self.head_v_dim, self.chunk_size, True)
+        return recurrent_flops_per_token(self.num_v_heads, self.head_k_dim, self.head_v_dim, self.chunk_size, True)

@@ -10,6 +10,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from fla.modules import FusedRMSNormGated, RMSNorm
+
 # Prompts up to this length go through the fused recurrent kernels when not training (one walk over the sequence is
 # cheaper than the chunk machinery for short inputs; decoding is always one token).
 FUSED_RECURRENT_MAX_LEN = 64
@@ -118,8 +120,8 @@ class RecurrentStep:
         """Store the new states (when caching) and unpack the output to [B, T, ...]."""
         if self.use_cache:
             conv_state = tuple(self._conv_out) if self._conv_out else None
-            self.cache.update_state(self.layer_idx, offset=self.seq_len, recurrent_state=final_state,
-                                    conv_state=conv_state)
+            self.cache.update(recurrent_state=final_state, conv_state=conv_state, layer_idx=self.layer_idx,
+                              offset=self.seq_len)
         return pad(o, self.indices, self.batch_size, self.seq_len)
 
 
@@ -139,3 +141,23 @@ def split_heads(x: torch.Tensor, num_heads: int, head_dim: int) -> torch.Tensor:
     """[B, T, H * D] -> contiguous [B, T, H, D] (the ops check the layout in memory; convolutions may return a
     transposed view)."""
     return x.reshape(*x.shape[:2], num_heads, head_dim).contiguous()
+
+
+def repeat_kv(x: torch.Tensor, groups: int) -> torch.Tensor:
+    """[B, T, H_kv, D] -> [B, T, H_kv * groups, D], each head repeated `groups` times in a row (head h serves query
+    heads h * groups ... h * groups + groups - 1)."""
+    return x if groups == 1 else x.repeat_interleave(groups, dim=2)
+
+
+def output_norm_name(use_output_gate: bool, gate_fn: str, fuse_norm: bool) -> str:
+    """The attribute (and so checkpoint) name of the output norm of GLA and RetNet, as the peer library names it:
+    `g_norm_swish_gate` for its fused swish-gated norm, `g_norm` for every other combination. The name depends on
+    the config, so a fixed rename of checkpoint keys could not give the peer's names back on save."""
+    return "g_norm_swish_gate" if use_output_gate and gate_fn == "swish" and fuse_norm else "g_norm"
+
+
+def output_norm(dim: int, use_output_gate: bool, gate_fn: str, elementwise_affine: bool, eps: float) -> nn.Module:
+    """Per-head RMSNorm of the output, gated (`norm(o, g) = RMSNorm(o) * gate_fn(g)`) when there is an output gate."""
+    if use_output_gate:
+        return FusedRMSNormGated(dim, elementwise_affine=elementwise_affine, eps=eps, activation=gate_fn)
+    return RMSNorm(dim, elementwise_affine=elementwise_affine, eps=eps)

@@ -4,20 +4,28 @@ and values.
 It subclasses transformers' `Cache` so that `generate()` keeps it between steps, but its layers are our own:
 a linear-attention layer holds a fixed-size state, not a growing key/value list, and a hybrid model mixes both kinds.
 
-Layout (what the mixers in `fla.layers` read and write):
-- `recurrent_state`: float32 [B, H, K, V] (or a tuple of such for mixers with several states)
+The API and the layout are the peer library's (its `fla.models.utils.Cache` / `FLACache`), so code written for it
+reads and writes the same tensors here:
+- `cache.update(recurrent_state=, attn_state=, conv_state=, ffn_state=, layer_idx=, offset=, cache_kwargs=)`
+- `cache[i]`: layer i's states as a dict-like view {"recurrent_state", "attn_state", "conv_state", "ffn_state"}
+  (writing into it writes the cache); `len(cache)`, iteration, `to_legacy_cache()` / `from_legacy_cache(...)`
+- `recurrent_state`: float32 [B, H, K, V] (GLA and Gated DeltaNet: [B, H, V, K]; a pair for normalized linear
+  attention; the layer's docstring says which)
 - `conv_state`: tuple of [B, D, W] short-convolution windows (one per convolved projection)
-- `attn_state`: (keys, values) [B, S, H_kv, D_head], in the padded layout of the inputs (the attention mask says
-  which positions are real)
+- `attn_state`: (keys, values) [B, S, H_kv * D_head], in the padded layout of the inputs (the attention mask says
+  which positions are real); with a sliding window only the last `window_size` columns are kept
 - `seen_tokens`: how many input columns (padding included) this layer has consumed, which is what `generate()` asks
   `get_seq_length()` for.
 """
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import MutableMapping
+from typing import Any, Iterator
 
 import torch
 from transformers.cache_utils import Cache
+
+STATE_NAMES = ("recurrent_state", "attn_state", "conv_state", "ffn_state")
 
 
 def _map_tensors(value: Any, fn) -> Any:
@@ -41,15 +49,15 @@ class FLALayerCache:
         self.recurrent_state: Any = None
         self.conv_state: Any = None
         self.attn_state: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.ffn_state: Any = None
         self.seen_tokens = 0
 
     def __repr__(self) -> str:
         return f"FLALayerCache(seen_tokens={self.seen_tokens})"
 
     def _apply(self, fn) -> None:
-        self.recurrent_state = _map_tensors(self.recurrent_state, fn)
-        self.conv_state = _map_tensors(self.conv_state, fn)
-        self.attn_state = _map_tensors(self.attn_state, fn)
+        for name in STATE_NAMES:
+            setattr(self, name, _map_tensors(getattr(self, name), fn))
 
     @property
     def batch_size(self) -> int:
@@ -89,10 +97,39 @@ class FLALayerCache:
         pass
 
 
+class LayerStates(MutableMapping):
+    """`cache[i]`: one layer's states under the peer library's dict keys, read from and written to the layer."""
+
+    def __init__(self, layer: FLALayerCache):
+        self._layer = layer
+
+    def __getitem__(self, name: str) -> Any:
+        if name not in STATE_NAMES:
+            raise KeyError(f"{name!r}: a layer's states are {STATE_NAMES}")
+        return getattr(self._layer, name)
+
+    def __setitem__(self, name: str, value: Any) -> None:
+        if name not in STATE_NAMES:
+            raise KeyError(f"{name!r}: a layer's states are {STATE_NAMES}")
+        setattr(self._layer, name, value)
+
+    def __delitem__(self, name: str) -> None:
+        self[name] = None
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(STATE_NAMES)
+
+    def __len__(self) -> int:
+        return len(STATE_NAMES)
+
+    def __repr__(self) -> str:
+        return repr(dict(self))
+
+
 class FLACache(Cache):
     """Cache for `fla.models`: `FLACache()` starts empty; layers are created as the mixers first write to them."""
 
-    def __init__(self, num_layers: int | None = None) -> None:
+    def __init__(self, num_layers: int | None = None, **kwargs) -> None:
         super().__init__(layers=[FLALayerCache() for _ in range(num_layers or 0)])
 
     # --- what the mixers use -------------------------------------------------------------------------------------
@@ -102,36 +139,78 @@ class FLACache(Cache):
             return self.layers[layer_idx]
         return None
 
-    def update_state(
+    def update(
         self,
-        layer_idx: int,
-        offset: int,
         recurrent_state: Any = None,
-        conv_state: Any = None,
         attn_state: tuple[torch.Tensor, torch.Tensor] | None = None,
-    ) -> FLALayerCache:
-        """Record what layer `layer_idx` produced after consuming `offset` more input columns. A recurrent or conv
-        state replaces the old one; keys and values are appended along time. Returns the layer's cache."""
+        conv_state: Any = None,
+        ffn_state: Any = None,
+        layer_idx: int = 0,
+        offset: int | None = 1,
+        cache_kwargs: dict[str, Any] | None = None,
+    ) -> LayerStates:
+        """Record what layer `layer_idx` produced after consuming `offset` more input columns (the peer library's
+        signature). A recurrent, conv or ffn state replaces the old one; keys and values are appended along time,
+        keeping only the last `cache_kwargs["window_size"]` columns when that is set. Returns `cache[layer_idx]`."""
         while len(self.layers) <= layer_idx:
             self.layers.append(FLALayerCache())
         layer = self.layers[layer_idx]
-        if recurrent_state is not None:
-            layer.recurrent_state = recurrent_state
-        if conv_state is not None:
-            layer.conv_state = conv_state
+        for name, value in (("recurrent_state", recurrent_state), ("conv_state", conv_state),
+                            ("ffn_state", ffn_state)):
+            if value is not None:
+                setattr(layer, name, value)
         if attn_state is not None:
-            if layer.attn_state is None:
-                layer.attn_state = tuple(attn_state)
-            else:
-                layer.attn_state = tuple(torch.cat([old, new], dim=1) for old, new in zip(layer.attn_state, attn_state))
-        layer.seen_tokens += offset
-        return layer
+            if layer.attn_state is not None:
+                attn_state = tuple(torch.cat([old, new], dim=1) for old, new in zip(layer.attn_state, attn_state))
+            window = (cache_kwargs or {}).get("window_size")
+            if window is not None and attn_state[0].shape[1] > window:
+                attn_state = tuple(t[:, -window:].contiguous() for t in attn_state)
+            layer.attn_state = tuple(attn_state)
+        layer.seen_tokens += 1 if offset is None else offset
+        return LayerStates(layer)
+
+    # --- the peer library's per-layer access ---------------------------------------------------------------------
+    def __getitem__(self, layer_idx: int) -> LayerStates:
+        if not -len(self.layers) <= layer_idx < len(self.layers):
+            raise KeyError(f"the cache has {len(self.layers)} layers; layer {layer_idx} is out of range")
+        return LayerStates(self.layers[layer_idx])
+
+    def __iter__(self) -> Iterator[LayerStates]:
+        return (LayerStates(layer) for layer in self.layers)
+
+    def __len__(self) -> int:
+        return len(self.layers)
+
+    def to_legacy_cache(self) -> tuple[dict[str, Any], ...]:
+        """One plain dict of states per layer."""
+        return tuple(dict(states) for states in self)
+
+    @classmethod
+    def from_legacy_cache(cls, past_key_values: tuple[dict[str, Any], ...] | None = None,
+                          seen_tokens: int = 0, **kwargs) -> "FLACache":
+        """The inverse of `to_legacy_cache` (every layer having seen `seen_tokens` tokens); a cache passes through."""
+        if isinstance(past_key_values, cls):
+            return past_key_values
+        cache = cls()
+        for states in past_key_values or ():
+            layer = FLALayerCache()
+            for name, value in (states or {}).items():
+                LayerStates(layer)[name] = value
+            layer.seen_tokens = int(seen_tokens)
+            cache.layers.append(layer)
+        return cache
 
     # --- what transformers' generate() asks ----------------------------------------------------------------------
-    def get_seq_length(self, layer_idx: int = 0) -> int:
-        if layer_idx >= len(self.layers):
+    def get_seq_length(self, layer_idx: int | None = 0, cache_position=None) -> int:
+        if (layer_idx or 0) >= len(self.layers):
             return 0
-        return self.layers[layer_idx].seen_tokens
+        return self.layers[layer_idx or 0].seen_tokens
+
+    def get_max_length(self, layer_idx: int = 0) -> int:
+        return -1
+
+    def get_max_cache_shape(self, layer_idx: int = 0) -> int:
+        return -1
 
     def get_mask_sizes(self, query_length: int, layer_idx: int = 0) -> tuple[int, int]:
         return self.get_seq_length(layer_idx) + query_length, 0

@@ -2,9 +2,10 @@
 
     embeddings -> [block: x + mixer(RMSNorm(x)); x + GatedMLP(RMSNorm(x))] * L -> RMSNorm -> LM head
 
-A family supplies its config class and `build_mixer(config, layer_idx)`; layers listed in `config.attn["layers"]`
-use softmax `Attention` instead (hybrids). Module names are a contract with the trainer: `model.model.embeddings`,
-`model.model.layers` (nn.ModuleList of blocks), `model.model.norm`, `model.lm_head`.
+A family supplies its config class and `build_mixer(config, layer_idx)`; layers listed in `config.attn` use softmax
+`Attention` instead (hybrids). Module names are a contract with the trainer (`model.model.embeddings`,
+`model.model.layers` (nn.ModuleList of blocks), `model.model.norm`, `model.lm_head`) and, below them, the peer
+library's parameter names, so that its checkpoints load as they are and ours load there.
 """
 from __future__ import annotations
 
@@ -23,9 +24,9 @@ from fla.modules import FusedCrossEntropyLoss, FusedLinearCrossEntropyLoss, Gate
 _TRANSFORMERS_5 = int(transformers.__version__.split(".")[0]) >= 5
 
 
-def build_attention(config: FLAConfig, layer_idx: int, attn: dict | None = None) -> Attention:
-    """Softmax attention with the options of `attn` (default `config.attn`, a hybrid's attention layers)."""
-    attn = config.attn if attn is None else attn
+def build_attention(config: FLAConfig, layer_idx: int, attn: dict) -> Attention:
+    """Softmax attention with the options of the spec `attn` (a hybrid's, or the Transformer's own); a qk_norm uses
+    RMSNorm's eps 1e-5, not norm_eps, as the peer library does."""
     return Attention(
         hidden_size=config.hidden_size,
         num_heads=attn["num_heads"],
@@ -35,7 +36,6 @@ def build_attention(config: FLAConfig, layer_idx: int, attn: dict | None = None)
         window_size=attn.get("window_size"),
         rope_theta=attn.get("rope_theta", 10000.0),
         max_position_embeddings=config.max_position_embeddings,
-        norm_eps=config.norm_eps,
         layer_idx=layer_idx,
     )
 
@@ -126,11 +126,12 @@ class FLAModel(FLAPreTrainedModel):
 
     def __init__(self, config: FLAConfig):
         super().__init__(config)
-        self.embeddings = nn.Embedding(config.vocab_size, config.hidden_size)
-        attn_layers = set(config.attn["layers"]) if config.attn is not None else set()
+        # padding_idx: the pad token's embedding gets no gradient, as in the peer library
+        self.embeddings = nn.Embedding(config.vocab_size, config.hidden_size, config.pad_token_id)
+        specs = [config.attn_spec(i) for i in range(config.num_hidden_layers)]
         self.layers = nn.ModuleList([
-            FLABlock(config, build_attention(config, i) if i in attn_layers else self.build_mixer(config, i))
-            for i in range(config.num_hidden_layers)
+            FLABlock(config, self.build_mixer(config, i) if spec is None else build_attention(config, i, spec))
+            for i, spec in enumerate(specs)
         ])
         self.norm = RMSNorm(config.hidden_size, eps=config.norm_eps)
         self.post_init()
@@ -151,16 +152,24 @@ class FLAModel(FLAPreTrainedModel):
         use_cache: bool | None = None,
         cu_seqlens: torch.Tensor | None = None,
         past_key_values: FLACache | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
         **kwargs,
-    ) -> FLAModelOutput:
-        """`cache` is the generation cache (`past_key_values`, its name before transformers 5.24, works too).
-        position_ids is accepted for API compatibility only: rotary positions follow from cu_seqlens (restart at
-        every document), the attention mask (padding is not a position) and the cache (tokens already seen)."""
+    ) -> FLAModelOutput | tuple:
+        """`cache` is the generation cache (`past_key_values`, its name before transformers 5.24, works too; a
+        legacy tuple of per-layer state dicts is converted). position_ids is accepted for API compatibility only:
+        rotary positions follow from cu_seqlens (restart at every document), the attention mask (padding is not a
+        position) and the cache (tokens already seen). No attention weights are returned (output_attentions is
+        ignored, as in the peer library). return_dict=False gives the tuple (last_hidden_state, cache,
+        hidden_states) without its None entries."""
         cache = resolve_cache(cache, past_key_values)
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids and inputs_embeds")
         if use_cache is None:  # cache only for inference on unpacked input
             use_cache = self.config.use_cache and not self.training and cu_seqlens is None
+        if isinstance(cache, (tuple, list)):
+            cache = FLACache.from_legacy_cache(cache)
         if cache is not None and not isinstance(cache, FLACache):
             raise ValueError(
                 f"the cache must be an fla.models.FLACache (got {type(cache).__name__}): linear-"
@@ -174,7 +183,8 @@ class FLAModel(FLAPreTrainedModel):
             )
         if attention_mask is not None and attention_mask.dim() == 2 and bool(attention_mask.all()):
             attention_mask = None  # nothing padded: spare every layer its own check (a host sync each)
-        output_hidden_states = kwargs.get("output_hidden_states") or self.config.output_hidden_states
+        if output_hidden_states is None:
+            output_hidden_states = self.config.output_hidden_states
         hidden_states = self.embeddings(input_ids) if inputs_embeds is None else inputs_embeds
         all_hidden_states = [] if output_hidden_states else None
         for layer in self.layers:
@@ -187,10 +197,11 @@ class FLAModel(FLAPreTrainedModel):
         hidden_states = self.norm(hidden_states)
         if output_hidden_states:
             all_hidden_states.append(hidden_states)
-        return model_output(
-            FLAModelOutput, cache if use_cache else None,
-            last_hidden_state=hidden_states, hidden_states=tuple(all_hidden_states) if output_hidden_states else None,
-        )
+        all_hidden_states = tuple(all_hidden_states) if output_hidden_states else None
+        cache = cache if use_cache else None
+        if not (self.config.return_dict if return_dict is None else return_dict):
+            return tuple(v for v in (hidden_states, cache, all_hidden_states) if v is not None)
+        return model_output(FLAModelOutput, cache, last_hidden_state=hidden_states, hidden_states=all_hidden_states)
 
 
 class FLAForCausalLM(FLAPreTrainedModel, GenerationMixin):
@@ -227,10 +238,15 @@ class FLAForCausalLM(FLAPreTrainedModel, GenerationMixin):
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
         cu_seqlens: torch.Tensor | None = None,
-        logits_to_keep: int = 0,
+        logits_to_keep: int | torch.Tensor = 0,
         past_key_values: FLACache | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        num_items_in_batch: int | torch.Tensor | None = None,
+        num_logits_to_keep: int | None = None,
         **kwargs,
-    ) -> FLACausalLMOutput:
+    ) -> FLACausalLMOutput | tuple:
         """Args:
             input_ids: [B, T] (packed documents: [1, T_total] with cu_seqlens [N + 1])
             attention_mask: [B, T_past + T] 0/1 padding mask (left padding in generation), optional
@@ -238,40 +254,62 @@ class FLAForCausalLM(FLAPreTrainedModel, GenerationMixin):
                 name before transformers 5.24
             labels: [B, T], usually input_ids: token t is scored on predicting labels[t + 1] (shifted here, with
                 -100 at the end and at every document's last token under cu_seqlens, so no loss crosses a boundary);
-                -100 is ignored; loss = mean over the scored tokens
-            logits_to_keep: compute logits for the last n positions only (0 = all)
+                -100 is ignored; loss = mean over the scored tokens, or their sum / num_items_in_batch when given
+                (transformers' Trainer passes it under gradient accumulation)
+            logits_to_keep: an int n: logits for the last n positions only (0 or None = all); a tensor: the
+                positions to keep (an index along T); with labels, every position's logits are returned (as in the
+                peer library). `num_logits_to_keep` is its old name
+            return_dict: False gives the tuple (loss, logits, cache, hidden_states) without its None entries
         Returns:
             loss (with labels); logits [B, T or n, V] (None when labels are given and
             config.fuse_linear_cross_entropy, which never materializes them); the cache (with use_cache), as
             `.cache` and as `.past_key_values`
         """
+        if num_logits_to_keep is not None:
+            if logits_to_keep:
+                raise ValueError("pass logits_to_keep or its old name num_logits_to_keep, not both")
+            logits_to_keep = num_logits_to_keep
         if use_cache is None and labels is not None:
             use_cache = False  # scoring, not generating
         outputs = self.model(
             input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
             cache=resolve_cache(cache, past_key_values), inputs_embeds=inputs_embeds, use_cache=use_cache,
-            cu_seqlens=cu_seqlens,
-            output_hidden_states=kwargs.get("output_hidden_states"),
+            cu_seqlens=cu_seqlens, output_hidden_states=output_hidden_states, return_dict=True,
         )
         hidden_states = outputs.last_hidden_state
         loss = logits = None
-        if labels is not None:
-            targets = shift_labels(labels, cu_seqlens)
-            if self.config.fuse_linear_cross_entropy:
-                loss = FusedLinearCrossEntropyLoss()(
-                    hidden_states.flatten(0, 1), targets.flatten(), self.lm_head.weight, self.lm_head.bias
-                )
-            else:
-                logits = self.lm_head(hidden_states)
-                loss_fn = FusedCrossEntropyLoss() if self.config.fuse_cross_entropy else nn.CrossEntropyLoss()
-                loss = loss_fn(logits.flatten(0, 1), targets.flatten())
         if labels is None or not self.config.fuse_linear_cross_entropy:
-            if logits is None:
-                logits = self.lm_head(hidden_states[:, -logits_to_keep:] if logits_to_keep else hidden_states)
-            elif logits_to_keep:
-                logits = logits[:, -logits_to_keep:]
+            logits = self.lm_head(hidden_states if labels is not None else keep_positions(hidden_states,
+                                                                                           logits_to_keep))
+        if labels is not None:
+            loss = self.compute_loss(hidden_states, logits, shift_labels(labels, cu_seqlens), num_items_in_batch)
+        if not (self.config.return_dict if return_dict is None else return_dict):
+            return tuple(v for v in (loss, logits, outputs.cache, outputs.hidden_states) if v is not None)
         return model_output(FLACausalLMOutput, outputs.cache, loss=loss, logits=logits,
                             hidden_states=outputs.hidden_states)
+
+    def compute_loss(self, hidden_states: torch.Tensor, logits: torch.Tensor | None, targets: torch.Tensor,
+             num_items_in_batch: int | torch.Tensor | None = None) -> torch.Tensor:
+        """Cross entropy of the next-token `targets` [B, T] (-100 ignored): from the hidden states [B, T, D] and the
+        head weight when config.fuse_linear_cross_entropy (logits is None then), else from the logits [B, T, V]."""
+        reduction = "mean" if num_items_in_batch is None else "sum"
+        if self.config.fuse_linear_cross_entropy:
+            if self.config.use_l2warp:
+                raise ValueError("use_l2warp=True needs the logits, which fuse_linear_cross_entropy=True never "
+                                 "materializes: set fuse_linear_cross_entropy=False to train with it")
+            loss = FusedLinearCrossEntropyLoss(reduction=reduction)(
+                hidden_states.flatten(0, 1), targets.flatten(), self.lm_head.weight, self.lm_head.bias
+            )
+        else:
+            loss_fn = FusedCrossEntropyLoss if self.config.fuse_cross_entropy else nn.CrossEntropyLoss
+            loss = loss_fn(reduction=reduction)(logits.flatten(0, 1), targets.flatten())
+            if self.config.use_l2warp:
+                loss = l2_warp(loss, logits)
+        if num_items_in_batch is not None:
+            loss = loss / (num_items_in_batch.to(loss.device) if torch.is_tensor(num_items_in_batch)
+                           else num_items_in_batch)
+        return loss
+
 
     def flops_per_token(self, seq_len: int) -> float:
         """Training FLOPs per token (forward + backward = 3 x forward) at sequence length `seq_len`:
@@ -291,6 +329,36 @@ class FLAForCausalLM(FLAPreTrainedModel, GenerationMixin):
         head = self.config.vocab_size * self.config.hidden_size
         mixer_flops = sum(layer.attn.flops_per_token(seq_len) for layer in self.model.layers)
         return float(6 * (matmul_params + head) + 3 * mixer_flops)
+
+
+def keep_positions(x: torch.Tensor, logits_to_keep: int | torch.Tensor) -> torch.Tensor:
+    """x [B, T, ...] at the positions the caller wants logits for: the last n (an int; 0 = all) or an index tensor."""
+    if isinstance(logits_to_keep, torch.Tensor):
+        return x[:, logits_to_keep]
+    return x[:, -int(logits_to_keep):] if logits_to_keep else x
+
+
+class L2Warp(torch.autograd.Function):
+    """The peer library's L2-warp: the loss unchanged, and into the gradient of each position's largest logit
+    1e-4 / (B * T) times that logit (so that logits cannot grow without bound in low precision)."""
+
+    @staticmethod
+    def forward(ctx, loss: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        top, index = logits.max(dim=-1, keepdim=True)
+        ctx.save_for_backward(top * (1e-4 / (logits.shape[0] * logits.shape[1])), index)
+        ctx.shape = logits.shape
+        return loss
+
+    @staticmethod
+    def backward(ctx, dloss: torch.Tensor):
+        push, index = ctx.saved_tensors
+        dlogits = push.new_zeros(ctx.shape).scatter_(-1, index, push * dloss)
+        return dloss, dlogits
+
+
+def l2_warp(loss: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """`loss` with the L2-warp gradient on `logits` [B, T, V] (see `L2Warp`)."""
+    return L2Warp.apply(loss, logits)
 
 
 def shift_labels(

@@ -25,6 +25,8 @@ class DeltaNetModel(FLAModel):
             allow_neg_eigval=config.allow_neg_eigval,
             norm_eps=config.norm_eps,
             layer_idx=layer_idx,
+            qk_activation=config.qk_activation,
+            qk_norm=config.qk_norm,
         )
 
 

@@ -24,6 +24,8 @@ class GatedDeltaNetModel(FLAModel):
             allow_neg_eigval=config.allow_neg_eigval,
             norm_eps=config.norm_eps,
             layer_idx=layer_idx,
+            num_v_heads=config.num_v_heads,
+            output_gate_activation=config.output_gate_activation,
         )
 
 

@@ -21,12 +21,16 @@ class GLAModel(FLAModel):
             use_short_conv=config.use_short_conv,
             conv_size=config.conv_size,
             use_output_gate=config.use_output_gate,
-            gate_fn=config.gate_fn,
+            gate_fn=config.output_gate_fn,
             gate_logit_normalizer=config.gate_logit_normalizer,
             gate_low_rank_dim=config.gate_low_rank_dim,
             clamp_min=config.clamp_min,
             norm_eps=config.norm_eps,
             layer_idx=layer_idx,
+            num_kv_heads=config.num_kv_heads,
+            feature_map=config.feature_map,
+            elementwise_affine=config.elementwise_affine,
+            fuse_norm=config.fuse_norm,
         )
 
 

@@ -22,6 +22,12 @@ class LinearAttentionModel(FLAModel):
             output_norm=config.output_norm,
             norm_eps=config.norm_eps,
             layer_idx=layer_idx,
+            num_kv_heads=config.num_kv_heads,
+            tie_feature_map_qk=config.tie_feature_map_qk,
+            norm_q=config.norm_q,
+            norm_k=config.norm_k,
+            do_feature_map_norm=config.norm_feature_map,
+            elementwise_affine=config.elementwise_affine,
         )
 
 

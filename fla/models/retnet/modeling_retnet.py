@@ -19,10 +19,14 @@ class RetNetModel(FLAModel):
             expand_v=config.expand_v,
             num_heads=config.num_heads,
             use_output_gate=config.use_output_gate,
-            gate_fn=config.gate_fn,
+            gate_fn=config.output_gate_fn,
             rope_theta=config.rope_theta,
             norm_eps=config.norm_eps,
             layer_idx=layer_idx,
+            num_kv_heads=config.num_kv_heads,
+            feature_map=config.feature_map,
+            elementwise_affine=config.elementwise_affine,
+            fuse_norm=config.fuse_norm,
         )
 
 

@@ -6,9 +6,19 @@ from fla.models.configuration_base import FLAConfig
 
 
 class TransformerConfig(FLAConfig):
-    """The mixer's fields; the shared backbone fields (sizes, vocab, norms, losses, hybrid `attn`) are in FLAConfig."""
+    """The mixer's fields (the peer's names and defaults); the shared backbone fields are in FLAConfig.
+
+    Args:
+        num_heads / num_kv_heads: query heads and key/value heads (grouped-query attention), default num_heads
+        qkv_bias: biases on the q/k/v projections
+        qk_norm: RMSNorm (eps 1e-5, as in the peer) on each query and key head before rotary
+        window_size: attend to at most this many most recent tokens (itself included); None = unlimited
+        rope_theta: rotary base
+        elementwise_affine: in the peer's config, read by no part of its model; accepted, with no effect
+    """
 
     model_type = "transformer"
+    peer_ignored = {"elementwise_affine": True}
 
     def __init__(
         self,
@@ -18,6 +28,7 @@ class TransformerConfig(FLAConfig):
         qk_norm: bool = False,
         window_size: int | None = None,
         rope_theta: float = 10000.0,
+        elementwise_affine: bool = True,
         **kwargs,
     ):
         self.num_heads = num_heads
@@ -26,4 +37,11 @@ class TransformerConfig(FLAConfig):
         self.qk_norm = qk_norm
         self.window_size = window_size
         self.rope_theta = rope_theta
+        self.elementwise_affine = elementwise_affine
         super().__init__(**kwargs)
+
+    def peer_mismatches(self) -> list[str]:
+        out = super().peer_mismatches()
+        if self.attn is not None:
+            out.append("attn (its Transformer has no hybrid layers)")
+        return out
