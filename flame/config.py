@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import sys
 import types
 import typing
@@ -83,6 +84,9 @@ class Training:
     mixed_precision_reduce: Literal["float32", "bfloat16"] = opt("float32", "FSDP gradient reduce dtype on GPU")
     gc_freq: int = opt(50, "run Python's garbage collector every N steps (it is disabled in between)")
     deterministic: bool = opt(False, "use deterministic algorithms (slower on GPU)")
+    max_consecutive_skipped_steps: int = opt(10, "stop the run (exit code 3) after this many steps in a row with a "
+                                                 "non-finite gradient norm, leaving the checkpoints as they are "
+                                                 "(0 = never stop)")
 
 
 @dataclass
@@ -395,35 +399,61 @@ def load_config(argv: list[str] | None = None) -> JobConfig:
 
 
 def validate(config: JobConfig) -> None:
-    """Cross-field checks that a type alone cannot express."""
-    t = config.training
+    """Cross-field and range checks that a type alone cannot express; each error names the key and the fix."""
+    t, o, s = config.training, config.optimizer, config.lr_scheduler
     for key, value in [("training.steps", t.steps), ("training.batch_size", t.batch_size),
-                       ("training.seq_len", t.seq_len), ("training.gradient_accumulation_steps",
-                                                         t.gradient_accumulation_steps),
-                       ("checkpoint.interval", config.checkpoint.interval), ("metrics.log_freq",
-                                                                            config.metrics.log_freq),
-                       ("validation.freq", config.validation.freq), ("validation.steps", config.validation.steps)]:
+                       ("training.gradient_accumulation_steps", t.gradient_accumulation_steps),
+                       ("training.gc_freq", t.gc_freq), ("checkpoint.interval", config.checkpoint.interval),
+                       ("metrics.log_freq", config.metrics.log_freq), ("validation.freq", config.validation.freq),
+                       ("validation.steps", config.validation.steps),
+                       ("profiling.profile_freq", config.profiling.profile_freq)]:
         if value < 1:
             raise ConfigError(f"{key} must be >= 1, got {value}")
-    if t.context_len is not None and not 1 <= t.context_len:
-        raise ConfigError(f"training.context_len must be >= 1, got {t.context_len}")
-    if t.max_norm < 0:
-        raise ConfigError(f"training.max_norm must be >= 0, got {t.max_norm}")
-    if config.optimizer.lr <= 0:
-        raise ConfigError(f"optimizer.lr must be > 0, got {config.optimizer.lr}")
+    # One token of a sequence predicts the next: a 1-token sequence (or document piece) has no target at all,
+    # and its loss is a mean over nothing (NaN).
+    if t.seq_len < 2:
+        raise ConfigError(f"training.seq_len must be >= 2 (a sequence needs a next token to predict), got "
+                          f"{t.seq_len}")
+    if t.context_len is not None and t.context_len < 2:
+        raise ConfigError(f"training.context_len must be >= 2 (a document piece needs a next token to predict) "
+                          f"or unset, got {t.context_len}")
+    if config.validation.batch_size is not None and config.validation.batch_size < 1:
+        raise ConfigError(f"validation.batch_size must be >= 1 or unset, got {config.validation.batch_size}")
+    if t.max_consecutive_skipped_steps < 0:
+        raise ConfigError(f"training.max_consecutive_skipped_steps must be >= 0 (0 = never stop), got "
+                          f"{t.max_consecutive_skipped_steps}")
+    if not (math.isfinite(t.max_norm) and t.max_norm >= 0):
+        raise ConfigError(f"training.max_norm must be a finite number >= 0 (0 = no clipping), got {t.max_norm}")
+    if not (math.isfinite(o.lr) and o.lr > 0):
+        raise ConfigError(f"optimizer.lr must be a finite number > 0, got {o.lr}")
+    for key, value in (("optimizer.beta1", o.beta1), ("optimizer.beta2", o.beta2)):
+        if not 0.0 <= value < 1.0:
+            raise ConfigError(f"{key} must be in [0, 1), got {value}")
+    if not (math.isfinite(o.eps) and o.eps > 0):
+        raise ConfigError(f"optimizer.eps must be a finite number > 0, got {o.eps}")
+    if not (math.isfinite(o.weight_decay) and o.weight_decay >= 0):
+        raise ConfigError(f"optimizer.weight_decay must be a finite number >= 0, got {o.weight_decay}")
     if config.checkpoint.keep_latest_k < 0:
         raise ConfigError(f"checkpoint.keep_latest_k must be >= 0 (0 = keep all), got "
                           f"{config.checkpoint.keep_latest_k}")
-    if config.lr_scheduler.warmup_steps < 0:
-        raise ConfigError(f"lr_scheduler.warmup_steps must be >= 0, got {config.lr_scheduler.warmup_steps}")
-    if not 0.0 <= config.lr_scheduler.decay_ratio <= 1.0:
-        raise ConfigError(f"lr_scheduler.decay_ratio must be in [0, 1], got {config.lr_scheduler.decay_ratio}")
+    if s.warmup_steps < 0:
+        raise ConfigError(f"lr_scheduler.warmup_steps must be >= 0, got {s.warmup_steps}")
+    if not 0.0 <= s.decay_ratio <= 1.0:
+        raise ConfigError(f"lr_scheduler.decay_ratio must be in [0, 1], got {s.decay_ratio}")
+    if not 0.0 <= s.min_lr_factor <= 1.0:  # negative: the LR would cross zero; above 1: the decay would grow it
+        raise ConfigError(f"lr_scheduler.min_lr_factor must be in [0, 1] (the end LR as a fraction of "
+                          f"optimizer.lr), got {s.min_lr_factor}")
+    peak = config.metrics.peak_tflops
+    if peak is not None and not (math.isfinite(peak) and peak > 0):
+        raise ConfigError(f"metrics.peak_tflops must be a finite number > 0 or unset, got {peak}")
     option = config.activation_checkpoint.selective_ac_option
     if option != "op" and not (option.isdigit() and int(option) >= 1):
         raise ConfigError(f"activation_checkpoint.selective_ac_option must be 'op' or an integer >= 1, got "
                           f"{option!r}")
     if config.data.prefetch_factor is not None and config.data.num_workers == 0:
         raise ConfigError("data.prefetch_factor needs data.num_workers > 0")
+    if config.data.num_workers < 0:
+        raise ConfigError(f"data.num_workers must be >= 0, got {config.data.num_workers}")
 
 
 def help_text() -> str:

@@ -3,8 +3,10 @@
     torchrun --nproc_per_node=N -m flame.train --job.config_file configs/X.toml [--section.key value ...]
     python -m flame.train --job.config_file configs/debug.toml            (one process)
 
-config -> distributed init -> tokenizer and data -> model (meta, materialize, AC, compile, FSDP2) -> optimizer and
-LR schedule -> resume -> loop (accumulate, clip, step or skip, log, validate, checkpoint).
+config -> distributed init -> dump-folder lock -> tokenizer and data -> model (meta, materialize, AC, compile,
+FSDP2) -> optimizer and LR schedule -> resume (or rewind) -> loop (accumulate, clip, step or skip, log, validate,
+checkpoint). Exit codes: 0 done, 2 bad input (config, data, checkpoint, a dump folder in use; one line on every
+rank), 3 the run stopped itself (training.max_consecutive_skipped_steps).
 The structure follows torchtitan's Trainer; its components are used where they work as a library on CPU and GPU.
 """
 from __future__ import annotations
@@ -26,6 +28,7 @@ from flame.config import ConfigError, JobConfig, load_config, to_toml
 from flame.metrics import MetricsLogger, peak_flops, peak_memory_gib
 from flame.models import (ModelConfigError, build_model, flops_per_token, load_model_config, materialize, num_params,
                           parallelize)
+from flame.run_lock import DumpFolderInUse, RunLock
 
 
 # ---------------------------------------------------------------------------------------------------- building
@@ -53,6 +56,9 @@ def data_sources(section, *, split_override: str | None = None) -> list:
         weights = [1.0 if p is None else float(p) for p in probs]
     except ValueError:
         raise ConfigError(f"data.data_probs must be numbers, got {section.data_probs!r}") from None
+    if not all(math.isfinite(w) and w > 0 for w in weights):
+        raise ConfigError(f"data.data_probs must be finite numbers > 0 (relative weights), got "
+                          f"{section.data_probs!r}")
     return [SourceConfig(path=p, name=nm, split=sp, weight=w, text_column=getattr(section, "text_column", "text"),
                          streaming=getattr(section, "streaming", False), data_files=f)
             for p, nm, sp, w, f in zip(paths, names, splits, weights, files)]
@@ -137,6 +143,76 @@ def forward_backward(model, microbatches: list[tuple[dict[str, Any], int]], *, w
     return loss_sum
 
 
+def check_every_shard_has_documents(dataloader, *, world_size: int, num_workers: int) -> None:
+    """Shard j of the ranks x workers shards reads documents j, j + S, ...: with fewer documents than shards in
+    every source, some shard (and so some rank) owns none. Known up front for random-access sources; a stream's
+    length is not, and the loop's data check says it at the first step instead."""
+    from flame.data import DataSourceError
+    sources = dataloader.sources
+    if any(src.streaming for src in sources):
+        return
+    most = max(len(src.dataset) for src in sources)
+    if most < dataloader.num_shards:
+        raise DataSourceError(
+            f"data.dataset has {most} document{'s' if most != 1 else ''} in its largest source, fewer than the "
+            f"{dataloader.num_shards} loader shards ({world_size} data-parallel ranks x {max(1, num_workers)} "
+            f"workers each): a shard without documents has no data to train on. Use more data, fewer ranks or "
+            f"a smaller data.num_workers")
+
+
+def next_microbatches(data_iter: Iterator, n: int, world, step: int, device: torch.device, varlen: bool):
+    """This step's `n` loader batches, their model inputs with target counts, and the number of targets on all
+    ranks together. Collective: a rank without data makes every rank raise DataSourceError (one all-reduce carries
+    the targets and every rank's flag)."""
+    batches, empty = [], False
+    for _ in range(n):
+        try:
+            batches.append(next(data_iter))
+        except StopIteration:
+            empty = True
+            break
+    microbatches = [] if empty else [to_model_inputs(b, device, varlen) for b in batches]
+    counts = torch.zeros(1 + world.world_size, dtype=torch.float64)
+    counts[0] = float(sum(k for _, k in microbatches))
+    counts[1 + world.rank] = float(empty)
+    counts = fdist.all_reduce_sum(counts.to(device)).cpu()  # NCCL reduces device tensors only
+    out = [r for r in range(world.world_size) if counts[1 + r] > 0]
+    if out:
+        from flame.data import DataSourceError
+        raise DataSourceError(
+            f"data-parallel rank{'s' if len(out) > 1 else ''} {out} of {world.world_size} ran out of data at step "
+            f"{step}: every loader shard repeats its documents forever, so that shard owns none (data.dataset has "
+            f"fewer documents than ranks x data.num_workers). Use more data, fewer ranks or a smaller "
+            f"data.num_workers")
+    return batches, microbatches, max(float(counts[0]), 1.0)
+
+
+class TrainingStopped(RuntimeError):
+    """The run stopped itself: it cannot recover (exit code 3)."""
+
+
+@contextlib.contextmanager
+def dump_folder_lock(folder: str, world) -> Iterator[None]:
+    """Hold `<dump_folder>/flame.lock` (rank 0) for the run; every rank raises DumpFolderInUse while another run
+    holds it. Released on the way out, also on an exception; a SIGKILLed run's lock is stale and taken over."""
+    lock = RunLock(folder)
+    outcome = None
+    if world.is_main:
+        try:
+            outcome = ("ok", lock.acquire())
+        except DumpFolderInUse as e:
+            outcome = ("busy", str(e))
+    kind, text = fdist.broadcast_object(outcome)
+    if kind == "busy":
+        raise DumpFolderInUse(text)
+    if text:
+        _log(world, text)
+    try:
+        yield
+    finally:
+        lock.release()
+
+
 # ---------------------------------------------------------------------------------------------------- the run
 class TrainState:
     """What the loop counts; saved with each checkpoint."""
@@ -190,8 +266,11 @@ def train(config: JobConfig, world) -> dict[str, Any]:
         _log(world, f"[config] resolved job config:\n{to_toml(config)}")
 
     # --- tokenizer, model config and data (all checked before any weights are allocated)
-    from flame.data import build_dataloader, load_tokenizer
-    tokenizer = load_tokenizer(config.model.tokenizer_path)
+    from flame.data import TokenizerError, build_dataloader, load_tokenizer
+    try:
+        tokenizer = load_tokenizer(config.model.tokenizer_path)
+    except TokenizerError as e:
+        raise ConfigError(f"model.tokenizer_path: {e}") from None
     model_config = load_model_config(config.model.config)
     if getattr(model_config, "vocab_size", len(tokenizer)) < len(tokenizer):
         raise ModelConfigError(f"model.config {config.model.config!r} has vocab_size {model_config.vocab_size} but "
@@ -201,6 +280,7 @@ def train(config: JobConfig, world) -> dict[str, Any]:
         sources=data_sources(config.data), tokenizer=tokenizer, seq_len=t.seq_len, batch_size=t.batch_size,
         context_len=context_len, varlen=t.varlen, num_workers=config.data.num_workers, seed=t.seed,
         dp_rank=world.rank, dp_world_size=world.world_size, prefetch_factor=config.data.prefetch_factor)
+    check_every_shard_has_documents(dataloader, world_size=world.world_size, num_workers=config.data.num_workers)
 
     # --- model: meta -> weights under the seed -> activation checkpointing -> compile -> FSDP2
     if config.parallelism.data_parallel_shard_degree not in (-1, world.world_size):
@@ -235,6 +315,7 @@ def train(config: JobConfig, world) -> dict[str, Any]:
                 dataloader.load_state_dict(saved["dataloader"])
         _log(world, f"[checkpoint] resumed from {checkpointer.step_dir(resume_step)} (step {state.step}, "
                     f"saved on {saved.get('world_size', '?')} ranks, now {world.world_size})")
+        checkpointer.set_aside_newer(resume_step)  # a rewind: this run's checkpoints replace the newer ones
 
     # --- observability
     from torchtitan.distributed.utils import clip_grad_norm_, dist_max, dist_mean
@@ -280,6 +361,7 @@ def train(config: JobConfig, world) -> dict[str, Any]:
     data_iter: Iterator = iter(dataloader)
     window_tokens, window_start = 0, time.perf_counter()
     last_loss = float("nan")
+    streak = 0  # steps skipped in a row
     if world.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(world.device)
     with profiler as prof:
@@ -288,20 +370,13 @@ def train(config: JobConfig, world) -> dict[str, Any]:
             step = state.step
             gc_handler.run(step)
 
-            microbatches = []
-            for _ in range(t.gradient_accumulation_steps):
-                try:
-                    batch = next(data_iter)
-                except StopIteration:
-                    raise RuntimeError("the data loader ran out of data; use more data or fewer training.steps")
-                for name, n in (batch.get("source_tokens") or {}).items():
-                    local_source_tokens[name] = local_source_tokens.get(name, 0) + int(n)
-                microbatches.append(to_model_inputs(batch, world.device, t.varlen))
             # Weight every microbatch by its share of the step's targets on all ranks, so the gradient is the
             # mean over tokens (not a mean of microbatch means). FSDP averages gradients over ranks: hence * W.
-            local_targets = torch.tensor([float(sum(n for _, n in microbatches))], dtype=torch.float64,
-                                         device=world.device)  # NCCL reduces device tensors only
-            global_targets = max(float(fdist.all_reduce_sum(local_targets).item()), 1.0)
+            batches, microbatches, global_targets = next_microbatches(
+                data_iter, t.gradient_accumulation_steps, world, step, world.device, t.varlen)
+            for batch in batches:
+                for name, n in (batch.get("source_tokens") or {}).items():
+                    local_source_tokens[name] = local_source_tokens.get(name, 0) + int(n)
             loss_sum = forward_backward(model, microbatches, world_size=world.world_size,
                                         global_targets=global_targets,
                                         inject_nan=step in config.job.inject_nan_steps)
@@ -314,8 +389,10 @@ def train(config: JobConfig, world) -> dict[str, Any]:
             if math.isfinite(grad_norm):
                 optimizers.step()
                 lr_schedulers.step()
+                streak = 0
             else:
                 state.skipped_steps += 1
+                streak += 1
                 _log(world, f"[train] step {step}: gradient norm is {grad_norm}; optimizer and LR steps skipped "
                             f"({state.skipped_steps} so far)")
             optimizers.zero_grad()
@@ -337,6 +414,19 @@ def train(config: JobConfig, world) -> dict[str, Any]:
                           "elapsed_s": elapsed}
                 metrics.log(step, record)
                 window_tokens, window_start = 0, time.perf_counter()
+
+            if streak and streak == t.max_consecutive_skipped_steps:
+                # A skipped step leaves weights, optimizer and LR schedule alone, so what is saved is the last good
+                # state: stop before this step is checkpointed.
+                saved = checkpointer.committed_steps() if checkpointer.enable else []
+                metrics.close()
+                raise TrainingStopped(
+                    f"steps {step - streak + 1}-{step}: {streak} steps in a row had a non-finite gradient norm "
+                    f"(training.max_consecutive_skipped_steps={t.max_consecutive_skipped_steps}); stopping. "
+                    + (f"The last checkpoint, {checkpointer.step_dir(saved[-1])}, is left as it was. "
+                       if saved else "No checkpoint was saved. ")
+                    + "Lower optimizer.lr (or raise lr_scheduler.warmup_steps), check the data, or raise "
+                      "training.max_consecutive_skipped_steps")
 
             if config.validation.enable and (step % config.validation.freq == 0 or step == t.steps):
                 metrics.log_validation(step, validate(model, config, world, tokenizer, token_bytes))
@@ -385,14 +475,18 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     world = fdist.init_distributed()
     try:
-        if config.checkpoint.create_seed_checkpoint:
-            create_seed_checkpoint(config, world)
-        else:
-            train(config, world)
+        with dump_folder_lock(config.job.dump_folder, world):
+            if config.checkpoint.create_seed_checkpoint:
+                create_seed_checkpoint(config, world)
+            else:
+                train(config, world)
         return 0
-    except (ConfigError, ModelConfigError, CheckpointError, _data_errors()) as e:
+    except (ConfigError, ModelConfigError, CheckpointError, DumpFolderInUse, _data_errors()) as e:
         print(f"flame.train: {_kind(e)} error (rank {world.rank}): {e}", file=sys.stderr, flush=True)
         return 2
+    except TrainingStopped as e:
+        print(f"flame.train: training stopped (rank {world.rank}): {e}", file=sys.stderr, flush=True)
+        return 3
     finally:
         # torchtitan's GarbageCollection disables automatic collection for the run; give it back to the caller.
         gc.enable()
@@ -410,7 +504,7 @@ def _data_errors() -> type:
 
 def _kind(e: Exception) -> str:
     return {"ConfigError": "config", "ModelConfigError": "model config", "CheckpointError": "checkpoint",
-            "DataSourceError": "data"}.get(type(e).__name__, type(e).__name__)
+            "DataSourceError": "data", "DumpFolderInUse": "dump folder"}.get(type(e).__name__, type(e).__name__)
 
 
 if __name__ == "__main__":

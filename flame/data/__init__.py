@@ -17,8 +17,8 @@ large. Mixing is by tokens: the next document comes from the source furthest bel
 from flame.data.corpus import default_corpus
 from flame.data.loader import FlameDataLoader, build_dataloader, merge_states
 from flame.data.sources import DataSourceError, SourceConfig, load_source, load_sources, source_labels
-from flame.data.tokenizer import DEFAULT_TOKENIZER_DIR, load_tokenizer
+from flame.data.tokenizer import DEFAULT_TOKENIZER_DIR, TokenizerError, load_tokenizer
 
 __all__ = ["SourceConfig", "DataSourceError", "FlameDataLoader", "build_dataloader", "merge_states",
            "default_corpus", "load_tokenizer", "load_source", "load_sources", "source_labels",
-           "DEFAULT_TOKENIZER_DIR"]
+           "DEFAULT_TOKENIZER_DIR", "TokenizerError"]

@@ -1,9 +1,22 @@
 """Tokenizers: the embedded default (a 4096-token byte-level BPE in flame/assets/tokenizer) or any Hugging Face one."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 DEFAULT_TOKENIZER_DIR = Path(__file__).resolve().parent.parent / "assets" / "tokenizer"
+# What the hub accepts as a repository id: `name` or `owner/name`, word characters, dots and dashes.
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
+
+
+class TokenizerError(ValueError):
+    """A tokenizer that cannot be loaded; the message says whether it was taken as a path or a hub name."""
+
+
+def looks_like_path(name: str) -> bool:
+    """True for what can only be a file system path (absolute, ./ ../ ~, several components, a backslash)."""
+    return (name.startswith(("/", ".", "~")) or "\\" in name or name.endswith("/")
+            or _HUB_ID.match(name) is None or ".." in name)
 
 
 def load_tokenizer(path_or_name: str | None = None):
@@ -16,6 +29,9 @@ def load_tokenizer(path_or_name: str | None = None):
                                     "rebuild it with `python -m flame.tools.build_tokenizer`")
         return PreTrainedTokenizerFast.from_pretrained(str(DEFAULT_TOKENIZER_DIR))
     local = Path(path_or_name).expanduser().exists()
+    if not local and looks_like_path(path_or_name):
+        raise TokenizerError(f"tokenizer path {path_or_name!r} does not exist: give an existing tokenizer "
+                             f"directory, a hub name such as 'owner/name', or 'default' (the embedded one)")
     offline = False
     if not local:
         from flame.data.sources import hub_offline
@@ -26,9 +42,10 @@ def load_tokenizer(path_or_name: str | None = None):
     except (OSError, ValueError) as e:
         where = "local directory" if local else \
             "hub name while offline and not in the local cache" if offline else "hub name"
-        raise ValueError(f"could not load tokenizer {path_or_name!r} as a {where}: {e}") from e
+        raise TokenizerError(f"could not load tokenizer {path_or_name!r} as a {where}: {e}") from e
     if not getattr(tokenizer, "is_fast", False):
-        raise ValueError(f"tokenizer {path_or_name!r} has no fast (Rust) implementation; flame needs one for speed")
+        raise TokenizerError(f"tokenizer {path_or_name!r} has no fast (Rust) implementation; flame needs one for "
+                             f"speed")
     return tokenizer
 
 

@@ -1,5 +1,6 @@
 """flame.train end to end on CPU: real `torchrun` with 2 gloo processes, SIGKILL and resume, resume on another world
-size, NaN skipping, clear errors for bad input, every model family through the same loop."""
+size, two runs on one folder, a rewind, NaN skipping and a run that cannot recover, planted pickles and flipped bytes,
+clear errors for bad input on every rank, every model family through the same loop."""
 import json
 import math
 import os
@@ -9,6 +10,8 @@ import sys
 
 import pytest
 import torch
+
+from tests.flame.checkpoint_helpers import flip_bytes, plant_metadata, plant_trainer_state
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 MODEL = os.path.join(ROOT, "configs", "models", "transformer_debug.json")
@@ -27,13 +30,33 @@ def env() -> dict:
     return e
 
 
-def launch(args: list[str], nproc: int) -> subprocess.CompletedProcess:
+def _command(args: list[str], nproc: int) -> list[str]:
     if nproc == 1:
-        cmd = [sys.executable, "-m", "flame.train"]
-    else:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-               "-m", "flame.train"]
-    return subprocess.run(cmd + args, cwd=ROOT, env=env(), capture_output=True, text=True, timeout=400)
+        return [sys.executable, "-m", "flame.train"] + args
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+            "-m", "flame.train"] + args
+
+
+def launch(args: list[str], nproc: int) -> subprocess.CompletedProcess:
+    return subprocess.run(_command(args, nproc), cwd=ROOT, env=env(), capture_output=True, text=True, timeout=400)
+
+
+def launch_together(jobs: list[tuple[list[str], int]]) -> list[subprocess.CompletedProcess]:
+    """Start every job at once, wait for all."""
+    procs = [subprocess.Popen(_command(args, nproc), cwd=ROOT, env=env(), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for args, nproc in jobs]
+    out = []
+    for proc, (args, _) in zip(procs, jobs):
+        stdout, stderr = proc.communicate(timeout=400)
+        out.append(subprocess.CompletedProcess(args, proc.returncode, stdout, stderr))
+    return out
+
+
+def on_every_rank(stderr: str, message: str, nproc: int = 2) -> bool:
+    """flame.train's one error line, with `message` in it, from each of the `nproc` ranks."""
+    lines = [line for line in stderr.splitlines() if line.startswith("flame.train: ") and message in line]
+    return sorted({line.split("(rank ", 1)[1].split(")")[0] for line in lines if "(rank " in line}) == \
+        [str(r) for r in range(nproc)]
 
 
 def records(dump: str) -> dict[int, dict]:
@@ -59,8 +82,9 @@ def _result(proc: subprocess.CompletedProcess) -> dict:
 
 @pytest.fixture(scope="session")
 def runs(tmp_path_factory):
-    """A: 6 steps uninterrupted on 2 ranks. B: the same job SIGKILLed during step 4's checkpoint write, resumed
-    and SIGKILLed right after step 5, resumed again to the end.
+    """A: 6 steps uninterrupted on 2 ranks, started together with an identical rival run on the same dump folder
+    (one of them gets the folder, the other must refuse at once). B: the same job SIGKILLed during step 4's
+    checkpoint write, resumed and SIGKILLed right after step 5, resumed again to the end.
 
     The chain is the expensive part: under pytest-xdist the workers share one copy (a file lock in the session's
     common temp folder), so it runs once whichever worker gets a test of it first."""
@@ -78,7 +102,9 @@ def runs(tmp_path_factory):
         shutil.copy(MODEL, model)
         common = COMMON + ["--model.config", model]
         out = {"a": a, "b": b, "model": model, "common": common}
-        out["a_run"] = _result(launch(common + ["--job.dump_folder", a], 2))
+        first, second = launch_together([(common + ["--job.dump_folder", a], 2)] * 2)
+        winner, rival = (first, second) if first.returncode == 0 else (second, first)
+        out["a_run"], out["a_rival"] = _result(winner), _result(rival)
         out["b1"] = _result(launch(common + ["--job.dump_folder", b, "--job.crash_at_step", "4",
                                              "--job.crash_in_checkpoint"], 2))
         out["b1_dirs"] = committed(b)
@@ -109,6 +135,15 @@ def test_uninterrupted_two_process_run(runs):
     assert "[training]" in open(os.path.join(step, "config.toml")).read()
 
 
+def test_a_second_run_on_the_same_dump_folder_is_refused_on_every_rank(runs):
+    rival = runs["a_rival"]
+    assert rival["returncode"] != 0, rival["stdout"][-2000:]
+    assert on_every_rank(rival["stderr"], "is in use by another run"), rival["stderr"][-3000:]
+    assert "[model]" not in rival["stdout"]  # refused before any weight was allocated
+    records(runs["a"])  # every step logged once: the rival wrote nothing
+    assert not os.path.exists(os.path.join(runs["a"], "flame.lock"))  # released at the end of the run
+
+
 def test_nan_step_is_skipped_counted_and_the_run_goes_on(runs):
     recs = records(runs["a"])
     assert not math.isfinite(recs[3]["grad_norm"]) and recs[3]["skipped_steps"] == 1
@@ -124,6 +159,7 @@ def test_killed_during_checkpoint_write_resumes_from_the_previous_one(runs):
     assert runs["b2"]["returncode"] != 0
     out = runs["b2"]["stdout"]
     assert "resumed from" in out and "step-2 (step 2" in out, out[-2000:]
+    assert "took over the stale lock" in out  # b1 was SIGKILLed holding it
     assert "step-4" in runs["b2_dirs"] and "step-4.tmp" not in runs["b2_dirs"]
 
 
@@ -139,17 +175,25 @@ def test_sigkill_and_resume_gives_bit_identical_losses(runs):
         assert b[step]["tokens"] == a[step]["tokens"]
 
 
-def test_resume_two_process_checkpoint_in_one_process(runs, tmp_path):
+def test_resume_two_process_checkpoint_in_one_process_rewinding_past_a_newer_one(runs, tmp_path):
+    """--checkpoint.load_step 4 with step-6 present: step-6 is moved aside (kept), the run saves its own step-6."""
     dump = str(tmp_path / "c")
     shutil.copytree(runs["a"], dump)
     args = ["--job.dump_folder", dump, "--training.steps", "8", "--validation.enable", "--validation.freq", "8",
-            "--validation.steps", "1", "--metrics.enable_tensorboard"]
+            "--validation.steps", "1", "--metrics.enable_tensorboard", "--checkpoint.load_step", "4"]
     run = _result(launch(runs["common"] + args, 1))
     assert run["returncode"] == 0, run["stdout"][-3000:] + run["stderr"][-3000:]
     assert "saved on 2 ranks, now 1" in run["stdout"]
+    assert "rewinding to step 4: moved the newer checkpoints aside" in run["stdout"]
+    dirs = committed(dump)
+    aside = [d for d in dirs if d.startswith("step-6.rewound-")]
+    assert len(aside) == 1 and [d for d in dirs if "rewound" not in d] == ["step-4", "step-6", "step-8"], dirs
+    assert sorted(os.listdir(os.path.join(dump, "checkpoint", aside[0]))) == \
+        sorted(os.listdir(os.path.join(runs["a"], "checkpoint", "step-6")))  # moved whole, nothing deleted
     recs = records(dump)
     assert math.isfinite(recs[7]["loss"]) and math.isfinite(recs[8]["loss"])
     assert recs[8]["tokens"] == recs[6]["tokens"] + 2 * 2 * 2 * 64
+    assert recs[6]["tokens"] == recs[4]["tokens"] + 2 * 2 * 2 * 64  # steps 5-6 are this run's own
     val = [json.loads(line) for line in open(os.path.join(dump, "metrics.jsonl")) if "val_loss" in line]
     assert val and math.isfinite(val[-1]["val_loss"]) and val[-1]["val_bits_per_byte"] > 0
     assert any(f.startswith("events.out.tfevents") for f in os.listdir(os.path.join(dump, "tb")))
@@ -167,10 +211,96 @@ def main_in_process(argv, capsys):
     (["--training.batch_size", "two"], "training.batch_size expects an integer, got 'two'"),
     (["--model.config", "configs/models/nope.json"], "model.config 'configs/models/nope.json' does not exist"),
     (["--model.config", MODEL, "--data.dataset", "/no/such/dataset"], "/no/such/dataset"),
+    (["--training.seq_len", "1"], "training.seq_len must be >= 2 (a sequence needs a next token to predict), got 1"),
+    (["--optimizer.lr", "nan"], "optimizer.lr must be a finite number > 0, got nan"),
+    (["--optimizer.lr", "inf"], "optimizer.lr must be a finite number > 0, got inf"),
+    (["--lr_scheduler.min_lr_factor", "-2"], "lr_scheduler.min_lr_factor must be in [0, 1]"),
+    (["--model.config", MODEL, "--model.tokenizer_path", "/no/such/tokenizer"],
+     "model.tokenizer_path: tokenizer path '/no/such/tokenizer' does not exist: give an existing tokenizer "
+     "directory, a hub name"),
+    (["--model.config", MODEL, "--data.data_probs", "nan"], "data.data_probs must be finite numbers > 0"),
 ])
 def test_bad_input_is_one_clear_error(argv, message, capsys, tmp_path):
     rc, err = main_in_process(argv + ["--job.dump_folder", str(tmp_path)], capsys)
-    assert rc == 2 and message in err, err
+    assert rc == 2 and message in err and len(err.strip().splitlines()) == 1, err
+    assert "hub name while" not in err and "Traceback" not in err
+    assert not os.path.exists(tmp_path / "flame.lock")  # released on the way out
+
+
+def test_fewer_documents_than_ranks_is_one_clear_error_on_every_rank(tmp_path):
+    data = tmp_path / "one.jsonl"
+    data.write_text(json.dumps({"text": "the only document"}) + "\n")
+    run = launch(COMMON + ["--model.config", MODEL, "--job.dump_folder", str(tmp_path / "run"), "--data.dataset",
+                           str(data)], 2)
+    assert run.returncode != 0
+    assert on_every_rank(run.stderr, "data.dataset has 1 document in its largest source, fewer than the 2 loader "
+                                     "shards (2 data-parallel ranks x 1 workers each)"), run.stderr[-3000:]
+    assert "[model]" not in run.stdout  # said before any weight was allocated
+
+
+def test_a_rank_without_data_stops_every_rank():
+    """A stream's length is not known up front: the first step finds the rank without documents, and the flag
+    travels with the step's target count, so every rank raises."""
+    import types
+
+    import torch.distributed as dist
+
+    from flame.data import DataSourceError
+    from flame.train import next_microbatches
+    if not dist.is_initialized():
+        dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        world = types.SimpleNamespace(rank=0, world_size=1)
+        with pytest.raises(DataSourceError, match=r"data-parallel rank \[0\] of 1 ran out of data at step 1: .*"
+                                                  r"Use more data, fewer ranks or a smaller data.num_workers"):
+            next_microbatches(iter([]), 2, world, 1, torch.device("cpu"), True)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_a_run_whose_steps_are_all_non_finite_stops_and_keeps_its_checkpoints(tmp_path, capsys):
+    from fla.ops.utils.dispatch import use_backend
+    dump = str(tmp_path)
+    with use_backend("torch"):
+        rc, err = main_in_process(["--model.config", MODEL, "--job.dump_folder", dump, "--training.steps", "6",
+                                   "--training.seq_len", "32", "--training.batch_size", "1",
+                                   "--checkpoint.interval", "2", "--job.inject_nan_steps", "3,4,5,6",
+                                   "--training.max_consecutive_skipped_steps", "3", "--job.print_config", "false",
+                                   "--metrics.log_freq", "1"], capsys)
+    assert rc == 3, err
+    assert "steps 3-5: 3 steps in a row had a non-finite gradient norm" in err and len(err.strip().splitlines()) == 1
+    assert "step-4, is left as it was" in err and "Lower optimizer.lr" in err
+    assert committed(dump) == ["step-2", "step-4"]
+    from flame.checkpoint import Checkpointer
+    ck = Checkpointer(os.path.join(dump, "checkpoint"), interval=2)
+    manifests = [json.load(open(os.path.join(ck.step_dir(s), "COMPLETE"))) for s in (2, 4)]
+    # Skipped steps change nothing: the shards saved after them are the last good state, byte for byte.
+    shard = next(n for n in manifests[0]["crc32"] if n.endswith(".distcp"))
+    assert manifests[0]["crc32"][shard] == manifests[1]["crc32"][shard]
+    assert sorted(records(dump)) == [1, 2, 3, 4, 5]
+
+
+def test_a_full_disk_during_a_run_is_one_clear_error(tmp_path, capsys, monkeypatch):
+    import errno
+
+    import flame.hashing
+    from fla.ops.utils.dispatch import use_backend
+    real_write = flame.hashing.HashingStream.write
+
+    def write(self, data):
+        if "step-4.tmp" in str(getattr(self.raw, "name", "")):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(self, data)
+
+    monkeypatch.setattr(flame.hashing.HashingStream, "write", write)
+    dump = str(tmp_path)
+    with use_backend("torch"):
+        rc, err = main_in_process(["--model.config", MODEL, "--job.dump_folder", dump, "--training.steps", "4",
+                                   "--training.seq_len", "32", "--training.batch_size", "1",
+                                   "--checkpoint.interval", "2", "--job.print_config", "false"], capsys)
+    assert rc == 2 and len(err.strip().splitlines()) == 1, err
+    assert f"no space left on {os.path.join(dump, 'checkpoint')}" in err and "removed its partial step-4.tmp" in err
+    assert committed(dump) == ["step-2"]
 
 
 def test_corrupt_or_incompatible_checkpoint_is_a_clear_error_and_nothing_is_deleted(runs, tmp_path, capsys):
@@ -178,9 +308,15 @@ def test_corrupt_or_incompatible_checkpoint_is_a_clear_error_and_nothing_is_dele
     shutil.copytree(runs["a"], dump)
     step6 = os.path.join(dump, "checkpoint", "step-6")
     shard = sorted(f for f in os.listdir(step6) if f.endswith(".distcp"))[0]
+    before = sorted(os.listdir(step6))
+    flip_bytes(os.path.join(step6, shard))  # 4096 bytes inverted, the size kept
+    rc, err = main_in_process(runs["common"] + ["--job.dump_folder", dump], capsys)
+    assert rc == 2 and f"step-6 is corrupt: {shard} does not match the crc32" in err, err
+    assert "Intact: step 4 (contents verified" in err and "--checkpoint.load_step 4" in err
+    assert sorted(os.listdir(step6)) == before
+
     with open(os.path.join(step6, shard), "r+b") as f:
         f.truncate(100)
-    before = sorted(os.listdir(step6))
     rc, err = main_in_process(runs["common"] + ["--job.dump_folder", dump], capsys)
     assert rc == 2 and "is corrupt" in err and shard in err, err
     assert sorted(os.listdir(step6)) == before
@@ -196,6 +332,31 @@ def test_corrupt_or_incompatible_checkpoint_is_a_clear_error_and_nothing_is_dele
 
     rc, err = main_in_process(runs["common"] + ["--job.dump_folder", dump, "--checkpoint.load_step", "5"], capsys)
     assert rc == 2 and "no checkpoint for step 5" in err, err
+    assert committed(dump) == ["step-2", "step-4", "step-6"]
+
+
+def test_a_planted_metadata_is_refused_by_resume_and_by_the_converter(runs, tmp_path, capsys):
+    from flame.tools import convert_dcp_to_hf
+    dump, marker = str(tmp_path / "p"), str(tmp_path / "MARKER")
+    shutil.copytree(runs["a"], dump)
+    step6 = os.path.join(dump, "checkpoint", "step-6")
+    plant_metadata(step6, marker)
+    rc, err = main_in_process(runs["common"] + ["--job.dump_folder", dump], capsys)
+    assert rc == 2 and ".metadata asks to import io.open" in err and "refusing to unpickle" in err, err
+    assert convert_dcp_to_hf.main(["--checkpoint", step6, "--output", str(tmp_path / "hf")]) == 2
+    assert ".metadata asks to import io.open" in capsys.readouterr().err
+    assert not os.path.exists(marker)
+
+
+def test_a_planted_trainer_state_is_refused_on_every_rank(runs, tmp_path):
+    dump, marker = str(tmp_path / "q"), str(tmp_path / "MARKER")
+    shutil.copytree(runs["a"], dump)
+    plant_trainer_state(os.path.join(dump, "checkpoint", "step-6"), marker)
+    run = launch(runs["common"] + ["--job.dump_folder", dump], 2)
+    assert run.returncode != 0
+    assert on_every_rank(run.stderr, "trainer_state.pt asks to import io.open, which a flame checkpoint never "
+                                     "holds: refusing to unpickle it"), run.stderr[-3000:]
+    assert not os.path.exists(marker)
     assert committed(dump) == ["step-2", "step-4", "step-6"]
 
 
