@@ -135,8 +135,10 @@ class FLACache(Cache):
     # --- what the mixers use -------------------------------------------------------------------------------------
     def layer_state(self, layer_idx: int) -> FLALayerCache | None:
         """The state layer `layer_idx` left at its last call, or None if it has not written one yet."""
-        if layer_idx < len(self.layers) and self.layers[layer_idx].seen_tokens > 0:
-            return self.layers[layer_idx]
+        if layer_idx < len(self.layers):
+            layer = self.layers[layer_idx]
+            if layer.seen_tokens > 0 or any(getattr(layer, name) is not None for name in STATE_NAMES):
+                return layer
         return None
 
     def update(
@@ -188,13 +190,18 @@ class FLACache(Cache):
     @classmethod
     def from_legacy_cache(cls, past_key_values: tuple[dict[str, Any], ...] | None = None,
                           seen_tokens: int = 0, **kwargs) -> "FLACache":
-        """The inverse of `to_legacy_cache` (every layer having seen `seen_tokens` tokens); a cache passes through."""
+        """The inverse of `to_legacy_cache`; a cache passes through. The dicts do not say how many tokens they hold,
+        which positions (rotary, attention windows) need: every layer is taken to have seen `seen_tokens` (given,
+        else the longest attention key list among them, else 0)."""
         if isinstance(past_key_values, cls):
             return past_key_values
+        states = [dict(s or {}) for s in past_key_values or ()]
+        if not seen_tokens:
+            seen_tokens = max((s["attn_state"][0].shape[1] for s in states if s.get("attn_state")), default=0)
         cache = cls()
-        for states in past_key_values or ():
+        for layer_states in states:
             layer = FLALayerCache()
-            for name, value in (states or {}).items():
+            for name, value in layer_states.items():
                 LayerStates(layer)[name] = value
             layer.seen_tokens = int(seen_tokens)
             cache.layers.append(layer)

@@ -168,8 +168,10 @@ class FLAModel(FLAPreTrainedModel):
             raise ValueError("pass exactly one of input_ids and inputs_embeds")
         if use_cache is None:  # cache only for inference on unpacked input
             use_cache = self.config.use_cache and not self.training and cu_seqlens is None
-        if isinstance(cache, (tuple, list)):
-            cache = FLACache.from_legacy_cache(cache)
+        if isinstance(cache, (tuple, list)):  # the columns seen so far: from the mask, when there is one
+            seen = attention_mask.shape[-1] - (input_ids if inputs_embeds is None else inputs_embeds).shape[1] \
+                if attention_mask is not None and attention_mask.dim() == 2 else 0
+            cache = FLACache.from_legacy_cache(cache, seen_tokens=seen)
         if cache is not None and not isinstance(cache, FLACache):
             raise ValueError(
                 f"the cache must be an fla.models.FLACache (got {type(cache).__name__}): linear-"

@@ -319,3 +319,65 @@ def test_training_overfits_one_packed_batch(family):
         optimizer.zero_grad()
         losses.append(loss.item())
     assert losses[-1] < 0.3 * losses[0], losses
+
+
+def test_the_peers_cache_api():
+    """The peer library's cache interface: `fla.models.utils.Cache`, `cache[i]` as a dict of the layer's states
+    (writable), len / iteration, and the legacy tuple form, which a forward accepts in place of a cache."""
+    from fla.models.utils import Cache
+
+    model = make_model("gla_hybrid")
+    x = torch.randint(1, VOCAB, (2, 9))
+    full = model(x, use_cache=False).logits
+    cache = model(x[:, :6], use_cache=True).past_key_values
+    assert Cache is FLACache and isinstance(cache, Cache) and len(cache) == 2
+    assert set(cache[0]) == {"recurrent_state", "attn_state", "conv_state", "ffn_state"}
+    assert cache[0]["recurrent_state"].shape == (2, 2, 16, 8)  # GLA: [B, H, V, K], as the peer stores it
+    assert cache[1]["attn_state"][0].shape == (2, 6, 16)  # [B, S, H_kv * D]
+    with pytest.raises(KeyError):
+        cache[2]
+    legacy = cache.to_legacy_cache()
+    assert isinstance(legacy, tuple) and all(isinstance(s, dict) for s in legacy)
+    again = FLACache.from_legacy_cache(legacy)
+    assert again.get_seq_length() == 6  # from the attention layer's keys
+    out = model(x[:, 6:], past_key_values=legacy, attention_mask=torch.ones_like(x), use_cache=True)
+    assert_close("legacy", out.logits, full[:, 6:], 1e-5)
+    saved = again[0]["recurrent_state"]
+    again[0]["recurrent_state"] = torch.zeros_like(saved)
+    assert again.layers[0].recurrent_state.abs().sum() == 0
+
+
+def test_tuple_outputs_and_logit_selection():
+    model = make_model("gated_deltanet")
+    x = torch.randint(1, VOCAB, (2, 10))
+    out = model(x, use_cache=True)
+    logits, cache = model(x, use_cache=True, return_dict=False)
+    assert torch.equal(logits, out.logits) and isinstance(cache, FLACache)
+    (hidden,) = model.model(x, use_cache=False, return_dict=False)
+    assert hidden.shape == (2, 10, 32)
+    loss, logits = model(x, labels=x, return_dict=False, use_cache=False)[:2]
+    assert loss.dim() == 0 and logits.shape == (2, 10, VOCAB)
+    assert torch.equal(model(x, num_logits_to_keep=3, use_cache=False).logits, out.logits[:, -3:])
+    index = torch.tensor([0, 4])
+    assert torch.equal(model(x, logits_to_keep=index, use_cache=False).logits, out.logits[:, index])
+
+
+def test_loss_over_num_items_in_batch_and_l2_warp():
+    """num_items_in_batch: the summed loss over that count (gradient accumulation); use_l2warp: the same loss, and
+    the peer's gradient push of 1e-4 / tokens on each position's largest logit."""
+    model = make_model("gla", fuse_linear_cross_entropy=False)
+    x = torch.randint(1, VOCAB, (2, 10))
+    mean = model(x, labels=x, use_cache=False).loss
+    assert_close("sum", model(x, labels=x, num_items_in_batch=9, use_cache=False).loss, mean * 18 / 9, 1e-6)
+    warped = make_model("gla", fuse_linear_cross_entropy=False, use_l2warp=True)
+    logits = warped(x, use_cache=False).logits.detach().requires_grad_()
+    plain = logits.detach().clone().requires_grad_()
+    from fla.models.modeling_base import l2_warp
+    l2_warp(logits.logsumexp(-1).mean(), logits).backward()
+    plain.logsumexp(-1).mean().backward()
+    top = logits.detach().argmax(-1, keepdim=True)
+    push = torch.zeros_like(plain.grad).scatter_(-1, top, logits.detach().gather(-1, top) * 1e-4 / 20)
+    assert_close("grad", logits.grad, plain.grad + push, 1e-6)
+    assert_close("loss", warped(x, labels=x, use_cache=False).loss, mean, 1e-6)  # same weights: same loss
+    with pytest.raises(ValueError, match="use_l2warp"):
+        make_model("gla", fuse_linear_cross_entropy=True, use_l2warp=True)(x, labels=x, use_cache=False)
