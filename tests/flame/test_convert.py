@@ -65,3 +65,42 @@ def round_trip(family, tmp_path, capsys):
     assert "not overwriting" in capsys.readouterr().err
     with pytest.raises(CheckpointError):
         convert_hf_to_dcp.convert(str(tmp_path), str(tmp_path / "x"))
+
+
+def test_a_peer_checkpoint_seeds_training(tmp_path, capsys):
+    """A checkpoint saved by the peer library (flash-linear-attention 0.6.0, tests/fixtures/peer) converts with
+    convert_hf_to_dcp into a step-0 that training resumes from; converted back, its tensors are the peer's."""
+    import shutil
+
+    from safetensors.torch import load_file
+    from tokenizers import Regex, Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    from fla.ops.utils.dispatch import use_backend
+    from flame.tools import convert_dcp_to_hf, convert_hf_to_dcp
+    from flame.train import main
+
+    peer = os.path.join(ROOT, "tests", "fixtures", "peer", "gated_deltanet")
+    hf = str(tmp_path / "hf")
+    shutil.copytree(peer, hf)
+    # the fixture's vocabulary is 32 tokens: a character tokenizer of that size to train it on
+    letters = " etaoinshrdlucmfwygpbvkxj"
+    vocab = {"<|endoftext|>": 0, "<|pad|>": 1, "<unk>": 2, **{c: i + 3 for i, c in enumerate(letters)}}
+    assert len(vocab) <= 32
+    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+    PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token="<|endoftext|>", bos_token="<|endoftext|>",
+                            pad_token="<|pad|>", unk_token="<unk>").save_pretrained(hf)
+
+    assert convert_hf_to_dcp.main(["--hf", hf, "--output", str(tmp_path / "checkpoint")]) == 0
+    back = str(tmp_path / "back")
+    assert convert_dcp_to_hf.main(["--checkpoint", str(tmp_path / "checkpoint" / "step-0"), "--output", back]) == 0
+    want, got = load_file(os.path.join(peer, "model.safetensors")), load_file(os.path.join(back, "model.safetensors"))
+    assert sorted(got) == sorted(want) and all(torch.equal(got[k], want[k]) for k in want)
+    with use_backend("torch"):
+        rc = main(["--model.config", os.path.join(hf, "config.json"), "--model.tokenizer_path", hf,
+                   "--job.dump_folder", str(tmp_path), "--training.steps", "1", "--training.seq_len", "32",
+                   "--training.batch_size", "2", "--job.print_config", "false"])
+    out = capsys.readouterr()
+    assert rc == 0, out.err[-2000:]
+    assert "resumed from" in out.out and "step-0 (step 0" in out.out
