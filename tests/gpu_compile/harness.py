@@ -6,8 +6,8 @@ every CPU test and still fail to build on a GPU. Here, in a process where TRITON
 
 1. a stand-in driver reports a CUDA sm_90 target, and every JIT launch becomes a warm-up (compile to cubin, never
    launch); a failed compile is recorded and the run goes on, so one report lists every broken kernel;
-2. `triton.autotune` keeps one config per kernel (`FLA_COMPILE_CONFIGS=all` keeps them all), because every config
-   is a full compile and this box has two shared cores;
+2. each autotuner keeps one config, its first after its own pruning (`FLA_COMPILE_CONFIGS=all` keeps them all),
+   because every config is a full compile and this box has two shared cores;
 3. the dispatch is pointed at the Triton launchers (`is_interpreter()` stays False, so the launchers pick their GPU
    block sizes and keep bf16 `tl.dot` operands), and the cases of tests/gpu_compile/cases.py call every public op
    forward and backward on small CPU tensors (their outputs are garbage: never compare them);
@@ -184,15 +184,16 @@ def describe(fn, args, kwargs) -> str:
 
 
 def trim_autotune() -> None:
-    """`triton.autotune` keeps only its first config unless FLA_COMPILE_CONFIGS=all (each config is a compile)."""
+    """Each autotuner compiles only the first config that survives its own pruning (`prune_configs_by`), the one a
+    GPU would try first, unless FLA_COMPILE_CONFIGS=all (each config is a compile)."""
     if os.environ.get("FLA_COMPILE_CONFIGS", "first") == "all":
         return
-    autotune = triton.autotune
+    prune = Autotuner.prune_configs
 
-    def first_config(configs, key, **kwargs):
-        return autotune(list(configs)[:1], key, **kwargs)
+    def first_config(self, kwargs):
+        return prune(self, kwargs)[:1]
 
-    triton.autotune = first_config
+    Autotuner.prune_configs = first_config
 
 
 def route_to_triton() -> None:

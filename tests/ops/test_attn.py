@@ -91,17 +91,19 @@ def test_varlen_matches_naive_and_per_sequence(backend, cu, HQ, H, gated, window
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="sets the interpreter's one autotune config")
-@pytest.mark.parametrize("outer,inner", [(16, 64), (64, 32), (64, 64)])
-def test_triton_block_sizes(monkeypatch, outer, inner):
+@pytest.mark.parametrize("outer,key,inner", [(16, 16, 64), (64, 32, 32), (64, 64, 64), (32, 64, 16)])
+def test_triton_block_sizes(monkeypatch, outer, key, inner):
     """The GPU runs other block sizes than the interpreter's 32/16 (an inner block larger than the outer one, equal
-    ones): the [masked, full, masked] block ranges must cover exactly the causal window for all of them."""
+    ones, a dk/dv key block other than the query block): the [masked, full, masked] block ranges must cover exactly
+    the causal window for all of them."""
     import triton
 
     monkeypatch.setattr(parallel, "_outer_block", lambda D: outer)
+    monkeypatch.setattr(parallel, "_key_block", lambda D: key)
     for kernel, name in ((parallel.parallel_attn_fwd_kernel, "BN"), (parallel.parallel_attn_bwd_dq_kernel, "BN"),
                          (parallel.parallel_attn_bwd_dkdv_kernel, "BM")):
         monkeypatch.setattr(kernel.fn, "configs", [triton.Config({name: inner}, num_warps=4, num_stages=1)])
-    seed("blocks", outer, inner)
+    seed("blocks", outer, key, inner)
     q, k, v, g, do = make_inputs(1, 140, 2, 1, 32, 32, True, "float32")
     for window, cu in ((None, None), (40, [0, 7, 140]), (70, [0, 90, 91, 140])):
         cu_seqlens = torch.tensor(cu) if cu is not None else None
@@ -175,3 +177,17 @@ def test_rejects_bad_inputs(case):
     _, change, match = next(c for c in cases if c[0] == case)
     with pytest.raises(ValueError, match=match):
         parallel_attn(**{**good, **change})
+
+
+def test_register_prune_keeps_what_fits():
+    """The GPU autotuners drop configs whose tiles would spill (at D = 128 the 4-warp dk/dv configs of a 128-key
+    block did: 832-1264 B); some config always survives."""
+    import triton
+
+    configs = [triton.Config({"BM": m}, num_warps=w) for m in (16, 32, 64) for w in (4, 8)]
+    kept = parallel._prune("dkdv", "BN", "BM")(configs, {}, BN=64, BK=128, BV=128)
+    assert kept and all(parallel._tile_registers("dkdv", 64, c.kwargs["BM"], 128, 128, c.num_warps)
+                        <= parallel.REGISTER_BUDGET for c in kept)
+    assert all(c.num_warps == 8 for c in kept)
+    huge = parallel._prune("dkdv", "BN", "BM")(configs, {}, BN=256, BK=256, BV=256)
+    assert len(huge) == 1 and huge[0].kwargs["BM"] == 16 and huge[0].num_warps == 8

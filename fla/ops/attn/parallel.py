@@ -32,15 +32,68 @@ LOG2E: tl.constexpr = tl.constexpr(1.4426950408889634)  # scores run in base 2 (
 # interpreter small blocks make short test sequences span several blocks of each kind (masked and full ranges).
 
 def _outer_block(D: int) -> int:
+    """Query block of the forward and dq."""
     if is_interpreter():
         return 32
     return 128 if D <= 128 else 64
+
+
+def _key_block(D: int) -> int:
+    """Key block of dk/dv: its program holds two float32 [block, D] accumulators (dk, dv) next to k and v, so at
+    D = 128 a block of 128 keys is 256 accumulator registers per thread at 4 warps (the compile read: 832 B of
+    spills); 64 keys fit. Its own block size costs only a second memoized varlen index."""
+    if is_interpreter():
+        return 32
+    return 128 if D <= 64 else 64
+
+
+# Registers per thread an inner-block config needs for its float32 tiles and half-precision operands, a coarse
+# count (the compiler adds addresses and temporaries): a config past REGISTER_BUDGET spills on an H100 (255 at most,
+# and the compile read showed spills from ~200 of these), so it is pruned before autotuning ever compiles it.
+REGISTER_BUDGET = 160
+
+
+def _tile_registers(kernel: str, outer: int, inner: int, BK: int, BV: int, warps: int) -> float:
+    threads = 32 * warps
+    if kernel == "fwd":  # acc [M, BV] + scores and probabilities [M, N] in float32; q [M, BK] half
+        values = outer * BV + 2 * outer * inner + outer * BK / 2
+    elif kernel == "dq":  # dq [M, BK] float32; q, do half; s, p, dp/ds [M, N] float32
+        values = outer * BK + outer * (BK + BV) / 2 + 3 * outer * inner
+    else:  # dkdv: dk [N, BK], dv [N, BV] float32; k, v half; s, p, dp/ds [N, M] float32
+        values = outer * (BK + BV) + outer * (BK + BV) / 2 + 3 * outer * inner
+    return values / threads
+
+
+def _prune(kernel: str, outer_name: str, inner_name: str):
+    """early_config_prune: keep the configs within REGISTER_BUDGET (the smallest tile at most warps if none is)."""
+
+    def prune(configs, named_args, **kwargs):
+        values = {**named_args, **kwargs}
+        BK, BV, outer = values["BK"], values["BV"], values[outer_name]
+
+        def need(c):
+            return _tile_registers(kernel, outer, c.kwargs[inner_name], BK, BV, c.num_warps)
+
+        kept = [c for c in configs if need(c) <= REGISTER_BUDGET]
+        return kept or [min(configs, key=need)]
+
+    return prune
 
 
 def _configs(name: str, sizes: tuple[int, ...]) -> list[triton.Config]:
     if is_interpreter():
         return [triton.Config({name: 16}, num_warps=4, num_stages=1)]
     return [triton.Config({name: s}, num_warps=w, num_stages=n) for s in sizes for w in (4, 8) for n in (2, 3, 4)]
+
+
+def _tuned(kernel: str, outer: str, inner: str, sizes: tuple[int, ...]):
+    """The autotuner of one attention kernel: T in the key (the best inner block moves with the length), configs
+    over the register budget pruned."""
+    key = [outer, "BK", "BV", "GROUP", "USE_G", "HAS_WINDOW", "T"]
+    if is_interpreter():
+        return autotune(_configs(inner, sizes), key=key)
+    return autotune(_configs(inner, sizes), key=key, prune_configs_by={"early_config_prune": _prune(kernel, outer,
+                                                                                                    inner)})
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -134,7 +187,7 @@ def _fwd_heuristics(fn):
 
 
 @_fwd_heuristics
-@autotune(_configs("BN", (32, 64, 128)), key=["BM", "BK", "BV", "GROUP", "USE_G", "HAS_WINDOW"])
+@_tuned("fwd", "BM", "BN", (32, 64, 128))
 @triton.jit
 def parallel_attn_fwd_kernel(
     q, k, v, g, o, lse, cu_seqlens, block_indices, scale, W, T,
@@ -224,7 +277,7 @@ def _dq_range(b_q, b_do, b_gq, b_lse, b_delta, b_dq, b_dg, k, v, g, o_i, tok0, g
 
 
 @_fwd_heuristics
-@autotune(_configs("BN", (16, 32, 64)), key=["BM", "BK", "BV", "GROUP", "USE_G", "HAS_WINDOW"])
+@_tuned("dq", "BM", "BN", (16, 32, 64))
 @triton.jit
 def parallel_attn_bwd_dq_kernel(
     q, k, v, g, lse, delta, do, dq, dg, cu_seqlens, block_indices, scale, W, T,
@@ -305,7 +358,7 @@ def _dkdv_range(b_k, b_v, b_gk, b_dk, b_dv, b_dg, q, do, lse, delta, g, o_j, tok
 
 
 @_fwd_heuristics
-@autotune(_configs("BM", (16, 32, 64)), key=["BN", "BK", "BV", "GROUP", "USE_G", "HAS_WINDOW"])
+@_tuned("dkdv", "BN", "BM", (16, 32, 64))
 @triton.jit
 def parallel_attn_bwd_dkdv_kernel(
     q, k, v, g, lse, delta, do, dk, dv, dg, cu_seqlens, block_indices, scale, W, T,
@@ -364,8 +417,7 @@ def _dims(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> dict:
 
 
 def prepare_block_indices(q: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor | None) -> torch.Tensor | None:
-    """The varlen (sequence, block) index of every kernel here: one block size (query blocks of the forward and dq,
-    key blocks of dk/dv), so one index serves the forward and the backward."""
+    """The varlen (sequence, query block) index of the forward and dq (dk/dv use `_key_block`'s, memoized alike)."""
     if cu_seqlens is None:
         return None
     return prepare_chunk_indices(cu_seqlens, _outer_block(max(q.shape[-1], v.shape[-1])))
@@ -414,10 +466,12 @@ def parallel_attn_bwd(q, k, v, o, G, lse, do, scale, window_size, cu_seqlens, bl
     block = _outer_block(max(dims["K"], dims["V"]))
     if cu_seqlens is not None and block_indices is None:
         block_indices = prepare_block_indices(q, v, cu_seqlens)
-    grid = _grid(T, B, dims["H"], block, block_indices)
+    key_block = _key_block(max(dims["K"], dims["V"]))
+    key_indices = prepare_chunk_indices(cu_seqlens, key_block) if cu_seqlens is not None else None
+    grid = _grid(T, B, dims["H"], key_block, key_indices)
     if grid[0] > 0:
         parallel_attn_bwd_dkdv_kernel[grid](
-            q, k, v, G, lse, delta, do, dk, dv, dg_col, cu_seqlens, block_indices, scale, W, T, BN=block, **flags,
+            q, k, v, G, lse, delta, do, dk, dv, dg_col, cu_seqlens, key_indices, scale, W, T, BN=key_block, **flags,
         )
     grid = _grid(T, B, HQ, block, block_indices)
     if grid[0] > 0:
