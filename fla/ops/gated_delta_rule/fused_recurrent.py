@@ -33,7 +33,9 @@ from fla.ops.utils.dispatch import autotune, dispatch, is_interpreter
 from fla.ops.utils.l2norm import l2_norm
 from fla.ops.utils.index import sequence_bounds
 
-_CONFIGS = [triton.Config({}, num_warps=w, num_stages=s) for w in (2, 4, 1, 8) for s in (2, 3, 1)]
+# the backward sweeps hold a [BK, BV] float32 dL/dS tile: at 2 warps (128 registers of it at K = 128, V = 64) the
+# per-channel-beta reverse sweep spilled, so 4 warps come first
+_CONFIGS = [triton.Config({}, num_warps=w, num_stages=s) for w in (4, 2, 8, 1) for s in (2, 3, 1)]
 # The forward's tiles are narrow (see `_forward_block_v`): a [128, 16] float32 state tile is 64 registers per thread
 # at one warp, so one and two warps come first (wider ones only add idle lanes to a per-token loop).
 _FWD_CONFIGS = [triton.Config({}, num_warps=w, num_stages=s) for w in (1, 2, 4) for s in (2, 3, 1)]

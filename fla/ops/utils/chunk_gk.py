@@ -41,6 +41,9 @@ from fla.ops.utils.index import prepare_chunk_indices, sequence_bounds, sequence
 BC = 16  # rows per sub-chunk (the smallest tl.dot block)
 
 _CONFIGS = [triton.Config({}, num_warps=w, num_stages=s) for w in (4, 2, 8) for s in (2, 3)]
+# chunk_gk_bwd_dqkg_inter keeps dq, dk and the [BT, BK] gate tiles live across its V loop: at 4 warps it reached 255
+# registers with 120 B of spills (sm_90, K = V = 128, bf16), so it starts at 8 warps.
+_INTER_CONFIGS = [triton.Config({}, num_warps=w, num_stages=s) for w in (8, 4) for s in (2, 3)]
 
 
 def _block(n: int, cap: int = 64) -> int:
@@ -339,7 +342,7 @@ def chunk_gk_bwd_dqk_intra_kernel(
 
 
 @triton.heuristics({"IS_VARLEN": lambda args: args["cu_seqlens"] is not None})
-@autotune(_CONFIGS, key=["H", "K", "V", "BT", "BK", "BV"])
+@autotune(_INTER_CONFIGS, key=["H", "K", "V", "BT", "BK", "BV"])
 @triton.jit
 def chunk_gk_bwd_dqkg_inter_kernel(
     q, k, v, g, h, do, dh, dq_intra, dk_intra, dq, dk, dg, cu_seqlens, chunk_indices, scale, T,

@@ -145,10 +145,13 @@ def _chunk_bwd_dqkwg_torch(q, k, v, do, h, dh, g=None, w=None, dv=None, scale=1.
 # ----------------------------------------------------------------------------------------------------------------------
 
 # Register pressure checked with ptxas for sm_90 at K = V = 128, bf16: these tiles compile without spills (the 4-warp
-# [64, 64] tiles spill, so they are left out).
+# [64, 64] tiles spill, so they are left out). A program recomputes the chunk's q k^T for its value tile, so at
+# V = 128 the [.., 128] tiles (one value tile: q k^T once per chunk) come first; the narrower ones stay for V <= 64
+# and for the autotuner to weigh against more programs in flight.
 _TILE_CONFIGS = [
     triton.Config({"BK": BK, "BV": BV}, num_warps=num_warps, num_stages=num_stages)
     for BK, BV, num_warps, num_stages in (
+        (64, 128, 8, 2), (64, 128, 8, 3), (128, 128, 8, 2),
         (64, 64, 8, 2), (64, 64, 8, 3), (128, 64, 8, 2), (128, 64, 8, 3), (128, 64, 4, 2),
         (32, 64, 4, 2), (32, 64, 4, 3), (64, 32, 8, 2),
     )
