@@ -173,6 +173,11 @@ def utils(x: Inputs):
         h, ht = chunk_fwd_h(k, v, **gates, h0=h0, output_final_state=x.state, cu_seqlens=x.cu_seqlens)
         chunk_bwd_dh(q, do, **gates, h0=h0, dht=torch.ones_like(ht) if ht is not None else None, scale=0.5,
                      cu_seqlens=x.cu_seqlens)
+        # the two-kernel WY form (the chunk ops use the fused chunk_kkt_solve; these stay public blocks)
+        from fla.ops.utils.wy import chunk_scaled_dot_kkt_fwd, solve_tril
+        beta = x.x(H).sigmoid()
+        G = chunk_local_cumsum(x.log_decay(H), 64, cu_seqlens=x.cu_seqlens) if x.gates else None
+        solve_tril(chunk_scaled_dot_kkt_fwd(k, beta, G, x.cu_seqlens), x.cu_seqlens, output_dtype=k.dtype)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -12,7 +12,8 @@ from fla.ops.utils.cumsum import chunk_local_cumsum
 from fla.ops.utils.delta_h import chunk_gated_delta_rule_bwd_dhu, chunk_gated_delta_rule_fwd_h
 from fla.ops.utils.dispatch import use_backend
 from fla.ops.utils.index import prepare_chunk_offsets, sequence_spans
-from fla.ops.utils.wy import chunk_scaled_dot_kkt_fwd, prepare_wy_repr_bwd, recompute_w_u_fwd, solve_tril
+from fla.ops.utils.wy import (chunk_kkt_solve, chunk_scaled_dot_kkt_fwd, prepare_wy_repr_bwd, recompute_w_u_fwd,
+                              solve_tril)
 from tests.helpers import assert_close, poisoned_empty, seed
 
 
@@ -70,9 +71,10 @@ def test_wy_matches_direct(backend, B, T, H, K, V, gated, cu, BT):
     with use_backend(backend), poisoned_empty(), torch.no_grad():
         L = chunk_scaled_dot_kkt_fwd(k, beta, G, cu_seqlens, BT)
         A = solve_tril(L, cu_seqlens, BT)
+        A_fused = chunk_kkt_solve(k, beta, G, cu_seqlens, BT)  # the same A, L kept in registers
         w, u = recompute_w_u_fwd(k, v, beta, A, G, cu_seqlens, BT)
         dk, dv, dbeta, dG = prepare_wy_repr_bwd(k, v, beta, A, dw, du, G, cu_seqlens, BT)
-    for name, a, b in zip(("L", "A", "w", "u"), (L, A, w, u), (L_ref, A_ref, w_ref, u_ref)):
+    for name, a, b in zip(("L", "A", "A fused", "w", "u"), (L, A, A_fused, w, u), (L_ref, A_ref, A_ref, w_ref, u_ref)):
         assert_close(name, a, b, 1e-5)
     for name, a, b in zip(("dk", "dv", "dbeta", "dG"), (dk, dv, dbeta, dG), grads_ref):
         assert_close(name, a, b, 1e-5)

@@ -2,7 +2,7 @@
 intra-chunk output, composed in one autograd function. With g = None it is the plain delta rule.
 
 Per chunk (G the chunk-local cumsum of g, h[c] the state entering the chunk):
-    A = (I + tril(diag(beta) (K K^T * Gamma), -1))^{-1},  Gamma_ts = exp(G_t - G_s)       (wy.py)
+    A = (I + tril(diag(beta) (K K^T * Gamma), -1))^{-1},  Gamma_ts = exp(G_t - G_s)       (wy.py, one kernel)
     w = A (beta k exp(G)),  u = A (beta v)
     v_new = u - w h[c];  h[c+1] = exp(G_last) h[c] + (k exp(G_last - G))^T v_new             (delta_h.py)
     o = scale * ((q exp(G)) h[c] + causal(q k^T * Gamma) v_new)                             (chunk_o.py)
@@ -20,7 +20,7 @@ from fla.ops.utils.chunk_o import chunk_bwd_dqkwg, chunk_bwd_dv_local, chunk_fwd
 from fla.ops.utils.cumsum import chunk_local_cumsum
 from fla.ops.utils.delta_h import chunk_gated_delta_rule_bwd_dhu, chunk_gated_delta_rule_fwd_h
 from fla.ops.utils.l2norm import l2_norm
-from fla.ops.utils.wy import chunk_scaled_dot_kkt_fwd, prepare_wy_repr_bwd, recompute_w_u_fwd, solve_tril
+from fla.ops.utils.wy import chunk_kkt_solve, prepare_wy_repr_bwd, recompute_w_u_fwd
 
 CHUNK_SIZE = 64
 
@@ -29,8 +29,7 @@ def chunk_gated_delta_rule_fwd(q, k, v, g, beta, scale, initial_state, output_fi
                                chunk_size=CHUNK_SIZE):
     """Returns (G, A, o, final_state); G is the chunk-local cumsum of g (None without a gate)."""
     G = chunk_local_cumsum(g, chunk_size, cu_seqlens=cu_seqlens) if g is not None else None
-    L = chunk_scaled_dot_kkt_fwd(k, beta, G, cu_seqlens, chunk_size)
-    A = solve_tril(L, cu_seqlens, chunk_size, output_dtype=k.dtype)
+    A = chunk_kkt_solve(k, beta, G, cu_seqlens, chunk_size, output_dtype=k.dtype)
     w, u = recompute_w_u_fwd(k, v, beta, A, G, cu_seqlens, chunk_size)
     h, v_new, ht = chunk_gated_delta_rule_fwd_h(k, w, u, G, initial_state, output_final_state, cu_seqlens,
                                                 chunk_size)

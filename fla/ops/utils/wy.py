@@ -160,6 +160,11 @@ _HEURISTICS = {
     "IS_VARLEN": lambda args: args["cu_seqlens"] is not None,
 }
 _CONFIGS = [triton.Config({}, num_warps=w, num_stages=s) for w in (4, 2, 8) for s in (2, 3, 4, 1)]
+# wy_bwd holds dk, dv, dA and the [BT, BT] products at once, and chunk_kkt_solve nine 16 x 16 blocks next to the
+# [4, 16, 16] stack: at 4 warps they reached 255 registers with 80 B and 8-24 B of spills (sm_90, K = V = 128,
+# bf16); at 8 warps 236 / 0 and 138 / 0. So their configs start at 8 warps. (wy_bwd in float32, with its
+# non-tensor-core dots, still spills: 2.6 KB at 8 warps, 4.6 KB at 4.)
+_WIDE_CONFIGS = [triton.Config({}, num_warps=w, num_stages=s) for w in (8, 4) for s in (2, 3, 4, 1)]
 
 
 @triton.jit
@@ -205,35 +210,23 @@ def chunk_scaled_dot_kkt_kernel(
     tl.store(L + (rows[:, None] * H + i_h) * BT + o_i[None, :], b_A, mask=m_t[:, None])
 
 
-@triton.heuristics({"IS_VARLEN": lambda args: args["cu_seqlens"] is not None})
-@autotune(_CONFIGS, key=["H", "BT", "IS_VARLEN"])
 @triton.jit
-def solve_tril_kernel(
-    L, A, cu_seqlens, chunk_indices,
-    T, H: tl.constexpr, BT: tl.constexpr, IS_VARLEN: tl.constexpr, PREC: tl.constexpr,
-):
-    # (I + L)^{-1} of a unit lower-triangular BT x BT block (BT in 16, 32, 64), in float32, in 16 x 16 blocks:
-    # 1. the (up to 4) diagonal blocks at once, as a [4, 16, 16] stack, by forward substitution with vector ops:
-    #    row i of X_bb - I is -L_i + sum_{j < i} (-L_ij) (row j of X_bb - I);
-    # 2. block forward substitution for the rest: X_ij = -X_ii sum_{j <= m < i} L_im X_mj, with dots in PREC
-    #    ("ieee": tf32 would cost ~3 digits in A, which every later block multiplies).
-    # No nested @triton.jit helpers here: each call costs ~1 ms in the interpreter.
-    i_t, i_bh = tl.program_id(0), tl.program_id(1)
-    i_b, i_h = i_bh // H, i_bh % H
-    if IS_VARLEN:
-        i_n = tl.load(chunk_indices + i_t * 2).to(tl.int32)
-        i_t = tl.load(chunk_indices + i_t * 2 + 1).to(tl.int32)
-        bos = tl.load(cu_seqlens + i_n).to(tl.int64)
-        T = (tl.load(cu_seqlens + i_n + 1).to(tl.int64) - bos).to(tl.int32)
-    else:
-        bos = (i_b * T).to(tl.int64)
+def _store_inverse(A, bos, i_t, i_h, T, b_D, L10, L20, L21, L30, L31, L32,
+                   H: tl.constexpr, BT: tl.constexpr, PREC: tl.constexpr):
+    """Store A = (I + L)^{-1} of one chunk's unit lower-triangular BT x BT block (BT in 16, 32, 64), from its
+    strictly lower diagonal 16 x 16 blocks b_D [4, 16, 16] (entries past BT // 16 zero) and its off-diagonal blocks
+    L_ij [16, 16] (those past BT unused), all float32:
+    1. the (up to 4) diagonal blocks at once, by forward substitution with vector ops:
+       row i of X_bb - I is -L_i + sum_{j < i} (-L_ij) (row j of X_bb - I);
+    2. block forward substitution for the rest: X_ij = -X_ii sum_{j <= m < i} L_im X_mj, with dots in PREC
+       ("ieee": tf32 would cost ~3 digits in A, which every later block multiplies).
+    Rows past the sequence end are not stored; the blocks above the diagonal are stored as zeros."""
     o_b = tl.arange(0, 4)
     o_r = tl.arange(0, 16)
     r3 = i_t * BT + o_b[:, None, None] * 16 + o_r[None, :, None]  # [4, 16, 1] position in the sequence
     m_d = (r3 < T) & (o_b[:, None, None] < BT // 16)
     p_d = ((bos + r3) * H + i_h) * BT + o_b[:, None, None] * 16 + o_r[None, None, :]
-    b_X = -tl.load(L + p_d, mask=m_d, other=0.)
-    b_X = tl.where(o_r[None, :, None] > o_r[None, None, :], b_X, 0.)
+    b_X = tl.where(o_r[None, :, None] > o_r[None, None, :], -b_D, 0.)
     for i in range(1, 16):
         sel = (o_r == i)[None, :, None]
         b_a = tl.reduce(tl.where(sel, b_X, 0.), 1, _sum_combine)
@@ -249,39 +242,137 @@ def solve_tril_kernel(
         p1, m1 = p0 + 16 * H * BT, (r + 16 < T)[:, None]
         X00 = tl.reduce(tl.where((o_b == 0)[:, None, None], b_X, 0.), 0, _sum_combine)
         X11 = tl.reduce(tl.where((o_b == 1)[:, None, None], b_X, 0.), 0, _sum_combine)
-        L10 = tl.load(L + p1, mask=m1, other=0.)
         X10 = -tl.dot(X11, tl.dot(L10, X00, input_precision=PREC), input_precision=PREC)
         tl.store(A + p1, X10.to(A.dtype.element_ty), mask=m1)
         tl.store(A + p0 + 16, z, mask=m0)
+        if BT > 32:
+            p2, m2 = p0 + 32 * H * BT, (r + 32 < T)[:, None]
+            p3, m3 = p0 + 48 * H * BT, (r + 48 < T)[:, None]
+            X22 = tl.reduce(tl.where((o_b == 2)[:, None, None], b_X, 0.), 0, _sum_combine)
+            X33 = tl.reduce(tl.where((o_b == 3)[:, None, None], b_X, 0.), 0, _sum_combine)
+            X21 = -tl.dot(X22, tl.dot(L21, X11, input_precision=PREC), input_precision=PREC)
+            S20 = tl.dot(L20, X00, input_precision=PREC) + tl.dot(L21, X10, input_precision=PREC)
+            X20 = -tl.dot(X22, S20, input_precision=PREC)
+            X32 = -tl.dot(X33, tl.dot(L32, X22, input_precision=PREC), input_precision=PREC)
+            S31 = tl.dot(L31, X11, input_precision=PREC) + tl.dot(L32, X21, input_precision=PREC)
+            X31 = -tl.dot(X33, S31, input_precision=PREC)
+            S30 = tl.dot(L30, X00, input_precision=PREC) + tl.dot(L31, X10, input_precision=PREC) \
+                + tl.dot(L32, X20, input_precision=PREC)
+            X30 = -tl.dot(X33, S30, input_precision=PREC)
+            tl.store(A + p2, X20.to(A.dtype.element_ty), mask=m2)
+            tl.store(A + p2 + 16, X21.to(A.dtype.element_ty), mask=m2)
+            tl.store(A + p3, X30.to(A.dtype.element_ty), mask=m3)
+            tl.store(A + p3 + 16, X31.to(A.dtype.element_ty), mask=m3)
+            tl.store(A + p3 + 32, X32.to(A.dtype.element_ty), mask=m3)
+            tl.store(A + p0 + 32, z, mask=m0)
+            tl.store(A + p0 + 48, z, mask=m0)
+            tl.store(A + p1 + 32, z, mask=m1)
+            tl.store(A + p1 + 48, z, mask=m1)
+            tl.store(A + p2 + 48, z, mask=m2)
+
+
+@triton.heuristics({"IS_VARLEN": lambda args: args["cu_seqlens"] is not None})
+@autotune(_CONFIGS, key=["H", "BT", "IS_VARLEN"])
+@triton.jit
+def solve_tril_kernel(
+    L, A, cu_seqlens, chunk_indices,
+    T, H: tl.constexpr, BT: tl.constexpr, IS_VARLEN: tl.constexpr, PREC: tl.constexpr,
+):
+    # (I + L)^{-1} of a given L (see `_store_inverse`): load its 16 x 16 blocks, invert, store.
+    i_t, i_bh = tl.program_id(0), tl.program_id(1)
+    i_b, i_h = i_bh // H, i_bh % H
+    bos, i_t, T = _chunk_rows(i_t, i_b, cu_seqlens, chunk_indices, T, BT, IS_VARLEN)
+    o_b = tl.arange(0, 4)
+    o_r = tl.arange(0, 16)
+    r3 = i_t * BT + o_b[:, None, None] * 16 + o_r[None, :, None]
+    m_d = (r3 < T) & (o_b[:, None, None] < BT // 16)
+    b_D = tl.load(L + ((bos + r3) * H + i_h) * BT + o_b[:, None, None] * 16 + o_r[None, None, :], mask=m_d, other=0.)
+    r = i_t * BT + o_r
+    p0 = L + ((bos + r[:, None]) * H + i_h) * BT + o_r[None, :]
+    L10 = tl.zeros([16, 16], dtype=tl.float32)
+    L20, L21, L30, L31, L32 = L10, L10, L10, L10, L10
+    if BT > 16:
+        L10 = tl.load(p0 + 16 * H * BT, mask=(r + 16 < T)[:, None], other=0.)
     if BT > 32:
-        p2, m2 = p0 + 32 * H * BT, (r + 32 < T)[:, None]
-        p3, m3 = p0 + 48 * H * BT, (r + 48 < T)[:, None]
-        X22 = tl.reduce(tl.where((o_b == 2)[:, None, None], b_X, 0.), 0, _sum_combine)
-        X33 = tl.reduce(tl.where((o_b == 3)[:, None, None], b_X, 0.), 0, _sum_combine)
-        L20 = tl.load(L + p2, mask=m2, other=0.)
-        L21 = tl.load(L + p2 + 16, mask=m2, other=0.)
-        L30 = tl.load(L + p3, mask=m3, other=0.)
-        L31 = tl.load(L + p3 + 16, mask=m3, other=0.)
-        L32 = tl.load(L + p3 + 32, mask=m3, other=0.)
-        X21 = -tl.dot(X22, tl.dot(L21, X11, input_precision=PREC), input_precision=PREC)
-        S20 = tl.dot(L20, X00, input_precision=PREC) + tl.dot(L21, X10, input_precision=PREC)
-        X20 = -tl.dot(X22, S20, input_precision=PREC)
-        X32 = -tl.dot(X33, tl.dot(L32, X22, input_precision=PREC), input_precision=PREC)
-        S31 = tl.dot(L31, X11, input_precision=PREC) + tl.dot(L32, X21, input_precision=PREC)
-        X31 = -tl.dot(X33, S31, input_precision=PREC)
-        S30 = tl.dot(L30, X00, input_precision=PREC) + tl.dot(L31, X10, input_precision=PREC) \
-            + tl.dot(L32, X20, input_precision=PREC)
-        X30 = -tl.dot(X33, S30, input_precision=PREC)
-        tl.store(A + p2, X20.to(A.dtype.element_ty), mask=m2)
-        tl.store(A + p2 + 16, X21.to(A.dtype.element_ty), mask=m2)
-        tl.store(A + p3, X30.to(A.dtype.element_ty), mask=m3)
-        tl.store(A + p3 + 16, X31.to(A.dtype.element_ty), mask=m3)
-        tl.store(A + p3 + 32, X32.to(A.dtype.element_ty), mask=m3)
-        tl.store(A + p0 + 32, z, mask=m0)
-        tl.store(A + p0 + 48, z, mask=m0)
-        tl.store(A + p1 + 32, z, mask=m1)
-        tl.store(A + p1 + 48, z, mask=m1)
-        tl.store(A + p2 + 48, z, mask=m2)
+        m2, m3 = (r + 32 < T)[:, None], (r + 48 < T)[:, None]
+        L20 = tl.load(p0 + 32 * H * BT, mask=m2, other=0.)
+        L21 = tl.load(p0 + 32 * H * BT + 16, mask=m2, other=0.)
+        L30 = tl.load(p0 + 48 * H * BT, mask=m3, other=0.)
+        L31 = tl.load(p0 + 48 * H * BT + 16, mask=m3, other=0.)
+        L32 = tl.load(p0 + 48 * H * BT + 32, mask=m3, other=0.)
+    _store_inverse(A, bos, i_t, i_h, T, b_D, L10, L20, L21, L30, L31, L32, H, BT, PREC)
+
+
+@triton.jit
+def _kkt_block(k, beta, g, bos, i_h, T, r_i, r_j, K: tl.constexpr, H: tl.constexpr, BK: tl.constexpr,
+               USE_G: tl.constexpr):
+    """L_ij [16, 16] for rows r_i and columns r_j (positions in the sequence) of one chunk, i != j block rows:
+    beta_t (k_t . k_s) exp(G_t - G_s), zero where a row or column is past the sequence end."""
+    m_i, m_j = r_i < T, r_j < T
+    b_L = tl.zeros([16, 16], dtype=tl.float32)
+    for i_k in range(tl.cdiv(K, BK)):
+        o_k = i_k * BK + tl.arange(0, BK)
+        m_k = o_k < K
+        b_ki = tl.load(k + ((bos + r_i)[:, None] * H + i_h) * K + o_k[None, :], mask=m_i[:, None] & m_k[None, :],
+                       other=0.)
+        b_kj = tl.load(k + ((bos + r_j)[:, None] * H + i_h) * K + o_k[None, :], mask=m_j[:, None] & m_k[None, :],
+                       other=0.)
+        b_L += tl.dot(b_ki, tl.trans(b_kj))
+    b_beta = tl.load(beta + (bos + r_i) * H + i_h, mask=m_i, other=0.).to(tl.float32)
+    b_L *= b_beta[:, None]
+    if USE_G:
+        b_gi = tl.load(g + (bos + r_i) * H + i_h, mask=m_i, other=0.)
+        b_gj = tl.load(g + (bos + r_j) * H + i_h, mask=m_j, other=0.)
+        b_L *= tl.exp(tl.where(m_i[:, None] & m_j[None, :], b_gi[:, None] - b_gj[None, :], 0.))
+    return tl.where(m_i[:, None] & m_j[None, :], b_L, 0.)
+
+
+@triton.heuristics(_HEURISTICS)
+@autotune(_WIDE_CONFIGS, key=["H", "K", "BT", "USE_G", "IS_VARLEN"])
+@triton.jit
+def chunk_kkt_solve_kernel(
+    k, beta, g, A, cu_seqlens, chunk_indices,
+    T, H: tl.constexpr, K: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
+    USE_G: tl.constexpr, IS_VARLEN: tl.constexpr, PREC: tl.constexpr,
+):
+    # A = (I + L)^{-1} straight from k, beta, g: L's 16 x 16 blocks are built in registers (the diagonal ones as one
+    # [4, 16, 16] batched product) and inverted there, so L never goes through memory (one float32 [B, T, H, BT]
+    # write and read fewer than chunk_scaled_dot_kkt + solve_tril).
+    i_t, i_bh = tl.program_id(0), tl.program_id(1)
+    i_b, i_h = i_bh // H, i_bh % H
+    bos, i_t, T = _chunk_rows(i_t, i_b, cu_seqlens, chunk_indices, T, BT, IS_VARLEN)
+    o_b = tl.arange(0, 4)
+    o_r = tl.arange(0, 16)
+    rows = i_t * BT + o_b[:, None, None] * 16 + o_r[None, :, None]  # [4, 16, 1]
+    cols = i_t * BT + o_b[:, None, None] * 16 + o_r[None, None, :]  # [4, 1, 16]
+    m_rows = (rows < T) & (o_b[:, None, None] < BT // 16)
+    m_cols = (cols < T) & (o_b[:, None, None] < BT // 16)
+    b_D = tl.zeros([4, 16, 16], dtype=tl.float32)
+    for i_k in range(tl.cdiv(K, BK)):
+        o_k = i_k * BK + tl.arange(0, BK)
+        b_k = tl.load(k + ((bos + rows) * H + i_h) * K + o_k[None, None, :],
+                      mask=m_rows & (o_k < K)[None, None, :], other=0.)  # [4, 16, BK]
+        b_D += tl.dot(b_k, tl.permute(b_k, (0, 2, 1)))
+    b_beta = tl.load(beta + (bos + rows) * H + i_h, mask=m_rows, other=0.).to(tl.float32)
+    b_D *= b_beta
+    m_D = m_rows & m_cols & (o_r[None, :, None] > o_r[None, None, :])
+    if USE_G:
+        b_gr = tl.load(g + (bos + rows) * H + i_h, mask=m_rows, other=0.)
+        b_gc = tl.load(g + (bos + cols) * H + i_h, mask=m_cols, other=0.)
+        b_D *= tl.exp(tl.where(m_D, b_gr - b_gc, 0.))
+    b_D = tl.where(m_D, b_D, 0.)
+    r = i_t * BT + o_r
+    L10 = tl.zeros([16, 16], dtype=tl.float32)
+    L20, L21, L30, L31, L32 = L10, L10, L10, L10, L10
+    if BT > 16:
+        L10 = _kkt_block(k, beta, g, bos, i_h, T, r + 16, r, K, H, BK, USE_G)
+    if BT > 32:
+        L20 = _kkt_block(k, beta, g, bos, i_h, T, r + 32, r, K, H, BK, USE_G)
+        L21 = _kkt_block(k, beta, g, bos, i_h, T, r + 32, r + 16, K, H, BK, USE_G)
+        L30 = _kkt_block(k, beta, g, bos, i_h, T, r + 48, r, K, H, BK, USE_G)
+        L31 = _kkt_block(k, beta, g, bos, i_h, T, r + 48, r + 16, K, H, BK, USE_G)
+        L32 = _kkt_block(k, beta, g, bos, i_h, T, r + 48, r + 32, K, H, BK, USE_G)
+    _store_inverse(A, bos, i_t, i_h, T, b_D, L10, L20, L21, L30, L31, L32, H, BT, PREC)
 
 
 @triton.heuristics(_HEURISTICS)
@@ -321,7 +412,7 @@ def recompute_w_u_kernel(
 
 
 @triton.heuristics(_HEURISTICS)
-@autotune(_CONFIGS, key=["H", "K", "V", "BT", "USE_G", "IS_VARLEN"])
+@autotune(_WIDE_CONFIGS, key=["H", "K", "V", "BT", "USE_G", "IS_VARLEN"])
 @triton.jit
 def wy_bwd_kernel(
     k, v, beta, A, g, dw, du, dk, dv, dbeta, dg, cu_seqlens, chunk_indices,
@@ -445,6 +536,23 @@ def _solve_tril_triton(L, cu_seqlens=None, chunk_size=64, output_dtype=torch.flo
     return A
 
 
+def _kkt_solve_triton(k, beta, g=None, cu_seqlens=None, chunk_size=64, output_dtype=torch.float32):
+    if chunk_size not in (16, 32, 64):
+        return _kkt_solve_torch(k, beta, g, cu_seqlens, chunk_size, output_dtype)
+    B, T, H, K = k.shape
+    A = torch.empty(B, T, H, chunk_size, device=k.device, dtype=output_dtype)
+    (k,) = _tc(k)
+    chunk_indices, grid = _grid(k, cu_seqlens, chunk_size)
+    if grid[0]:
+        chunk_kkt_solve_kernel[grid](k, beta, g, A, cu_seqlens, chunk_indices, T=T, H=H, K=K, BT=chunk_size,
+                                     BK=_tiles(K, K)[0], PREC="ieee")
+    return A
+
+
+def _kkt_solve_torch(k, beta, g=None, cu_seqlens=None, chunk_size=64, output_dtype=torch.float32):
+    return _solve_tril_torch(_kkt_torch(k, beta, g, cu_seqlens, chunk_size), cu_seqlens, chunk_size, output_dtype)
+
+
 def _recompute_w_u_triton(k, v, beta, A, g=None, cu_seqlens=None, chunk_size=64):
     B, T, H, K = k.shape
     V = v.shape[-1]
@@ -479,6 +587,7 @@ def _wy_bwd_triton(k, v, beta, A, dw, du, g=None, cu_seqlens=None, chunk_size=64
 
 _kkt = dispatch(_kkt_triton, _kkt_torch)
 _solve_tril = dispatch(_solve_tril_triton, _solve_tril_torch)
+_kkt_solve = dispatch(_kkt_solve_triton, _kkt_solve_torch)
 _recompute_w_u = dispatch(_recompute_w_u_triton, _recompute_w_u_torch)
 _wy_bwd = dispatch(_wy_bwd_triton, _wy_bwd_torch)
 
@@ -498,6 +607,17 @@ def solve_tril(L, cu_seqlens=None, chunk_size=64, output_dtype=torch.float32) ->
     """A = (I + L)^{-1} per chunk for a strictly lower-triangular L in row layout [B, T, H, BT], solved in float32
     and stored in `output_dtype` (the chunk ops store it in k's dtype: its consumers multiply it in that dtype)."""
     return _solve_tril(L, cu_seqlens, chunk_size, output_dtype)
+
+
+def chunk_kkt_solve(k, beta, g=None, cu_seqlens=None, chunk_size=64, output_dtype=torch.float32) -> torch.Tensor:
+    """A = (I + L)^{-1} per chunk with L from `chunk_scaled_dot_kkt_fwd`, in one kernel (L stays in registers).
+
+    Args:
+        k: [B, T, H, K]; beta: [B, T, H]; g: [B, T, H] chunk-local cumsum of log gates (float32) or None
+    Returns:
+        A: [B, T, H, BT] in `output_dtype` (row layout, as `solve_tril`)
+    """
+    return _kkt_solve(k, beta, g, cu_seqlens, chunk_size, output_dtype)
 
 
 def recompute_w_u_fwd(k, v, beta, A, g=None, cu_seqlens=None, chunk_size=64) -> tuple[torch.Tensor, torch.Tensor]:
