@@ -103,7 +103,7 @@ def to_model_inputs(batch: dict[str, Any], device: torch.device, varlen: bool) -
     input_ids = batch["input_ids"].to(device, non_blocking=True)
     position_ids = batch.get("position_ids")
     position_ids = position_ids.to(device, non_blocking=True) if position_ids is not None else None
-    cu_seqlens = batch.get("cu_seqlens")
+    cu_seqlens = cu_seqlens_cpu = batch.get("cu_seqlens")  # the loader's host tensor
     if varlen and cu_seqlens is not None:
         input_ids = input_ids.reshape(1, -1)
         position_ids = position_ids.reshape(1, -1) if position_ids is not None else None
@@ -120,7 +120,8 @@ def to_model_inputs(batch: dict[str, Any], device: torch.device, varlen: bool) -
     if position_ids is not None:
         inputs["position_ids"] = position_ids
     if cu_seqlens is not None:
-        inputs["cu_seqlens"] = cu_seqlens
+        # with the host copy the model builds its varlen index without reading the device: no sync in any layer
+        inputs["cu_seqlens"], inputs["cu_seqlens_cpu"] = cu_seqlens, cu_seqlens_cpu
     n_targets = int((labels[..., 1:] != -100).sum())
     return inputs, n_targets
 

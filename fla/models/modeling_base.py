@@ -20,6 +20,8 @@ from fla.models.cache import FLACache
 from fla.models.configuration_base import FLAConfig
 from fla.models.outputs import FLACausalLMOutput, FLAModelOutput, model_output, resolve_cache
 from fla.modules import FusedCrossEntropyLoss, FusedLinearCrossEntropyLoss, GatedMLP, RMSNorm
+from fla.ops.utils.checks import check_cu_seqlens_cpu
+from fla.ops.utils.index import varlen_index
 
 _TRANSFORMERS_5 = int(transformers.__version__.split(".")[0]) >= 5
 
@@ -155,6 +157,7 @@ class FLAModel(FLAPreTrainedModel):
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
+        cu_seqlens_cpu: torch.Tensor | None = None,
         **kwargs,
     ) -> FLAModelOutput | tuple:
         """`cache` is the generation cache (`past_key_values`, its name before transformers 5.24, works too; a
@@ -183,6 +186,12 @@ class FLAModel(FLAPreTrainedModel):
             raise ValueError(
                 "cu_seqlens (packed training input) cannot be combined with use_cache; pass use_cache=False"
             )
+        if cu_seqlens_cpu is not None:
+            check_cu_seqlens_cpu(cu_seqlens_cpu, cu_seqlens)
+        if cu_seqlens is not None:
+            # the varlen index every layer's ops (forward and backward) share, built once here; from the host copy
+            # when the caller has one (flame does), so the whole step reads no device value
+            varlen_index(cu_seqlens, cu_seqlens_cpu)
         if attention_mask is not None and attention_mask.dim() == 2 and bool(attention_mask.all()):
             attention_mask = None  # nothing padded: spare every layer its own check (a host sync each)
         if output_hidden_states is None:
@@ -247,6 +256,7 @@ class FLAForCausalLM(FLAPreTrainedModel, GenerationMixin):
         return_dict: bool | None = None,
         num_items_in_batch: int | torch.Tensor | None = None,
         num_logits_to_keep: int | None = None,
+        cu_seqlens_cpu: torch.Tensor | None = None,
         **kwargs,
     ) -> FLACausalLMOutput | tuple:
         """Args:
@@ -262,6 +272,8 @@ class FLAForCausalLM(FLAPreTrainedModel, GenerationMixin):
                 positions to keep (an index along T); with labels, every position's logits are returned (as in the
                 peer library). `num_logits_to_keep` is its old name
             return_dict: False gives the tuple (loss, logits, cache, hidden_states) without its None entries
+            cu_seqlens_cpu: the same boundaries as cu_seqlens on the host (optional): then the varlen index is
+                built without reading the device, and a packed step does no device->host sync in any layer
         Returns:
             loss (with labels); logits [B, T or n, V] (None when labels are given and
             config.fuse_linear_cross_entropy, which never materializes them); the cache (with use_cache), as
@@ -277,6 +289,7 @@ class FLAForCausalLM(FLAPreTrainedModel, GenerationMixin):
             input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
             cache=resolve_cache(cache, past_key_values), inputs_embeds=inputs_embeds, use_cache=use_cache,
             cu_seqlens=cu_seqlens, output_hidden_states=output_hidden_states, return_dict=True,
+            cu_seqlens_cpu=cu_seqlens_cpu,
         )
         hidden_states = outputs.last_hidden_state
         loss = logits = None
