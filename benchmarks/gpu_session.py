@@ -534,7 +534,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.dry_run:
         work = args.work or Path("<a temporary folder>")
     else:
-        work = args.work or Path(tempfile.mkdtemp(prefix="gpu_session-"))
+        # absolute: the steps run from the repository root, peer_ops' child from a scratch folder
+        work = (args.work or Path(tempfile.mkdtemp(prefix="gpu_session-"))).resolve()
     steps = build_steps(args, work)
     if args.dry_run:
         print_plan(steps, args.budget, work)
