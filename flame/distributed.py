@@ -10,6 +10,7 @@ import os
 import random
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 import numpy as np
 import torch
@@ -24,6 +25,7 @@ class World:
     local_rank: int
     device: torch.device
     mesh: DeviceMesh
+    cpu_group: Any = None  # gloo group for host-side coordination (None: the default group is gloo already)
 
     @property
     def is_main(self) -> bool:
@@ -49,7 +51,20 @@ def init_distributed(timeout_s: int = 1800) -> World:
                                     timeout=timedelta(seconds=timeout_s))
     rank, world_size = dist.get_rank(), dist.get_world_size()
     mesh = init_device_mesh(device.type, (world_size,), mesh_dim_names=("dp_shard",))
-    return World(rank=rank, world_size=world_size, local_rank=local_rank, device=device, mesh=mesh)
+    cpu_group = dist.new_group(backend="gloo") if backend == "nccl" and world_size > 1 else None
+    return World(rank=rank, world_size=world_size, local_rank=local_rank, device=device, mesh=mesh,
+                 cpu_group=cpu_group)
+
+
+def wait_for_every_rank(world: World, timeout_s: float = 30.0) -> None:
+    """Return once every rank got here, or after `timeout_s` (best effort). Before an error exit: torchrun stops the
+    other ranks as soon as one exits, so without this a rank can be killed before it has said what was wrong."""
+    if world.world_size == 1 or not dist.is_initialized():
+        return
+    try:
+        dist.monitored_barrier(group=world.cpu_group, timeout=timedelta(seconds=timeout_s), wait_all_ranks=True)
+    except RuntimeError:
+        pass  # some rank is elsewhere (its own error, or a hang): exit anyway
 
 
 def shutdown() -> None:

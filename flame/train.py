@@ -470,12 +470,14 @@ def validate(model, config: JobConfig, world, tokenizer, token_bytes: torch.Tens
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        config = load_config(argv)
+        config, config_error = load_config(argv), None
     except ConfigError as e:
-        print(f"flame.train: config error: {e}", file=sys.stderr, flush=True)
-        return 2
+        config, config_error = None, e
+    # The process group first, even for a bad config: every rank then says what is wrong before any exits.
     world = fdist.init_distributed()
     try:
+        if config_error is not None:
+            raise config_error
         with dump_folder_lock(config.job.dump_folder, world):
             if config.checkpoint.create_seed_checkpoint:
                 create_seed_checkpoint(config, world)
@@ -484,9 +486,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     except (ConfigError, ModelConfigError, CheckpointError, DumpFolderInUse, _data_errors()) as e:
         print(f"flame.train: {_kind(e)} error (rank {world.rank}): {e}", file=sys.stderr, flush=True)
+        fdist.wait_for_every_rank(world)
         return 2
     except TrainingStopped as e:
         print(f"flame.train: training stopped (rank {world.rank}): {e}", file=sys.stderr, flush=True)
+        fdist.wait_for_every_rank(world)
         return 3
     finally:
         # torchtitan's GarbageCollection disables automatic collection for the run; give it back to the caller.

@@ -228,8 +228,9 @@ def test_bad_input_is_one_clear_error(argv, message, capsys, tmp_path):
 
 
 def test_fewer_documents_than_ranks_is_one_clear_error_on_every_rank(tmp_path):
-    data = tmp_path / "one.jsonl"
-    data.write_text(json.dumps({"text": "the only document"}) + "\n")
+    import datasets
+    data = tmp_path / "one"  # saved, not a jsonl: two ranks building one jsonl's cache at once wait on its lock
+    datasets.Dataset.from_dict({"text": ["the only document"]}).save_to_disk(str(data))
     run = launch(COMMON + ["--model.config", MODEL, "--job.dump_folder", str(tmp_path / "run"), "--data.dataset",
                            str(data)], 2)
     assert run.returncode != 0
