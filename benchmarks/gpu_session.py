@@ -532,7 +532,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.budget is None:
         args.budget = 1500.0 if args.tiny else 480.0
     if args.dry_run:
-        work = args.work or Path("<a temporary folder>")
+        work = args.work.resolve() if args.work else Path("<a temporary folder>")
     else:
         # absolute: the steps run from the repository root, peer_ops' child from a scratch folder
         work = (args.work or Path(tempfile.mkdtemp(prefix="gpu_session-"))).resolve()
