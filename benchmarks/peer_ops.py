@@ -27,8 +27,8 @@ REPO = HERE.parent
 
 def child_env(peer_path: str | None) -> dict:
     env = dict(os.environ)
-    if peer_path:
-        paths = [str(Path(peer_path).resolve()), env.get("PYTHONPATH")]
+    if peer_path:  # the peer first, then a sitecustomize that hides an editable install of ours (see peer_shim/)
+        paths = [str(Path(peer_path).resolve()), str(HERE / "peer_shim"), env.get("PYTHONPATH")]
         env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
     return env
 

@@ -7,14 +7,18 @@ Per head h, a fixed decay gamma_h = 1 - 2^(-5 - h), state S [K, V]:
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
 from fla.ops.utils.index import sequence_spans
 
 
 def retention_log_decays(num_heads: int, device=None) -> torch.Tensor:
-    """[H] float32 log(1 - 2^(-5 - h)): RetNet's per-head decays in natural-log space."""
-    return torch.log(1 - torch.pow(2.0, -5.0 - torch.arange(num_heads, dtype=torch.float32, device=device)))
+    """[H] float32 log(1 - 2^(-5 - h)): RetNet's per-head decays in natural-log space (computed on the host in
+    float64 and copied once: the op calls this every time, and on a GPU each device op is a launch)."""
+    decays = [math.log1p(-2.0 ** (-5 - h)) for h in range(num_heads)]
+    return torch.tensor(decays, dtype=torch.float32).to(device if device is not None else "cpu", non_blocking=True)
 
 
 def naive_recurrent_retention(
