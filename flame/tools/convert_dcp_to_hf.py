@@ -48,6 +48,9 @@ def convert(checkpoint: str, output: str, dtype: str = "float32") -> str:
     step = _checkpoint_step(checkpointer, checkpoint)
     checkpointer.check(step)
     meta = checkpointer.read_meta(step)
+    job = load_toml(os.path.join(checkpointer.step_dir(step), "config.toml"))
+    from flame.data import load_tokenizer
+    tokenizer = load_tokenizer(job.get("model", {}).get("tokenizer_path"))  # before anything is written
     model_config = model_config_from_meta(meta)
     world = fdist.init_distributed()
     model = materialize(build_model(model_config), torch.device("cpu"), seed=0)
@@ -55,9 +58,7 @@ def convert(checkpoint: str, output: str, dtype: str = "float32") -> str:
     model = model.to(getattr(torch, dtype))
     os.makedirs(output, exist_ok=True)
     model.save_pretrained(output)
-    job = load_toml(os.path.join(checkpointer.step_dir(step), "config.toml"))
-    from flame.data import load_tokenizer
-    load_tokenizer(job.get("model", {}).get("tokenizer_path")).save_pretrained(output)
+    tokenizer.save_pretrained(output)
     if world.is_main:
         print(f"wrote {output} from {checkpointer.step_dir(step)} ({meta['model_config'].get('model_type')}, "
               f"{sum(p.numel() for p in model.parameters()):,} parameters, {dtype})")
@@ -76,10 +77,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     args = parser.parse_args(argv)
     from flame.checkpoint import CheckpointError
+    from flame.data import TokenizerError
     from flame.distributed import shutdown
     try:
         convert(args.checkpoint, args.output, args.dtype)
-    except CheckpointError as e:
+    except (CheckpointError, TokenizerError) as e:  # a tokenizer_path in config.toml that is not here
         print(f"convert_dcp_to_hf: {e}", file=sys.stderr)
         return 2
     finally:

@@ -11,7 +11,7 @@ import sys
 import pytest
 import torch
 
-from tests.flame.checkpoint_helpers import flip_bytes, plant_metadata, plant_trainer_state
+from tests.flame.checkpoint_helpers import flip_bytes, plant_metadata, plant_trainer_state, reseal
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 MODEL = os.path.join(ROOT, "configs", "models", "transformer_debug.json")
@@ -347,6 +347,17 @@ def test_a_planted_metadata_is_refused_by_resume_and_by_the_converter(runs, tmp_
     assert convert_dcp_to_hf.main(["--checkpoint", step6, "--output", str(tmp_path / "hf")]) == 2
     assert ".metadata asks to import io.open" in capsys.readouterr().err
     assert not os.path.exists(marker)
+
+    # A checkpoint from elsewhere names a tokenizer that is not here: one line, and nothing written.
+    step4 = os.path.join(dump, "checkpoint", "step-4")
+    with open(os.path.join(step4, "config.toml")) as f:
+        job = f.read()
+    with open(os.path.join(step4, "config.toml"), "w") as f:
+        f.write(job.replace("[model]\n", "[model]\ntokenizer_path = \"/no/such/tokenizer\"\n"))
+    reseal(step4)
+    assert convert_dcp_to_hf.main(["--checkpoint", step4, "--output", str(tmp_path / "hf")]) == 2
+    assert "tokenizer path '/no/such/tokenizer' does not exist" in capsys.readouterr().err
+    assert not os.path.exists(tmp_path / "hf")
 
 
 def test_a_planted_trainer_state_is_refused_on_every_rank(runs, tmp_path):
