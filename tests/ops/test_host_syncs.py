@@ -143,3 +143,20 @@ def test_host_copy_gives_the_same_results():
         results.append([o, ht_final] + [leaves[n].grad for n in ("q", "k", "v", "g", "beta")])
     for name, got, want in zip(("o", "ht", "dq", "dk", "dv", "dg", "dbeta"), results[1], results[0]):
         assert_close(name, got, want, 1e-6)
+
+
+def test_memo_is_not_baked_into_a_compiled_graph():
+    """Under torch.compile (flame compiles each block) the memo is read eagerly: a traced identity lookup would
+    serve the first batch's index to every later one."""
+    from fla.ops.utils.index import num_chunks, prepare_chunk_indices
+
+    def f(x, cu):
+        idx = prepare_chunk_indices(cu, 4)
+        return x[: len(idx)] + idx.sum(), num_chunks(0, cu, 4)
+
+    compiled = torch.compile(f, backend="eager", dynamic=False)
+    x = torch.arange(100.0)
+    for bounds in ([0, 5, 12], [0, 1, 12], [0, 9, 12], [0, 5, 12]):
+        cu = torch.tensor(bounds, dtype=torch.int32)
+        (got, n_got), (want, n_want) = compiled(x, cu), f(x, cu)
+        assert torch.equal(got, want) and n_got == n_want, bounds

@@ -21,7 +21,7 @@ import triton.language as tl
 
 from fla.ops.utils.checks import check_cu_seqlens, check_head_dim, check_scale, check_tensor, normalize_inputs
 from fla.ops.utils.dispatch import autotune, dispatch, is_interpreter
-from fla.ops.utils.index import prepare_chunk_indices, prepare_token_indices, varlen_index
+from fla.ops.utils.index import prepare_chunk_indices, prepare_token_indices, varlen_bounds
 
 LOG2E: tl.constexpr = tl.constexpr(1.4426950408889634)  # scores run in base 2 (exp2 is the fast path)
 
@@ -562,7 +562,7 @@ def _parallel_attn_torch(q, k, v, g, scale, window_size, cu_seqlens):
     qf, kf, vf = q.float(), k.float(), v.float()
     if cu_seqlens is None:
         return _sdpa(qf, kf, vf, G, scale, window_size).to(q.dtype)
-    bounds = varlen_index(cu_seqlens).bounds
+    bounds = varlen_bounds(cu_seqlens)
     pieces = [
         _sdpa(qf[:, bos:eos], kf[:, bos:eos], vf[:, bos:eos], G[:, bos:eos] if G is not None else None, scale,
               window_size)

@@ -11,7 +11,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from fla.ops.utils.index import varlen_index
+from fla.ops.utils.index import varlen_bounds, varlen_index
 
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 INDEX_DTYPES = (torch.int32, torch.int64)
@@ -127,7 +127,7 @@ def check_cu_seqlens(cu_seqlens: object, batch_size: int, num_tokens: int) -> in
             f"with cu_seqlens the batch size must be 1 (got {batch_size}): pack the sequences along the time axis, "
             "e.g. x.view(1, -1, *x.shape[2:]), and put every boundary in cu_seqlens"
         )
-    bounds = varlen_index(cu_seqlens).bounds  # the host copy every block of the op will use (one read, or none)
+    bounds = varlen_bounds(cu_seqlens)  # the host copy every block of the op will use (one read, or none)
     if bounds[0] != 0:
         raise ValueError(f"cu_seqlens must start at 0 (got {bounds[0]})")
     if any(b < a for a, b in zip(bounds[:-1], bounds[1:])):

@@ -36,7 +36,7 @@ import triton
 import triton.language as tl
 
 from fla.ops.utils.dispatch import autotune, dispatch
-from fla.ops.utils.index import prepare_chunk_indices, sequence_bounds, sequence_spans, varlen_index
+from fla.ops.utils.index import chunk_offsets_host, prepare_chunk_indices, sequence_bounds, sequence_spans
 
 BC = 16  # rows per sub-chunk (the smallest tl.dot block)
 
@@ -464,7 +464,7 @@ def _bwd_dqkg_triton(q, k, v, g, h, do, dh, scale, cu_seqlens=None, chunk_size=6
 
 def _torch_chunks(x, cu_seqlens, chunk_size):
     """Yield (b, start, end, global chunk index) for every chunk, in the order of h / dh."""
-    offsets = varlen_index(cu_seqlens).chunk_offsets_host(chunk_size) if cu_seqlens is not None else None
+    offsets = chunk_offsets_host(cu_seqlens, chunk_size) if cu_seqlens is not None else None
     for i, (b, bos, eos) in enumerate(sequence_spans(cu_seqlens, x.shape[0], x.shape[1])):
         first = offsets[i] if offsets is not None else 0
         for c, start in enumerate(range(bos, eos, chunk_size)):

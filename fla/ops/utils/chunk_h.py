@@ -20,7 +20,8 @@ import triton
 import triton.language as tl
 
 from fla.ops.utils.dispatch import autotune, dispatch, tensor_core_dtype
-from fla.ops.utils.index import chunk_state_bounds, num_chunks, prepare_chunk_offsets, sequence_spans, varlen_index
+from fla.ops.utils.index import (chunk_offsets_host, chunk_state_bounds, num_chunks, prepare_chunk_offsets,
+                                 sequence_spans)
 
 
 
@@ -29,7 +30,7 @@ def _chunk_fwd_h_torch(k, v, g=None, gk=None, gv=None, h0=None, output_final_sta
     B, T, H, K = k.shape
     V = v.shape[-1]
     spans = sequence_spans(cu_seqlens, B, T)
-    offsets = varlen_index(cu_seqlens).chunk_offsets_host(chunk_size) if cu_seqlens is not None else None
+    offsets = chunk_offsets_host(cu_seqlens, chunk_size) if cu_seqlens is not None else None
     h = k.new_empty(B, num_chunks(T, cu_seqlens, chunk_size), H, K, V,
                     dtype=torch.float32 if states_in_fp32 else k.dtype)
     ht = k.new_empty(len(spans), H, K, V, dtype=torch.float32) if output_final_state else None
@@ -63,7 +64,7 @@ def _chunk_bwd_dh_torch(q, do, g=None, gk=None, gv=None, h0=None, dht=None, scal
     B, T, H, K = q.shape
     V = do.shape[-1]
     spans = sequence_spans(cu_seqlens, B, T)
-    offsets = varlen_index(cu_seqlens).chunk_offsets_host(chunk_size) if cu_seqlens is not None else None
+    offsets = chunk_offsets_host(cu_seqlens, chunk_size) if cu_seqlens is not None else None
     dh = q.new_empty(B, num_chunks(T, cu_seqlens, chunk_size), H, K, V,
                      dtype=torch.float32 if states_in_fp32 else q.dtype)
     dh0 = q.new_empty(len(spans), H, K, V, dtype=torch.float32) if h0 is not None else None

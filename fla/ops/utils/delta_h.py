@@ -20,14 +20,15 @@ import triton
 import triton.language as tl
 
 from fla.ops.utils.dispatch import autotune, dispatch, tensor_core_dtype
-from fla.ops.utils.index import chunk_state_bounds, num_chunks, prepare_chunk_offsets, sequence_spans, varlen_index
+from fla.ops.utils.index import (chunk_offsets_host, chunk_state_bounds, num_chunks, prepare_chunk_offsets,
+                                 sequence_spans)
 
 
 
 def _chunks_of(cu_seqlens, B, T, chunk_size):
     """[(batch row, first flat chunk, [(start, end), ...])] per sequence."""
     spans = sequence_spans(cu_seqlens, B, T)
-    offsets = varlen_index(cu_seqlens).chunk_offsets_host(chunk_size) if cu_seqlens is not None else [0] * len(spans)
+    offsets = chunk_offsets_host(cu_seqlens, chunk_size) if cu_seqlens is not None else [0] * len(spans)
     return [(b, offsets[i], [(s, min(s + chunk_size, eos)) for s in range(bos, eos, chunk_size)])
             for i, (b, bos, eos) in enumerate(spans)]
 

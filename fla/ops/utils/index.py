@@ -3,6 +3,7 @@
 Packed input is `[1, T_total, H, *]` with `cu_seqlens = [0, l_0, l_0 + l_1, ..., T_total]`. A chunk kernel launches one
 program per (sequence, chunk) pair; `chunk_indices[i] = (n, c)` says program i handles chunk c of sequence n, and
 `chunk_offsets[n]` is the index of sequence n's first chunk in the flat list (where its chunk states live).
+All of it is built on the host, once per cu_seqlens tensor (`varlen_index`), so that no block reads the device.
 """
 from __future__ import annotations
 
@@ -76,8 +77,13 @@ class VarlenIndex:
 
 _CACHE_SIZE = 8  # recent batches; a model's layers all hit the newest entry
 _cache: list[VarlenIndex] = []
+# Every function that reads the memo runs eagerly under torch.compile (a graph break): traced, the identity lookup
+# would be baked into the graph and serve one batch's index to the next (seen: wrong chunk indices on the second
+# batch of a compiled block). What they return (device tensors, host ints) enters the graph as inputs.
+eager = torch.compiler.disable
 
 
+@eager
 def varlen_index(cu_seqlens: torch.Tensor, cu_seqlens_cpu: torch.Tensor | None = None) -> VarlenIndex:
     """The `VarlenIndex` of this `cu_seqlens` tensor: the memoized one if the same tensor (same object, not written
     since) was seen recently, else a new one built from `cu_seqlens_cpu` (trusted to hold the same values: comparing
@@ -98,22 +104,38 @@ def prepare_lens(cu_seqlens: torch.Tensor) -> torch.Tensor:
     return cu_seqlens[1:] - cu_seqlens[:-1]
 
 
+@eager
 def prepare_chunk_offsets(cu_seqlens: torch.Tensor, chunk_size: int) -> torch.Tensor:
     """[N + 1] -> [N + 1] int64: index of each sequence's first chunk; the last entry is the total chunk count."""
     return varlen_index(cu_seqlens).chunk_offsets(chunk_size)
 
 
+@eager
 def prepare_chunk_indices(cu_seqlens: torch.Tensor, chunk_size: int,
                           cu_seqlens_cpu: torch.Tensor | None = None) -> torch.Tensor:
     """[N + 1] -> [NT_total, 2] int32 rows of (sequence index, chunk index within that sequence)."""
     return varlen_index(cu_seqlens, cu_seqlens_cpu).chunk_indices(chunk_size)
 
 
+@eager
 def prepare_token_indices(cu_seqlens: torch.Tensor) -> torch.Tensor:
     """[N + 1] -> [T_total, 2] int32 rows of (sequence index, position within that sequence)."""
     return varlen_index(cu_seqlens).token_indices()
 
 
+@eager
+def chunk_offsets_host(cu_seqlens: torch.Tensor, chunk_size: int) -> list[int]:
+    """`prepare_chunk_offsets` as host ints (for the PyTorch twins' per-sequence loops)."""
+    return varlen_index(cu_seqlens).chunk_offsets_host(chunk_size)
+
+
+@eager
+def varlen_bounds(cu_seqlens: torch.Tensor) -> list[int]:
+    """cu_seqlens as host ints, read once per tensor (none if its index was built from cu_seqlens_cpu)."""
+    return varlen_index(cu_seqlens).bounds
+
+
+@eager
 def num_chunks(T: int, cu_seqlens: torch.Tensor | None, chunk_size: int) -> int:
     """Chunks per batch row without cu_seqlens, else the total over the packed sequences (a host int)."""
     if cu_seqlens is None:
@@ -121,11 +143,12 @@ def num_chunks(T: int, cu_seqlens: torch.Tensor | None, chunk_size: int) -> int:
     return varlen_index(cu_seqlens).num_chunks(chunk_size)
 
 
+@eager
 def sequence_spans(cu_seqlens: torch.Tensor | None, batch_size: int, seq_len: int) -> list[tuple[int, int, int]]:
     """(batch row, start, end) of every sequence, for the PyTorch twins that loop over sequences on the host."""
     if cu_seqlens is None:
         return [(b, 0, seq_len) for b in range(batch_size)]
-    bounds = varlen_index(cu_seqlens).bounds
+    bounds = varlen_bounds(cu_seqlens)
     return [(0, bos, eos) for bos, eos in zip(bounds[:-1], bounds[1:])]
 
 
@@ -139,7 +162,7 @@ def for_each_sequence(fn, cu_seqlens: torch.Tensor | None, tokens, outs, states=
             if out is not None:
                 out.copy_(r)
         return
-    offsets = varlen_index(cu_seqlens).chunk_offsets_host(chunk_size) if states else None
+    offsets = chunk_offsets_host(cu_seqlens, chunk_size) if states else None
     for i, (_, bos, eos) in enumerate(sequence_spans(cu_seqlens, 1, 0)):
         if eos == bos:
             continue
