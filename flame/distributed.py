@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import random
+import time
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -61,10 +62,14 @@ def wait_for_every_rank(world: World, timeout_s: float = 30.0) -> None:
     other ranks as soon as one exits, so without this a rank can be killed before it has said what was wrong."""
     if world.world_size == 1 or not dist.is_initialized():
         return
+    start = time.monotonic()
     try:
         dist.monitored_barrier(group=world.cpu_group, timeout=timedelta(seconds=timeout_s), wait_all_ranks=True)
     except RuntimeError:
-        pass  # some rank is elsewhere (its own error, or a hang): exit anyway
+        # some rank is elsewhere (its own error, or a hang): exit anyway, but not at once: a barrier that failed
+        # early (seen once on a loaded box: one rank's error line missing) would let torchrun stop the others
+        # before they print
+        time.sleep(max(0.0, min(timeout_s, 5.0) - (time.monotonic() - start)))
 
 
 def shutdown() -> None:
