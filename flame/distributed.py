@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import random
+import sys
 import time
 from dataclasses import dataclass
 from datetime import timedelta
@@ -65,7 +66,9 @@ def wait_for_every_rank(world: World, timeout_s: float = 30.0) -> None:
     start = time.monotonic()
     try:
         dist.monitored_barrier(group=world.cpu_group, timeout=timedelta(seconds=timeout_s), wait_all_ranks=True)
-    except RuntimeError:
+    except RuntimeError as e:
+        print(f"flame.train: (rank {world.rank}) not every rank reached the error exit: {str(e).splitlines()[0]}",
+              file=sys.stderr, flush=True)
         # some rank is elsewhere (its own error, or a hang): exit anyway, but not at once: a barrier that failed
         # early (seen once on a loaded box: one rank's error line missing) would let torchrun stop the others
         # before they print

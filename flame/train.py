@@ -17,6 +17,7 @@ import math
 import os
 import sys
 import time
+import traceback
 from typing import Any, Iterator
 
 import torch
@@ -492,6 +493,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"flame.train: training stopped (rank {world.rank}): {e}", file=sys.stderr, flush=True)
         fdist.wait_for_every_rank(world)
         return 3
+    except Exception:
+        # printed here, before the process group is torn down: torchrun stops this rank as soon as another exits,
+        # and a traceback Python would print after `finally` is then lost
+        print(f"flame.train: unexpected error (rank {world.rank}):\n{traceback.format_exc()}", file=sys.stderr,
+              flush=True)
+        raise
     finally:
         # torchtitan's GarbageCollection disables automatic collection for the run; give it back to the caller.
         gc.enable()

@@ -369,8 +369,7 @@ def test_a_planted_trainer_state_is_refused_on_every_rank(runs, tmp_path):
     run = launch(runs["common"] + ["--job.dump_folder", dump], 2)
     assert run.returncode != 0
     assert on_every_rank(run.stderr, "trainer_state.pt asks to import io.open, which a flame checkpoint never "
-                                     "holds: refusing to unpickle it"), [
-        line for line in run.stderr.splitlines() if "flame.train" in line or "rank" in line]
+                                     "holds: refusing to unpickle it"), run.stderr
     assert not os.path.exists(marker)
     assert committed(dump) == ["step-2", "step-4", "step-6"]
 
