@@ -175,3 +175,20 @@ class FLAConfig(PretrainedConfig):
             warnings.warn(f"{PEER} does not read {', '.join(mismatches)}: this checkpoint loads there, but with "
                           "other outputs", UserWarning, stacklevel=2)
         return super().save_pretrained(save_directory, push_to_hub=push_to_hub, **kwargs)
+
+
+class OutputGateMixin:
+    """For the configs of the mixers with a gated output norm (GLA, RetNet), before FLAConfig in their bases:
+    `gate_fn` None means the peer's choice, the model's `hidden_act`; any other value is ours alone, which the peer
+    cannot read (warned at save). A mixin, not an FLAConfig subclass: transformers 5 turns every config subclass into
+    a dataclass, and an intermediate one without its own __init__ loses the backbone's fields."""
+
+    @property
+    def output_gate_fn(self) -> str:
+        return self.hidden_act if self.gate_fn is None else self.gate_fn
+
+    def peer_mismatches(self) -> list[str]:
+        out = super().peer_mismatches()
+        if self.output_gate_fn != self.hidden_act:
+            out.append(f"gate_fn={self.gate_fn!r} (its output gate uses hidden_act={self.hidden_act!r})")
+        return out

@@ -2,10 +2,10 @@
 from __future__ import annotations
 
 from fla.layers.feature_maps import ACTIVATIONS
-from fla.models.configuration_base import FLAConfig, check_choice
+from fla.models.configuration_base import FLAConfig, OutputGateMixin, check_choice
 
 
-class RetNetConfig(FLAConfig):
+class RetNetConfig(OutputGateMixin, FLAConfig):
     """The mixer's fields (the peer's names and defaults); the shared backbone fields are in FLAConfig.
 
     Args:
@@ -59,13 +59,3 @@ class RetNetConfig(FLAConfig):
         self.gate_fn = gate_fn
         self.rope_theta = rope_theta
         super().__init__(hidden_ratio=hidden_ratio, **kwargs)
-
-    @property
-    def output_gate_fn(self) -> str:
-        return self.hidden_act if self.gate_fn is None else self.gate_fn
-
-    def peer_mismatches(self) -> list[str]:
-        out = super().peer_mismatches()
-        if self.output_gate_fn != self.hidden_act:
-            out.append(f"gate_fn={self.gate_fn!r} (its output gate uses hidden_act={self.hidden_act!r})")
-        return out
