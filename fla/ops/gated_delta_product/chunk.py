@@ -1,0 +1,112 @@
+"""Gated DeltaProduct in chunks (training path), as the gated delta rule over the Householder steps.
+
+Each token t applies its gate once and then n = num_householder delta-rule steps (see `naive.py`). Unrolled, that is
+the gated delta rule on a sequence n times as long, row t * n + j carrying step j of token t:
+    g'  = [g_t, 0, ..., 0] per token        (the decay applies before the first step only)
+    q'  = [0, ..., 0, q_t] per token        (the output is read after the last step only)
+    k', v', beta' = k, v, beta              (already [B, T * n, ...] in the peer's layout)
+    cu_seqlens' = n * cu_seqlens
+so `o_t = o'[t * n + n - 1]` and the final states are the same. The chunk path of `fla.ops.gated_delta_rule` (its
+WY form, state pass and output blocks, forward and backward) runs on the unrolled sequence; the gradients of q and g
+come back through the interleaving (rows with a zero query or gate get none). The unrolled output costs n times the
+output block of one gated delta rule pass; the state pass and WY form cost that anyway (they see T * n rows).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from fla.ops.gated_delta_rule.chunk import chunk_delta_rule_family
+from fla.ops.utils.checks import (check_cu_seqlens, check_head_dim, check_initial_state, check_scale, check_tensor,
+                                  normalize_inputs)
+from fla.ops.utils.index import varlen_index
+from fla.ops.utils.l2norm import l2_norm
+
+
+def interleave_steps(x: torch.Tensor, num_householder: int, first: bool) -> torch.Tensor:
+    """[B, T, ...] -> [B, T * n, ...]: x at step 0 (first) or step n - 1 (last) of each token, zeros at the others
+    (a pad, so autograd takes the gradient back from that one row)."""
+    n = num_householder
+    if n == 1:
+        return x
+    rest = x.dim() - 2
+    pad = (0, 0) * rest + ((0, n - 1) if first else (n - 1, 0))
+    x = F.pad(x.unsqueeze(2), pad)
+    return x.flatten(1, 2)
+
+
+def check_gated_delta_product_inputs(q, k, v, g, beta, num_householder, scale, initial_state, cu_seqlens) -> None:
+    if isinstance(num_householder, bool) or not isinstance(num_householder, int) or num_householder < 1:
+        raise ValueError(f"num_householder must be a positive int (got {num_householder!r})")
+    n = num_householder
+    check_tensor("q", q, "[B, T, H, K]", (None, None, None, None))
+    B, T, H, K = q.shape
+    check_head_dim("q", K)
+    check_tensor("k", k, "[B, T * num_householder, H, K]", (B, T * n, H, K), (q.dtype,), q.device)
+    check_tensor("v", v, "[B, T * num_householder, HV, V]", (B, T * n, None, None), (q.dtype,), q.device)
+    HV, V = v.shape[2], v.shape[3]
+    check_head_dim("v", V)
+    if HV % H != 0:
+        raise ValueError(f"v's head count HV must be a multiple of q/k's H (got HV={HV}, H={H}); "
+                         "each group of HV // H value heads shares one q/k head")
+    if g is not None:
+        check_tensor("g", g, "[B, T, HV] (one gate per token, not per Householder step)", (B, T, HV),
+                     device=q.device)
+    check_tensor("beta", beta, "[B, T * num_householder, HV]", (B, T * n, HV), device=q.device)
+    check_scale(scale)
+    N = B
+    if cu_seqlens is not None:
+        N = check_cu_seqlens(cu_seqlens, B, T)
+    check_initial_state(initial_state, N, (HV, K, V), "[N, HV, K, V]", q.device)
+
+
+@normalize_inputs
+def chunk_gated_delta_product(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    g: torch.Tensor | None,
+    beta: torch.Tensor,
+    num_householder: int,
+    scale: float | None = None,
+    initial_state: torch.Tensor | None = None,
+    output_final_state: bool = False,
+    use_qk_l2norm_in_kernel: bool = False,
+    cu_seqlens: torch.Tensor | None = None,
+    cu_seqlens_cpu: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Gated DeltaProduct (Siems et al., 2025): per token one decay, then num_householder delta-rule steps
+    (`S = exp(g_t) S_{t-1}`, then for each step j `S = S + k_tj^T beta_tj (v_tj - k_tj S)`, `o_t = scale * q_t S`),
+    chunk-parallel; differentiable.
+
+    Args:
+        q: [B, T, H, K]
+        k: [B, T * n, H, K]; v: [B, T * n, HV, V]; beta: [B, T * n, HV] in (0, 1) (or (0, 2) for negative
+            eigenvalues), row t * n + j is Householder step j of token t (n = num_householder, the peer's layout)
+        g: [B, T, HV] log decays (<= 0), one per token; None for DeltaProduct without a gate
+        num_householder: n, the Householder steps per token
+        scale: defaults to K ** -0.5
+        initial_state: [N, HV, K, V] float32 (N = B, or the number of sequences under cu_seqlens)
+        use_qk_l2norm_in_kernel: L2-normalize q and k first (differentiated through)
+        cu_seqlens: [N + 1] int token boundaries, B must be 1 (the Householder rows follow: n * cu_seqlens);
+            cu_seqlens_cpu: the same on the host (optional: then no device->host sync)
+    Returns:
+        o: [B, T, HV, V]; final_state: [N, HV, K, V] float32 or None
+    """
+    check_gated_delta_product_inputs(q, k, v, g, beta, num_householder, scale, initial_state, cu_seqlens)
+    n = num_householder
+    if use_qk_l2norm_in_kernel:  # before the interleave: the zero query rows need no norm
+        q, k = l2_norm(q), l2_norm(k)
+    scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
+    cu_steps = None
+    if cu_seqlens is not None:
+        cu_steps = cu_seqlens * n if n > 1 else cu_seqlens
+        if n > 1:  # the unrolled boundaries' index, from host ints (no second read of the device)
+            varlen_index(cu_steps, torch.tensor(varlen_index(cu_seqlens, cu_seqlens_cpu).bounds) * n)
+    q_steps = interleave_steps(q, n, first=False)
+    g_steps = interleave_steps(g, n, first=True) if g is not None else None
+    o, ht = chunk_delta_rule_family(q_steps, k, v, g_steps, beta, scale, initial_state, output_final_state, False,
+                                    cu_steps)
+    if n > 1:
+        o = o.unflatten(1, (-1, n))[:, :, -1].contiguous()
+    return o, (ht if output_final_state else None)
