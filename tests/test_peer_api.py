@@ -31,12 +31,6 @@ DELIBERATE = {
 
 # name -> the peer's parameters we lack (all of them after our last positional parameter, or keyword-only there)
 MISSING = {
-    "FusedLinearCrossEntropyLoss": ["use_l2warp", "l2_penalty_factor", "accumulate_grad_in_fp32", "process_group"],
-    "GatedMLP": ["fuse_swiglu", "powglu_power"],
-    "L2Norm": ["output_dtype"],
-    "l2_norm": ["output_dtype"],
-    "RotaryEmbedding.forward": ["chunk_indices"],
-    "ShortConvolution.forward": ["chunk_indices"],
     "rotary_embedding": None,  # a different function under the same name: not compared
     "parallel_attn": ["sink_bias"],
     "chunk_gated_delta_rule": ["cp_context"],

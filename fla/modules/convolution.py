@@ -303,10 +303,13 @@ class ShortConvolution(nn.Conv1d):
             if not cache.is_contiguous():
                 raise ValueError("cache must be contiguous: call .contiguous() on it")
 
-    def forward(self, x, residual=None, mask=None, cache=None, output_final_state=False, cu_seqlens=None):
+    def forward(self, x, residual=None, mask=None, cache=None, output_final_state=False, cu_seqlens=None,
+                chunk_indices=None):
         """x [B, T, D] -> (y [B, T, D], final cache [N, D, W] or None); the peer library's argument order.
         residual [B, T, D] is added to the output (after the activation); mask [B, T] (0/1) zeroes padded inputs
-        first (not with cu_seqlens, whose packing has no padding)."""
+        first (not with cu_seqlens, whose packing has no padding). chunk_indices (the peer's precomputed
+        (sequence, block) index of cu_seqlens) is accepted for its call form and not needed: the varlen index is
+        built once per cu_seqlens and memoized (`fla.ops.utils.index.varlen_index`)."""
         if mask is not None:
             if cu_seqlens is not None:
                 raise ValueError("mask and cu_seqlens cannot be given together: packed sequences have no padding")

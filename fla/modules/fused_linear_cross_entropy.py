@@ -29,8 +29,8 @@ def default_chunk_size(num_tokens: int, hidden_size: int, vocab_size: int) -> in
 
 
 def _accumulate(acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
-    """acc (float32) += a @ b without a float32 copy of a or b."""
-    if a.dtype == torch.float32:
+    """acc += a @ b without a copy of a or b in acc's dtype (float32, or the weight's own dtype)."""
+    if a.dtype == acc.dtype:
         acc.addmm_(a, b)
     else:
         acc += a @ b
@@ -39,7 +39,7 @@ def _accumulate(acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
 class FusedLinearCrossEntropyFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, target, weight, bias, ignore_index, label_smoothing, reduction, chunk_size,
-                logit_scale=1.0, softcap=0.0):
+                logit_scale=1.0, softcap=0.0, l2_penalty=0.0, grad_in_fp32=True):
         N, D = hidden.shape
         V = weight.shape[0]
         grad_scale, count = grad_scale_and_count(target, ignore_index, reduction)
@@ -47,23 +47,31 @@ class FusedLinearCrossEntropyFunction(torch.autograd.Function):
         need_db = bias is not None and bias.requires_grad
         need_grad = need_dh or need_dw or need_db
         dh = torch.empty_like(hidden) if need_dh else None
-        dw = torch.zeros(V, D, dtype=torch.float32, device=hidden.device) if need_dw else None
-        db = torch.zeros(V, dtype=torch.float32, device=hidden.device) if need_db else None
+        dw = torch.zeros(V, D, dtype=torch.float32 if grad_in_fp32 else weight.dtype,
+                         device=hidden.device) if need_dw else None
+        db = torch.zeros(V, dtype=torch.float32 if grad_in_fp32 else bias.dtype,
+                         device=hidden.device) if need_db else None
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
         for start in range(0, N, chunk_size):
             h_c = hidden[start:start + chunk_size]
             logits = F.linear(h_c, weight, bias).contiguous()
+            if l2_penalty and need_grad:  # L2Warp: the raw logits' row maxima, before the gradient overwrites them
+                peak, where = logits.max(-1, keepdim=True)
             loss = cross_entropy_loss_and_grad(
                 logits, target[start:start + chunk_size], grad_scale, ignore_index, label_smoothing,
                 logits if need_grad else None, logit_scale, softcap,
             )
+            if l2_penalty and need_grad:
+                # a gradient with no loss term: d(raw logit at the row's argmax) += its value * factor / N, for
+                # every row (ignored targets too) whatever the reduction, as fla.modules.l2warp.l2_warp does
+                logits.scatter_add_(-1, where, peak * (l2_penalty / N))
             total += loss.sum()
             if need_dh:
                 torch.mm(logits, weight, out=dh[start:start + chunk_size])
             if need_dw:
                 _accumulate(dw, logits.t(), h_c)
             if need_db:
-                db += logits.sum(0, dtype=torch.float32)
+                db += logits.sum(0, dtype=db.dtype)
             del logits
         ctx.save_for_backward(dh, dw, db)
         ctx.dtypes = (weight.dtype, None if bias is None else bias.dtype)
@@ -83,7 +91,7 @@ class FusedLinearCrossEntropyFunction(torch.autograd.Function):
             dw = dw.mul_(dloss).to(w_dtype)
         if db is not None:
             db = db.mul_(dloss).to(b_dtype)
-        return dh, None, dw, db, None, None, None, None, None, None
+        return dh, None, dw, db, None, None, None, None, None, None, None, None
 
 
 def fused_linear_cross_entropy(
@@ -99,9 +107,18 @@ def fused_linear_cross_entropy(
     *,
     logit_scale: float = 1.0,
     logit_softcapping: float | None = None,
+    use_l2warp: bool = False,
+    l2_penalty_factor: float = 1e-4,
+    accumulate_grad_in_fp32: bool = True,
+    process_group=None,
 ) -> torch.Tensor:
     """`F.cross_entropy(F.linear(hidden, weight, bias), target)` without the full logits (on the logits scaled by
     `logit_scale` and soft-capped at `logit_softcapping`, as in `fused_cross_entropy`).
+
+    `use_l2warp` adds the peer's L2Warp gradient (no change to the loss value): each row's largest raw logit gets
+    `l2_penalty_factor / N` times its value added to its gradient, which keeps bf16 logits from growing
+    overconfident. `accumulate_grad_in_fp32=False` sums the weight and bias gradients in their own dtype.
+    `process_group` (a vocabulary split across tensor-parallel ranks) is not supported: pass None.
 
     Args:
         hidden: [..., D] hidden states (leading dims are flattened to N tokens)
@@ -114,6 +131,7 @@ def fused_linear_cross_entropy(
     """
     check_loss_options(label_smoothing, reduction, REDUCTIONS)
     check_logit_options(logit_scale, logit_softcapping, 0.0)
+    check_linear_options(use_l2warp, l2_penalty_factor, process_group)
     if not isinstance(hidden, torch.Tensor) or hidden.dim() < 2 or not hidden.is_floating_point():
         got = list(hidden.shape) if isinstance(hidden, torch.Tensor) else type(hidden).__name__
         raise ValueError(f"hidden must be a floating-point [N, D] (or [B, T, D]) tensor (got {got})")
@@ -141,8 +159,47 @@ def fused_linear_cross_entropy(
         raise ValueError(f"chunk_size must be >= 1 (got {chunk_size})")
     return FusedLinearCrossEntropyFunction.apply(
         hidden, target.reshape(-1), weight.contiguous(), bias, ignore_index, label_smoothing, reduction, chunk_size,
-        float(logit_scale), float(logit_softcapping or 0.0),
+        float(logit_scale), float(logit_softcapping or 0.0), float(l2_penalty_factor) if use_l2warp else 0.0,
+        bool(accumulate_grad_in_fp32),
     )
+
+
+def check_linear_options(use_l2warp: bool, l2_penalty_factor: float, process_group) -> None:
+    if process_group is not None:
+        raise ValueError("process_group (a vocabulary split across tensor-parallel ranks) is not supported by fla's "
+                         "fused linear cross entropy: pass None and the full [V, D] weight")
+    if use_l2warp and (not isinstance(l2_penalty_factor, (int, float)) or l2_penalty_factor < 0):
+        raise ValueError(f"l2_penalty_factor must be a number >= 0 (got {l2_penalty_factor!r})")
+
+
+def fused_linear_cross_entropy_loss(
+    x: torch.Tensor,
+    target: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    ignore_index: int = -100,
+    label_smoothing: float = 0.0,
+    logit_scale: float = 1.0,
+    logit_softcapping: float | None = None,
+    num_chunks: int = 8,
+    reduction: str = "mean",
+    use_l2warp: bool = False,
+    l2_penalty_factor: float = 1e-4,
+    accumulate_grad_in_fp32: bool = True,
+    process_group=None,
+) -> torch.Tensor:
+    """The peer library's functional form, argument for argument: `fused_linear_cross_entropy` with the peer's
+    positional order (x [N, D], target [N], weight [V, D], bias [V]) and its `num_chunks=8` (at most V / D chunks,
+    so that a chunk of logits is no smaller than x). Returns the float32 scalar loss."""
+    if not isinstance(num_chunks, int) or num_chunks < 1:
+        raise ValueError(f"num_chunks must be an int >= 1 (got {num_chunks!r})")
+    if isinstance(x, torch.Tensor) and isinstance(weight, torch.Tensor) and x.dim() >= 1 and weight.dim() == 2:
+        num_chunks = max(1, min(num_chunks, -(-weight.shape[0] // max(1, x.shape[-1]))))
+    return fused_linear_cross_entropy(
+        x, target, weight, bias, ignore_index, label_smoothing, reduction, None, num_chunks,
+        logit_scale=logit_scale, logit_softcapping=logit_softcapping, use_l2warp=use_l2warp,
+        l2_penalty_factor=l2_penalty_factor, accumulate_grad_in_fp32=accumulate_grad_in_fp32,
+        process_group=process_group)
 
 
 class FusedLinearCrossEntropyLoss(nn.Module):
@@ -152,15 +209,19 @@ class FusedLinearCrossEntropyLoss(nn.Module):
 
     def __init__(
         self, ignore_index: int = -100, label_smoothing: float = 0.0, logit_scale: float = 1.0,
-        logit_softcapping: float | None = None, num_chunks: int | None = None, reduction: str = "mean", *,
-        chunk_size: int | None = None,
+        logit_softcapping: float | None = None, num_chunks: int | None = None, reduction: str = "mean",
+        use_l2warp: bool = False, l2_penalty_factor: float = 1e-4, accumulate_grad_in_fp32: bool = True,
+        process_group=None, *, chunk_size: int | None = None,
     ):
         super().__init__()
         check_loss_options(label_smoothing, reduction, REDUCTIONS)
         check_logit_options(logit_scale, logit_softcapping, 0.0)
+        check_linear_options(use_l2warp, l2_penalty_factor, process_group)
         self.ignore_index, self.label_smoothing, self.reduction = ignore_index, label_smoothing, reduction
         self.logit_scale, self.logit_softcapping = logit_scale, logit_softcapping
         self.chunk_size, self.num_chunks = chunk_size, num_chunks
+        self.use_l2warp, self.l2_penalty_factor = use_l2warp, l2_penalty_factor
+        self.accumulate_grad_in_fp32, self.process_group = accumulate_grad_in_fp32, process_group
 
     def extra_repr(self) -> str:
         return f"ignore_index={self.ignore_index}, label_smoothing={self.label_smoothing}, reduction={self.reduction!r}"
@@ -170,4 +231,6 @@ class FusedLinearCrossEntropyLoss(nn.Module):
         return fused_linear_cross_entropy(
             x, target, weight, bias, self.ignore_index, self.label_smoothing, self.reduction,
             self.chunk_size, self.num_chunks, logit_scale=self.logit_scale, logit_softcapping=self.logit_softcapping,
+            use_l2warp=self.use_l2warp, l2_penalty_factor=self.l2_penalty_factor,
+            accumulate_grad_in_fp32=self.accumulate_grad_in_fp32,
         )

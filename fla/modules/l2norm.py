@@ -10,18 +10,20 @@ import torch.nn as nn
 
 from fla.ops.utils.l2norm import l2_norm
 
-__all__ = ["L2Norm", "l2_norm"]
+__all__ = ["L2Norm", "l2_norm", "l2norm"]
+
+l2norm = l2_norm  # the peer's other name for it
 
 
 class L2Norm(nn.Module):
-    """`forward(x [..., D]) -> x / sqrt(sum(x^2, -1) + eps)` in x's dtype (float32 inside)."""
+    """`forward(x [..., D]) -> x / sqrt(sum(x^2, -1) + eps)` in `output_dtype` (None: x's dtype), float32 inside."""
 
-    def __init__(self, eps: float = 1e-6):
+    def __init__(self, eps: float = 1e-6, output_dtype: torch.dtype | None = None):
         super().__init__()
-        self.eps = eps
+        self.eps, self.output_dtype = eps, output_dtype
 
     def extra_repr(self) -> str:
-        return f"eps={self.eps}"
+        return f"eps={self.eps}" + (f", output_dtype={self.output_dtype}" if self.output_dtype is not None else "")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return l2_norm(x, self.eps)
+        return l2_norm(x, self.eps, self.output_dtype)

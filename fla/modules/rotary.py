@@ -190,7 +190,11 @@ class RotaryEmbedding(nn.Module):
     def extra_repr(self) -> str:
         return f"dim={self.dim}, base={self.base}, interleaved={self.interleaved}"
 
-    def forward(self, q, k, seqlen_offset=0, cu_seqlens=None, max_seqlen=None):
+    def forward(self, q, k, seqlen_offset=0, cu_seqlens=None, max_seqlen=None, chunk_indices=None):
+        """q [B, T, HQ, D], k [B, T, H, D] -> both rotated at their positions (t + seqlen_offset, or the position
+        inside each cu_seqlens document plus its offset). chunk_indices is the peer's precomputed (sequence, block)
+        index of cu_seqlens; it is accepted for its call form and not needed: the varlen index is built once per
+        cu_seqlens and memoized (`fla.ops.utils.index.varlen_index`)."""
         for name, t in (("q", q), ("k", k)):
             if not isinstance(t, torch.Tensor) or t.dim() != 4 or t.shape[-1] < self.dim:
                 got = list(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__

@@ -212,6 +212,8 @@ def modules(x: Inputs):
     backward(rope(q, q, seqlen_offset=offsets, cu_seqlens=x.cu_seqlens))
     backward(M.swiglu(a, b))
     backward(M.L2Norm()(a))
+    from fla.modules.mlp import powglu_linear
+    backward(powglu_linear(a, b, torch.randn(D, D, dtype=dt, requires_grad=True), None))
 
 
 # Variant-major: a run cut short by its time budget has compiled every family in bfloat16 first.

@@ -253,3 +253,55 @@ def test_linear_cross_entropy_logit_scale_and_softcap(backend):
     assert_close("loss", loss, want, 1e-5)
     assert_close("dh", h.grad, h_ref.grad, 1e-5)
     assert_close("dw", w.grad, w_ref.grad, 1e-5)
+
+
+def l2warp_reference(loss, logits, factor):
+    """The peer's L2Warp on full logits [N, V]: the loss unchanged, each row's max logit gets factor / N * max."""
+    peak, where = logits.detach().max(-1, keepdim=True)
+    extra = torch.zeros_like(logits).scatter_(-1, where, peak * factor / logits.shape[0])
+    return loss + (logits * extra).sum() - (logits * extra).sum().detach()
+
+
+@pytest.mark.parametrize("backend", ["triton", "torch"])
+def test_linear_cross_entropy_l2warp_and_half_accumulation(backend):
+    seed("flce-l2warp", backend)
+    N, D, V = 37, 16, 80
+    h, w, b = torch.randn(N, D), torch.randn(V, D) / 4, torch.randn(V)
+    target = targets(N, V, 5)
+    leaves = [t.clone().requires_grad_() for t in (h, w, b)]
+    logits = F.linear(*[t.double() for t in leaves])
+    ref = l2warp_reference(F.cross_entropy(logits, target, reduction="sum"), logits, 0.3)
+    want = torch.autograd.grad(1.5 * ref, leaves)
+    mine = [t.clone().requires_grad_() for t in (h, w, b)]
+    with use_backend(backend), poisoned_empty():
+        loss = FusedLinearCrossEntropyLoss(-100, 0.0, 1.0, None, 3, "sum", True, 0.3)(mine[0], target, mine[1], mine[2])
+        got = torch.autograd.grad(1.5 * loss, mine)
+    assert_close("loss", loss, ref, 1e-6)  # L2Warp changes gradients only
+    for name, g, r in zip(("dh", "dw", "db"), got, want):
+        assert_close(name, g, r, 1e-5)
+    # accumulate_grad_in_fp32=False: weight gradients summed in float16, close to the float32 sums
+    half = [t.half().clone().requires_grad_() for t in (h, w, b)]
+    with use_backend(backend):
+        loss = fused_linear_cross_entropy(half[0], target, half[1], half[2], chunk_size=8,
+                                          accumulate_grad_in_fp32=False)
+        dw, db = torch.autograd.grad(loss, half[1:])
+    logits = F.linear(*[t.double() for t in half])
+    dw_ref, db_ref = torch.autograd.grad(F.cross_entropy(logits, target), half[1:])
+    assert dw.dtype == db.dtype == torch.float16
+    assert_close("dw fp16", dw, dw_ref, 5e-3)
+    assert_close("db fp16", db, db_ref, 5e-3)
+
+
+def test_linear_cross_entropy_peer_functional_form_and_refusals():
+    from fla.modules.fused_linear_cross_entropy import fused_linear_cross_entropy_loss
+    seed("flce-peer-form")
+    h, w, target = torch.randn(30, 8), torch.randn(50, 8), torch.randint(0, 50, (30,))
+    with use_backend("torch"):
+        got = fused_linear_cross_entropy_loss(h, target, w, None, -100, 0.0, 0.5)
+    assert_close("loss", got, F.cross_entropy(0.5 * h @ w.t(), target), 1e-6)
+    with pytest.raises(ValueError, match="process_group"):
+        FusedLinearCrossEntropyLoss(process_group=object())
+    with pytest.raises(ValueError, match="process_group"):
+        fused_linear_cross_entropy(h, target, w, process_group=object())
+    with pytest.raises(ValueError, match="l2_penalty_factor"):
+        FusedLinearCrossEntropyLoss(use_l2warp=True, l2_penalty_factor=-1.0)

@@ -45,11 +45,11 @@ def l2norm_bwd_kernel(x, rstd, dy, dx, N, D: tl.constexpr, BD: tl.constexpr, BR:
     tl.store(dx + offs, b_dx.to(dx.dtype.element_ty), mask=m)
 
 
-def _l2norm_fwd_triton(x, eps):
+def _l2norm_fwd_triton(x, eps, output_dtype=None):
     D = x.shape[-1]
     x2 = x.reshape(-1, D)
     N = x2.shape[0]
-    y = torch.empty_like(x2)
+    y = torch.empty_like(x2, dtype=output_dtype or x.dtype)
     rstd = torch.empty(N, device=x.device, dtype=torch.float32)
     if N > 0:
         l2norm_fwd_kernel[lambda meta: (triton.cdiv(N, meta["BR"]),)](
@@ -68,10 +68,10 @@ def _l2norm_bwd_triton(x, rstd, dy):
     return dx.view_as(x)
 
 
-def _l2norm_fwd_torch(x, eps):
+def _l2norm_fwd_torch(x, eps, output_dtype=None):
     xf = x.float()
     rstd = torch.rsqrt(xf.pow(2).sum(-1) + eps)
-    return (xf * rstd[..., None]).to(x.dtype), rstd.reshape(-1)
+    return (xf * rstd[..., None]).to(output_dtype or x.dtype), rstd.reshape(-1)
 
 
 def _l2norm_bwd_torch(x, rstd, dy):
@@ -88,26 +88,29 @@ l2norm_bwd = dispatch(_l2norm_bwd_triton, _l2norm_bwd_torch)
 class L2NormFunction(torch.autograd.Function):
 
     @staticmethod
-    def forward(ctx, x, eps):
+    def forward(ctx, x, eps, output_dtype=None):
         x = x.contiguous()
-        y, rstd = l2norm_fwd(x, eps)
+        y, rstd = l2norm_fwd(x, eps, output_dtype)
         ctx.save_for_backward(x, rstd)
         return y
 
     @staticmethod
     def backward(ctx, dy):
         x, rstd = ctx.saved_tensors
-        return l2norm_bwd(x, rstd, dy), None
+        return l2norm_bwd(x, rstd, dy), None, None  # dx in x's dtype, whatever the output's
 
 
-def l2_norm(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+def l2_norm(x: torch.Tensor, eps: float = 1e-6, output_dtype: torch.dtype | None = None) -> torch.Tensor:
     """`x / sqrt(sum(x^2, -1) + eps)`, differentiable.
 
     Args:
         x: [..., D] any float dtype (computed in float32), D <= 65536
+        output_dtype: the result's dtype (None: x's), written from the float32 result (not a cast of a rounded one)
     Returns:
-        [..., D] in x's dtype
+        [..., D] in output_dtype or x's dtype; the gradient comes back in x's dtype
     """
     if not isinstance(x, torch.Tensor) or not x.is_floating_point():
         raise ValueError(f"x must be a floating-point torch.Tensor (got {getattr(x, 'dtype', type(x).__name__)})")
-    return L2NormFunction.apply(x, eps)
+    if output_dtype is not None and (not isinstance(output_dtype, torch.dtype) or not output_dtype.is_floating_point):
+        raise ValueError(f"output_dtype must be None or a floating torch.dtype (got {output_dtype!r})")
+    return L2NormFunction.apply(x, eps, output_dtype)
