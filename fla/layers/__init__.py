@@ -11,3 +11,8 @@ from fla.layers.multiscale_retention import MultiScaleRetention
 __all__ = [
     "Attention", "DeltaNet", "GatedDeltaNet", "GatedLinearAttention", "LinearAttention", "MultiScaleRetention",
 ]
+
+from fla.layers.forgetting_attn import ForgettingAttention  # noqa: E402
+from fla.layers.mamba2 import Mamba2  # noqa: E402
+
+__all__ += ["ForgettingAttention", "Mamba2"]
