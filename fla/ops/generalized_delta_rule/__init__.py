@@ -1,0 +1,5 @@
+from fla.ops.generalized_delta_rule.chunk import chunk_dplr_delta_rule
+from fla.ops.generalized_delta_rule.fused_recurrent import fused_recurrent_dplr_delta_rule
+from fla.ops.generalized_delta_rule.naive import dplr_recurrence
+
+__all__ = ["chunk_dplr_delta_rule", "dplr_recurrence", "fused_recurrent_dplr_delta_rule"]

@@ -1,0 +1,212 @@
+"""The DPLR delta rule in chunks (training path), composed from `fla/ops/utils/dplr.py` and `dplr_h.py`.
+
+    S_t = diag(exp(gk_t)) S_{t-1} + b_t^T (a_t S_{t-1}) + k_t^T v_t,   o_t = scale * q_t S_t   (state [K, V])
+Forward: Gi = chunk-local cumsum of gk; the chunk matrices and gated rows (`dplr_fwd_intra`); the state pass, which
+also gives the low-rank reads u (`dplr_fwd_h`); the output (`dplr_fwd_o`). Backward recomputes those, then walks the
+states backwards (`dplr_bwd_dh`: dh and z = Tm^T du), and finishes per chunk (`dplr_bwd_dv`, `dplr_bwd_intra`); the
+raw gate gradient is a reverse chunk-local cumsum. On a plain CPU the same function runs as a chunked PyTorch form
+(`_chunk_dplr_torch`) that autograd differentiates.
+"""
+from __future__ import annotations
+
+import torch
+
+from fla.ops.utils.checks import (check_cu_seqlens, check_head_dim, check_initial_state, check_scale, check_tensor,
+                                  normalize_inputs)
+from fla.ops.utils.cumsum import chunk_local_cumsum
+from fla.ops.utils.dispatch import get_backend
+from fla.ops.utils.dplr import dplr_bwd_intra, dplr_fwd_intra
+from fla.ops.utils.dplr_h import dplr_bwd_dh, dplr_bwd_dv, dplr_fwd_h, dplr_fwd_o
+from fla.ops.utils.index import sequence_spans
+
+CHUNK_SIZE = 16
+
+
+def check_dplr_inputs(q, k, v, a, b, gk, scale, initial_state, cu_seqlens) -> int:
+    """The DPLR family's input checks; returns the number of sequences N."""
+    check_tensor("q", q, "[B, T, H, K]", (None, None, None, None))
+    B, T, H, K = q.shape
+    check_head_dim("q", K)
+    for name, x in (("k", k), ("a", a), ("b", b)):
+        check_tensor(name, x, "[B, T, H, K]", (B, T, H, K), (q.dtype,), q.device)
+    check_tensor("v", v, "[B, T, H, V]", (B, T, H, None), (q.dtype,), q.device)
+    check_head_dim("v", v.shape[-1])
+    check_tensor("gk", gk, "[B, T, H, K]", (B, T, H, K), device=q.device)
+    check_scale(scale)
+    N = B if cu_seqlens is None else check_cu_seqlens(cu_seqlens, B, T)
+    check_initial_state(initial_state, N, (H, K, v.shape[-1]), "[N, H, K, V]", q.device)
+    return N
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Triton path
+# ------------------------------------------------------------------------------------------------------------------
+
+def _forward_parts(q, k, v, a, b, gk, scale, initial_state, output_final_state, cu_seqlens, chunk_size):
+    gk = gk.float()
+    gi = chunk_local_cumsum(gk, chunk_size, cu_seqlens=cu_seqlens)
+    qs = q.float() * scale
+    Aqk, Aqb, Aak, Tm, Au, w, qg, kd, bd, ag = dplr_fwd_intra(qs, k, a, b, gi, gk, cu_seqlens, chunk_size)
+    h, u, ht = dplr_fwd_h(v, w, kd, bd, Au, gi, initial_state, output_final_state, cu_seqlens, chunk_size)
+    return dict(gk=gk, gi=gi, qs=qs, Aqk=Aqk, Aqb=Aqb, Aak=Aak, Tm=Tm, qg=qg, kd=kd, bd=bd, ag=ag, h=h, u=u, ht=ht)
+
+
+def chunk_dplr_fwd(q, k, v, a, b, gk, scale, initial_state, output_final_state, cu_seqlens, chunk_size=CHUNK_SIZE):
+    """-> (o [B, T, H, V] in v's dtype, final state float32 or None)."""
+    p = _forward_parts(q, k, v, a, b, gk, scale, initial_state, output_final_state, cu_seqlens, chunk_size)
+    o = dplr_fwd_o(p["qg"], v, p["u"], p["h"], p["Aqk"], p["Aqb"], cu_seqlens, chunk_size)
+    return o, p["ht"]
+
+
+def chunk_dplr_bwd(q, k, v, a, b, gk, scale, initial_state, do, dht, cu_seqlens, chunk_size=CHUNK_SIZE):
+    """Gradients (dq, dk, dv, da, db, dgk, dh0), float32; everything the forward made is recomputed."""
+    p = _forward_parts(q, k, v, a, b, gk, scale, initial_state, False, cu_seqlens, chunk_size)
+    dh, z, dh0 = dplr_bwd_dh(p["qg"], p["ag"], p["bd"], do, p["Aqb"], p["Tm"], p["gi"], initial_state, dht,
+                             cu_seqlens, chunk_size)
+    dv = dplr_bwd_dv(p["kd"], do, z, dh, p["Aqk"], p["Aak"], cu_seqlens, chunk_size)
+    dq, dk, da, db, dgs, dge = dplr_bwd_intra(p["qs"], k, a, b, p["gi"], p["gk"], v, p["u"], z, do, p["h"], dh,
+                                              cu_seqlens, chunk_size)
+    dgk = chunk_local_cumsum(dgs, chunk_size, reverse=True, cu_seqlens=cu_seqlens) - dge
+    return dq * scale, dk, dv, da, db, dgk, dh0
+
+
+class ChunkDPLRDeltaRuleFunction(torch.autograd.Function):
+
+    @staticmethod
+    def forward(ctx, q, k, v, a, b, gk, scale, initial_state, output_final_state, cu_seqlens):
+        o, ht = chunk_dplr_fwd(q, k, v, a, b, gk, scale, initial_state, output_final_state, cu_seqlens)
+        ctx.save_for_backward(q, k, v, a, b, gk, initial_state, cu_seqlens)
+        ctx.scale = scale
+        return o, ht
+
+    @staticmethod
+    def backward(ctx, do, dht):
+        return dplr_backward(ctx, do, dht)
+
+
+def dplr_backward(ctx, do, dht):
+    """The backward shared by the chunk and fused_recurrent functions (same saved tensors, same math)."""
+    q, k, v, a, b, gk, initial_state, cu_seqlens = ctx.saved_tensors
+    dq, dk, dv, da, db, dgk, dh0 = chunk_dplr_bwd(q, k, v, a, b, gk, ctx.scale, initial_state, do.contiguous(),
+                                                  dht.contiguous() if dht is not None else None, cu_seqlens)
+    grads = (dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), da.to(a.dtype), db.to(b.dtype), dgk.to(gk.dtype))
+    return (*grads, None, dh0, None, None)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# PyTorch path (plain CPU): the same chunk equations on padded chunks, one sequence at a time, autograd backward
+# ------------------------------------------------------------------------------------------------------------------
+
+def _one_sequence_torch(q, k, v, a, b, gk, S, chunk_size):
+    """q..gk: [H, L, *] float32 (q scaled); S: [H, K, V] float32. Returns (o [H, L, V], final S)."""
+    H, L, K = q.shape
+    BT = chunk_size
+    pad = (-L) % BT
+
+    def chunks(x):
+        x = torch.nn.functional.pad(x, (0, 0, 0, pad))  # zero rows: no write, no read, no decay
+        return x.view(H, -1, BT, x.shape[-1])
+
+    q, k, v, a, b, gk = (chunks(x) for x in (q, k, v, a, b, gk))
+    incl = torch.ones(BT, BT, dtype=torch.bool, device=q.device).tril()
+    strict = incl.tril(-1)
+    eye = torch.eye(BT, device=q.device)
+    outs = []
+    for c in range(q.shape[1]):
+        qc, kc, vc, ac, bc = q[:, c], k[:, c], v[:, c], a[:, c], b[:, c]
+        gi = gk[:, c].cumsum(1)
+        ge = gi - gk[:, c]
+        gl = gi[:, -1]
+        # [H, t, s, K] decays, -inf off the causal part before the exp (see dplr.py)
+        ei = torch.where(incl[:, :, None], gi[:, :, None] - gi[:, None], float("-inf")).exp()
+        ee = torch.where(strict[:, :, None], ge[:, :, None] - gi[:, None], float("-inf")).exp()
+        Aqk = torch.einsum("htk,hsk,htsk->hts", qc, kc, ei)
+        Aqb = torch.einsum("htk,hsk,htsk->hts", qc, bc, ei)
+        Aak = torch.einsum("htk,hsk,htsk->hts", ac, kc, ee)
+        Aab = torch.einsum("htk,hsk,htsk->hts", ac, bc, ee)
+        rhs = Aak @ vc + (ac * ge.exp()) @ S
+        u = torch.linalg.solve_triangular(eye - Aab, rhs, upper=False, unitriangular=True)
+        outs.append((qc * gi.exp()) @ S + Aqk @ vc + Aqb @ u)
+        dl = (gl[:, None] - gi).exp()
+        S = gl.exp()[..., None] * S + (kc * dl).transpose(1, 2) @ vc + (bc * dl).transpose(1, 2) @ u
+    return torch.cat(outs, 1)[:, :L], S
+
+
+def _chunk_dplr_torch(q, k, v, a, b, gk, scale, initial_state, output_final_state, cu_seqlens,
+                      chunk_size=CHUNK_SIZE):
+    B, T, H, K = q.shape
+    V = v.shape[-1]
+    qs = q.float() * scale
+    xs = [x.float().transpose(1, 2) for x in (qs, k, v, a, b, gk)]  # [B, H, T, *]
+    outs, finals = [], []
+    for i, (n, bos, eos) in enumerate(sequence_spans(cu_seqlens, B, T)):
+        S = initial_state[i].float() if initial_state is not None else q.new_zeros(H, K, V, dtype=torch.float32)
+        if eos > bos:
+            o, S = _one_sequence_torch(*(x[n, :, bos:eos] for x in xs), S, chunk_size)
+            outs.append((n, o))
+        finals.append(S)
+    if cu_seqlens is None:
+        o = torch.stack([o for _, o in outs])
+    else:
+        o = torch.cat([o for _, o in outs], 1)[None] if outs else q.new_zeros(1, H, 0, V, dtype=torch.float32)
+    o = o.transpose(1, 2).to(v.dtype)
+    return o, (torch.stack(finals) if output_final_state else None)
+
+
+def dplr_family(q, k, v, a, b, gk, scale, initial_state, output_final_state, cu_seqlens, function):
+    """Shared body of the chunk and fused_recurrent ops after the checks: the backend, then `function` (Triton)."""
+    scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
+    if get_backend(q) == "torch":
+        return _chunk_dplr_torch(q, k, v, a, b, gk, scale, initial_state, output_final_state, cu_seqlens)
+    if initial_state is not None:
+        initial_state = initial_state.contiguous()
+    return function.apply(q, k, v, a, b, gk, scale, initial_state, output_final_state, cu_seqlens)
+
+
+@normalize_inputs
+def chunk_dplr_delta_rule(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    a: torch.Tensor,
+    b: torch.Tensor,
+    gk: torch.Tensor,
+    scale: float | None = None,
+    initial_state: torch.Tensor | None = None,
+    output_final_state: bool = False,
+    cu_seqlens: torch.Tensor | None = None,
+    cu_seqlens_cpu: torch.Tensor | None = None,
+    safe_gate: bool = False,
+    chunk_size: int | None = None,
+    disable_recompute: bool = False,
+    cp_context: object | None = None,
+    lower_bound: float | None = None,
+    **kwargs,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The DPLR delta rule (`S_t = diag(exp(gk_t)) S_{t-1} + b_t^T (a_t S_{t-1}) + k_t^T v_t`, `o_t = scale q_t S_t`;
+    in the peer's value-first words S_t = S_{t-1} (D_t + a_t b_t^T) + v_t k_t^T), chunk-parallel; differentiable.
+
+    Args:
+        q, k, a, b: [B, T, H, K]; v: [B, T, H, V]
+        gk: [B, T, H, K] log decays (<= 0)
+        scale: defaults to K ** -0.5
+        initial_state: [N, H, K, V] float32 (N = B, or the number of sequences under cu_seqlens)
+        cu_seqlens: [N + 1] int, packed sequences, B must be 1; cu_seqlens_cpu: the same on the host (optional)
+        safe_gate, chunk_size, disable_recompute, lower_bound: the peer's tuning options; accepted, and the results
+            do not depend on them (chunks are 16 tokens; the decays are formed so that any gate is safe)
+        cp_context: context parallelism is not supported (must be None)
+    Returns:
+        o: [B, T, H, V]; final_state: [N, H, K, V] float32 or None
+    """
+    if "head_first" in kwargs:
+        raise ValueError("head_first was removed: pass [B, T, H, ...] tensors (x.transpose(1, 2) a head-first one)")
+    if kwargs:
+        raise ValueError(f"unexpected arguments {sorted(kwargs)} for chunk_dplr_delta_rule")
+    if cp_context is not None:
+        raise ValueError("cp_context (context parallelism) is not supported: pass cp_context=None")
+    if lower_bound is not None and lower_bound >= 0:
+        raise ValueError(f"lower_bound must be negative (gk is a log decay < 0), got {lower_bound}")
+    check_dplr_inputs(q, k, v, a, b, gk, scale, initial_state, cu_seqlens)
+    o, ht = dplr_family(q, k, v, a, b, gk, scale, initial_state, output_final_state, cu_seqlens,
+                        ChunkDPLRDeltaRuleFunction)
+    return o, (ht if output_final_state else None)
