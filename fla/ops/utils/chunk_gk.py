@@ -147,13 +147,16 @@ def chunk_gk_fwd_o_kernel(
     tl.store(o + offs_v, (b_o * scale).to(o.dtype.element_ty), mask=m_rv)
 
 
-@triton.heuristics({"IS_VARLEN": lambda args: args["cu_seqlens"] is not None})
-@autotune(_CONFIGS, key=["H", "K", "V", "BT", "BK", "BV"])
+@triton.heuristics({
+    "HAS_DH": lambda args: args["dh"] is not None,
+    "IS_VARLEN": lambda args: args["cu_seqlens"] is not None,
+})
+@autotune(_CONFIGS, key=["H", "K", "V", "BT", "BK", "BV", "HAS_DH"])
 @triton.jit
 def chunk_gk_bwd_dv_kernel(
     q, k, g, do, dh, dv, cu_seqlens, chunk_indices, scale, T,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr,
-    BK: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr, IS_VARLEN: tl.constexpr,
+    BK: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr, HAS_DH: tl.constexpr, IS_VARLEN: tl.constexpr,
 ):
     # grid: (chunks * sub-chunks, V blocks, B * H); rows of sub-chunk i play the key role s:
     # dv_i = (k_i * exp(G_L - G_i)) dh + scale * sum_{j >= i} A_ji^T do_j
@@ -181,7 +184,6 @@ def chunk_gk_bwd_dv_kernel(
     m_v = o_v < V
     rows = s0 + o_c
     m_r = rows < T
-    p_dh = dh + (i_tg * H + i_h) * K * V
 
     b_dv = tl.zeros([BC, BV], dtype=tl.float32)
     b_At = tl.zeros([BC, BC], dtype=tl.float32)  # diagonal block, transposed: b_At[s, t] = A_ts
@@ -194,10 +196,12 @@ def chunk_gk_bwd_dv_kernel(
         b_q = tl.load(q + offs, mask=m_rk, other=0.).to(tl.float32)
         b_k = tl.load(k + offs, mask=m_rk, other=0.).to(tl.float32)
         b_g = tl.load(g + offs, mask=m_rk, other=0.).to(tl.float32)
-        b_gl = tl.load(g + (bos + last) * HK + i_h * K + o_kk, mask=m_k, other=0.).to(tl.float32)
-        b_dh = tl.load(p_dh + o_kk[:, None] * V + o_v[None, :], mask=m_k[:, None] & m_v[None, :], other=0.)
-        b_kl = b_k * tl.exp(tl.where(m_rk, b_gl[None, :] - b_g, float("-inf")))
-        b_dv += tl.dot(b_kl.to(b_dh.dtype), b_dh, input_precision=PREC)
+        if HAS_DH:  # without dh (the delta rule's state pass adds that term itself): the intra part only
+            b_gl = tl.load(g + (bos + last) * HK + i_h * K + o_kk, mask=m_k, other=0.).to(tl.float32)
+            b_dh = tl.load(dh + (i_tg * H + i_h) * K * V + o_kk[:, None] * V + o_v[None, :],
+                           mask=m_k[:, None] & m_v[None, :], other=0.)
+            b_kl = b_k * tl.exp(tl.where(m_rk, b_gl[None, :] - b_g, float("-inf")))
+            b_dv += tl.dot(b_kl.to(b_dh.dtype), b_dh, input_precision=PREC)
         # [s, t, k], -inf where s > t before the exp
         b_d = tl.exp(tl.where(m_tri[:, :, None], b_g[None, :, :] - b_g[:, None, :], float("-inf")))
         b_At += tl.sum(b_k[:, None, :] * b_q[None, :, :] * b_d, axis=2)
@@ -341,15 +345,19 @@ def chunk_gk_bwd_dqk_intra_kernel(
     tl.store(dk + offs, b_dk, mask=m_rk)
 
 
-@triton.heuristics({"IS_VARLEN": lambda args: args["cu_seqlens"] is not None})
-@autotune(_INTER_CONFIGS, key=["H", "K", "V", "BT", "BK", "BV"])
+@triton.heuristics({
+    "HAS_DW": lambda args: args["dw"] is not None,
+    "IS_VARLEN": lambda args: args["cu_seqlens"] is not None,
+})
+@autotune(_INTER_CONFIGS, key=["H", "K", "V", "BT", "BK", "BV", "HAS_DW"])
 @triton.jit
 def chunk_gk_bwd_dqkg_inter_kernel(
-    q, k, v, g, h, do, dh, dq_intra, dk_intra, dq, dk, dg, cu_seqlens, chunk_indices, scale, T,
+    q, k, v, g, h, do, dh, dq_intra, dk_intra, dq, dk, dg, dv, dw, cu_seqlens, chunk_indices, scale, T,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
-    BK: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr, IS_VARLEN: tl.constexpr,
+    BK: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr, HAS_DW: tl.constexpr, IS_VARLEN: tl.constexpr,
 ):
     # grid: (chunks, K blocks, B * H); adds the inter-chunk parts to dq, dk and forms dg for a whole chunk.
+    # HAS_DW (delta rule: v = u - w h was fed to the state): also dw = -(dv h^T), dv the full gradient of v.
     i_t, i_k, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_b, i_h = i_bh // H, i_bh % H
     if IS_VARLEN:
@@ -372,6 +380,7 @@ def chunk_gk_bwd_dqkg_inter_kernel(
     b_dq = tl.zeros([BT, BK], dtype=tl.float32)  # do h^T
     b_dk = tl.zeros([BT, BK], dtype=tl.float32)  # v dh^T
     b_hdh = tl.zeros([BK], dtype=tl.float32)     # sum_v h * dh
+    b_dw = tl.zeros([BT, BK], dtype=tl.float32)  # dv h^T (HAS_DW)
     for i_v in range(tl.cdiv(V, BV)):
         o_vv = i_v * BV + o_v
         m_v = o_vv < V
@@ -385,6 +394,9 @@ def chunk_gk_bwd_dqkg_inter_kernel(
         b_dq += tl.dot(b_do.to(b_h.dtype), tl.trans(b_h), input_precision=PREC)
         b_dk += tl.dot(b_v.to(b_dh.dtype), tl.trans(b_dh), input_precision=PREC)
         b_hdh += tl.sum(b_h.to(tl.float32) * b_dh.to(tl.float32), axis=1)
+        if HAS_DW:
+            b_dvn = tl.load(dv + offs_v, mask=m_rv, other=0.)
+            b_dw += tl.dot(b_dvn.to(b_h.dtype), tl.trans(b_h), input_precision=PREC)
 
     offs = (bos + rows)[:, None] * HK + i_h * K + o_kk[None, :]
     b_q = tl.load(q + offs, mask=m_rk, other=0.).to(tl.float32)
@@ -403,6 +415,8 @@ def chunk_gk_bwd_dqkg_inter_kernel(
     tl.store(dq + offs, b_dq.to(dq.dtype.element_ty), mask=m_rk)
     tl.store(dk + offs, b_dk.to(dk.dtype.element_ty), mask=m_rk)
     tl.store(dg + offs, b_dg.to(dg.dtype.element_ty), mask=m_rk)
+    if HAS_DW:
+        tl.store(dw + offs, (-b_dw).to(dw.dtype.element_ty), mask=m_rk)
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -437,14 +451,15 @@ def _bwd_dv_triton(q, k, g, do, dh, scale, cu_seqlens=None, chunk_size=64):
     return dv
 
 
-def _bwd_dqkg_triton(q, k, v, g, h, do, dh, scale, cu_seqlens=None, chunk_size=64, g_dtype=None):
+def _bwd_dqkg_triton(q, k, v, g, h, do, dh, scale, cu_seqlens=None, chunk_size=64, g_dtype=None, dv=None):
     B, T, H, K = q.shape
     V = v.shape[-1]
     dq, dk = torch.empty_like(q), torch.empty_like(k)
     dg = torch.empty_like(g, dtype=g_dtype or g.dtype)
+    dw = torch.empty_like(k) if dv is not None else None
     chunk_indices, NT = _chunks(cu_seqlens, T, chunk_size)
     if NT == 0:
-        return dq, dk, dg
+        return (dq, dk, dg) if dv is None else (dq, dk, dg, dw)
     BK, BV = _block(K, 32), _block(V)
     dA = q.new_empty(B, T, H, chunk_size, dtype=torch.float32)
     chunk_gk_bwd_dA_kernel[(NT, B * H)](v, do, dA, cu_seqlens, chunk_indices, scale, T, H=H, V=V, BT=chunk_size,
@@ -457,9 +472,35 @@ def _bwd_dqkg_triton(q, k, v, g, h, do, dh, scale, cu_seqlens=None, chunk_size=6
         PREC=_precision(q))
     BK = _block(K)
     chunk_gk_bwd_dqkg_inter_kernel[(NT, triton.cdiv(K, BK), B * H)](
-        q, k, v, g, h, do, dh, dq_intra, dk_intra, dq, dk, dg, cu_seqlens, chunk_indices, scale, T, H=H, K=K, V=V,
-        BT=chunk_size, BK=BK, BV=BV, PREC=_precision(q))
-    return dq, dk, dg
+        q, k, v, g, h, do, dh, dq_intra, dk_intra, dq, dk, dg, dv, dw, cu_seqlens, chunk_indices, scale, T, H=H, K=K,
+        V=V, BT=chunk_size, BK=BK, BV=BV, PREC=_precision(q))
+    return (dq, dk, dg) if dv is None else (dq, dk, dg, dw)
+
+
+def _dqk_intra_triton(q, k, g, dA, cu_seqlens=None, chunk_size=64):
+    B, T, H, K = q.shape
+    dq = torch.empty_like(q, dtype=torch.float32)
+    dk = torch.empty_like(k, dtype=torch.float32)
+    chunk_indices, NT = _chunks(cu_seqlens, T, chunk_size)
+    if NT == 0:
+        return dq, dk
+    BK = _block(K, 32)
+    chunk_gk_bwd_dqk_intra_kernel[(NT * (chunk_size // BC), triton.cdiv(K, BK), B * H)](
+        q, k, g, dA, dq, dk, cu_seqlens, chunk_indices, T, H=H, K=K, BT=chunk_size, BC=BC, BK=BK,
+        PREC=_precision(q))
+    return dq, dk
+
+
+def _dqk_intra_torch(q, k, g, dA, cu_seqlens=None, chunk_size=64):
+    dq = torch.empty_like(q, dtype=torch.float32)
+    dk = torch.empty_like(k, dtype=torch.float32)
+    for b, start, end, _ in _torch_chunks(q, cu_seqlens, chunk_size):
+        qc, kc, gc = (x[b, start:end].float() for x in (q, k, g))
+        D = _decay(gc)
+        dAc = dA[b, start:end, :, :end - start].float()  # [t, H, s]
+        dq[b, start:end] = torch.einsum("ths,shk,tshk->thk", dAc, kc, D)
+        dk[b, start:end] = torch.einsum("ths,thk,tshk->shk", dAc, qc, D)
+    return dq, dk
 
 
 def _torch_chunks(x, cu_seqlens, chunk_size):
@@ -495,14 +536,17 @@ def _bwd_dv_torch(q, k, g, do, dh, scale, cu_seqlens=None, chunk_size=64):
     for b, start, end, c in _torch_chunks(q, cu_seqlens, chunk_size):
         qc, kc, gc, doc = (x[b, start:end].float() for x in (q, k, g, do))
         A = torch.einsum("thk,shk,tshk->hts", qc, kc, _decay(gc))
-        inter = torch.einsum("shk,hkv->shv", kc * (gc[-1] - gc).exp(), dh[b, c].float())
-        dv[b, start:end] = (inter + scale * torch.einsum("hts,thv->shv", A, doc)).to(dv.dtype)
+        out = scale * torch.einsum("hts,thv->shv", A, doc)
+        if dh is not None:
+            out = out + torch.einsum("shk,hkv->shv", kc * (gc[-1] - gc).exp(), dh[b, c].float())
+        dv[b, start:end] = out.to(dv.dtype)
     return dv
 
 
-def _bwd_dqkg_torch(q, k, v, g, h, do, dh, scale, cu_seqlens=None, chunk_size=64, g_dtype=None):
+def _bwd_dqkg_torch(q, k, v, g, h, do, dh, scale, cu_seqlens=None, chunk_size=64, g_dtype=None, dv=None):
     dq, dk = torch.empty_like(q), torch.empty_like(k)
     dg = torch.empty_like(g, dtype=g_dtype or g.dtype)
+    dw = torch.empty_like(k) if dv is not None else None
     for b, start, end, c in _torch_chunks(q, cu_seqlens, chunk_size):
         qc, kc, vc, gc, doc = (x[b, start:end].float() for x in (q, k, v, g, do))
         hc, dhc = h[b, c].float(), dh[b, c].float()
@@ -515,12 +559,15 @@ def _bwd_dqkg_torch(q, k, v, g, h, do, dh, scale, cu_seqlens=None, chunk_size=64
         dG = qc * dqc - kc * dkc
         dq[b, start:end], dk[b, start:end] = dqc.to(dq.dtype), dkc.to(dk.dtype)
         dg[b, start:end] = (dG.flip(0).cumsum(0).flip(0) + last).to(dg.dtype)
-    return dq, dk, dg
+        if dv is not None:
+            dw[b, start:end] = (-torch.einsum("thv,hkv->thk", dv[b, start:end].float(), hc)).to(dw.dtype)
+    return (dq, dk, dg) if dv is None else (dq, dk, dg, dw)
 
 
 _chunk_gk_fwd_o = dispatch(_fwd_o_triton, _fwd_o_torch)
 _chunk_gk_bwd_dv = dispatch(_bwd_dv_triton, _bwd_dv_torch)
 _chunk_gk_bwd_dqkg = dispatch(_bwd_dqkg_triton, _bwd_dqkg_torch)
+_chunk_gk_bwd_dqk_intra = dispatch(_dqk_intra_triton, _dqk_intra_torch)
 
 
 def chunk_gk_fwd_o(
@@ -551,12 +598,13 @@ def chunk_gk_bwd_dv(
     k: torch.Tensor,
     g: torch.Tensor,
     do: torch.Tensor,
-    dh: torch.Tensor,
+    dh: torch.Tensor | None,
     scale: float,
     cu_seqlens: torch.Tensor | None = None,
     chunk_size: int = 64,
 ) -> torch.Tensor:
-    """dv [B, T, H, V] (do's dtype): intra-chunk A^T do plus (k exp(G_L - G)) dh, with dh from `chunk_bwd_dh`."""
+    """dv [B, T, H, V] (do's dtype): intra-chunk A^T do plus (k exp(G_L - G)) dh, with dh from `chunk_bwd_dh`.
+    dh = None gives the intra-chunk part alone (the delta rule's state pass, `delta_h.py`, adds the other)."""
     return _chunk_gk_bwd_dv(q, k, g, do, dh, scale, cu_seqlens, chunk_size)
 
 
@@ -572,7 +620,8 @@ def chunk_gk_bwd_dqkg(
     cu_seqlens: torch.Tensor | None = None,
     chunk_size: int = 64,
     g_dtype: torch.dtype | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    dv: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, ...]:
     """dq, dk and the gradient of the RAW gate (before the chunk-local cumsum), in one pass.
 
     With G the cumsum (treated as free per position), o depends on G_t through q_t exp(G_t) (inter and intra) and on
@@ -587,7 +636,30 @@ def chunk_gk_bwd_dqkg(
         q, k: [B, T, H, K]; v, do: [B, T, H, V]; g: chunk-local cumsum (float32)
         h, dh: [B, NT, H, K, V] from `chunk_fwd_h` / `chunk_bwd_dh`
         g_dtype: dtype of dg (default g's)
+        dv: the delta rule's branch: v are the values v_new = u - w h fed to the state, dv [B, T, H, V] their full
+            gradient; then dw = -(dv h^T) [B, T, H, K] (k's dtype) is returned as a fourth output
     Returns:
-        dq [B, T, H, K] (q's dtype), dk (k's dtype), dg [B, T, H, K] (g_dtype)
+        dq [B, T, H, K] (q's dtype), dk (k's dtype), dg [B, T, H, K] (g_dtype)[, dw]
     """
-    return _chunk_gk_bwd_dqkg(q, k, v, g, h, do, dh, scale, cu_seqlens, chunk_size, g_dtype)
+    return _chunk_gk_bwd_dqkg(q, k, v, g, h, do, dh, scale, cu_seqlens, chunk_size, g_dtype, dv)
+
+
+def chunk_gk_bwd_dqk_intra(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    g: torch.Tensor,
+    dA: torch.Tensor,
+    cu_seqlens: torch.Tensor | None = None,
+    chunk_size: int = 64,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gradients of A_ts = sum_c q_tc k_sc exp(G_tc - G_sc) (s <= t within a chunk) given dA, computed stably
+    (the same kernel as the intra part of `chunk_gk_bwd_dqkg`):
+        dq_t = sum_{s <= t} dA_ts k_s exp(G_t - G_s),   dk_s = sum_{t >= s} dA_ts q_t exp(G_t - G_s).
+
+    Args:
+        q, k: [B, T, H, K]; g: [B, T, H, K] chunk-local cumsum (float32)
+        dA: [B, T, H, BT] float32, row layout, ZERO above the diagonal (and on it when A is strictly lower)
+    Returns:
+        dq, dk: [B, T, H, K] float32
+    """
+    return _chunk_gk_bwd_dqk_intra(q, k, g, dA.contiguous(), cu_seqlens, chunk_size)

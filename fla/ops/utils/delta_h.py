@@ -10,8 +10,12 @@ dv_local = the gradient of v_new through the chunk's own output (`chunk_bwd_dv_l
     D     <- exp(G_last) D + scale * (q * exp(G))^T do - w^T dv_new
 The last line is dL/dh[c]: the output's state term, the decay, and h[c]'s part in v_new.
 
+With a log decay per key channel instead (KDA; `gk`, G [B, T, H, K] its chunk-local cumsum) every exp(G) above is
+per key channel: h[c+1] = diag(exp(G_last)) h[c] + (k * exp(G_last - G))^T v_new, and q * exp(G) in the backward.
+
 Layouts as in `chunk_h.py`: h, dh [B, NT, H, K, V] (or [1, NT_total, H, K, V] under cu_seqlens); h0, ht, dht, dh0
-float32 [N, H, K, V]; k, w, q [B, T, H, K]; u, v_new, do, dv [B, T, H, V]; g [B, T, H] float32 cumsum.
+float32 [N, H, K, V]; k, w, q [B, T, H, K]; u, v_new, do, dv [B, T, H, V]; g [B, T, H] float32 cumsum; gk
+[B, T, H, K] float32 cumsum.
 """
 from __future__ import annotations
 
@@ -33,7 +37,7 @@ def _chunks_of(cu_seqlens, B, T, chunk_size):
             for i, (b, bos, eos) in enumerate(spans)]
 
 
-def _fwd_h_torch(k, w, u, g=None, h0=None, output_final_state=False, cu_seqlens=None, chunk_size=64):
+def _fwd_h_torch(k, w, u, g=None, h0=None, output_final_state=False, cu_seqlens=None, chunk_size=64, gk=None):
     B, T, H, K = k.shape
     V = u.shape[-1]
     h = k.new_empty(B, num_chunks(T, cu_seqlens, chunk_size), H, K, V)
@@ -51,13 +55,18 @@ def _fwd_h_torch(k, w, u, g=None, h0=None, output_final_state=False, cu_seqlens=
                 gc = g[b, s:e].float()
                 state = state * gc[-1].exp()[:, None, None]
                 kc = kc * (gc[-1] - gc).exp()[..., None]
+            if gk is not None:
+                gc = gk[b, s:e].float()
+                state = state * gc[-1].exp()[:, :, None]
+                kc = kc * (gc[-1] - gc).exp()
             state = state + torch.einsum("thk,thv->hkv", kc, vn)
         if ht is not None:
             ht[i] = state
     return h, v_new, ht
 
 
-def _bwd_dhu_torch(q, k, w, do, dv, g=None, h0=None, dht=None, scale=1.0, cu_seqlens=None, chunk_size=64):
+def _bwd_dhu_torch(q, k, w, do, dv, g=None, h0=None, dht=None, scale=1.0, cu_seqlens=None, chunk_size=64,
+                   gk=None):
     B, T, H, K = q.shape
     V = do.shape[-1]
     dh = q.new_empty(B, num_chunks(T, cu_seqlens, chunk_size), H, K, V)
@@ -75,10 +84,16 @@ def _bwd_dhu_torch(q, k, w, do, dv, g=None, h0=None, dht=None, scale=1.0, cu_seq
                 gc = g[b, s:e].float()
                 kc = kc * (gc[-1] - gc).exp()[..., None]
                 qc = qc * gc.exp()[..., None]
+            if gk is not None:
+                gkc = gk[b, s:e].float()
+                kc = kc * (gkc[-1] - gkc).exp()
+                qc = qc * gkc.exp()
             dvn = dvc + torch.einsum("thk,hkv->thv", kc, grad)
             dv2[b, s:e] = dvn
             if g is not None:
                 grad = grad * gc[-1].exp()[:, None, None]
+            if gk is not None:
+                grad = grad * gkc[-1].exp()[:, :, None]
             grad = grad + torch.einsum("thk,thv->hkv", qc, doc) - torch.einsum("thk,thv->hkv", wc, dvn)
         if dh0 is not None:
             dh0[i] = grad
@@ -102,16 +117,18 @@ _CONFIGS = [
 
 @triton.heuristics({
     "USE_G": lambda args: args["g"] is not None,
+    "USE_GK": lambda args: args["gk"] is not None,
     "USE_INITIAL_STATE": lambda args: args["h0"] is not None,
     "STORE_FINAL_STATE": lambda args: args["ht"] is not None,
     "IS_VARLEN": lambda args: args["cu_seqlens"] is not None,
 })
-@autotune(_CONFIGS, key=["H", "K", "V", "BT", "USE_G", "IS_VARLEN"])
+@autotune(_CONFIGS, key=["H", "K", "V", "BT", "USE_G", "USE_GK", "IS_VARLEN"])
 @triton.jit
 def delta_fwd_h_kernel(
-    k, w, u, g, h, v_new, h0, ht, cu_seqlens, chunk_offsets,
+    k, w, u, g, gk, h, v_new, h0, ht, cu_seqlens, chunk_offsets,
     T, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-    USE_G: tl.constexpr, USE_INITIAL_STATE: tl.constexpr, STORE_FINAL_STATE: tl.constexpr, IS_VARLEN: tl.constexpr,
+    USE_G: tl.constexpr, USE_GK: tl.constexpr, USE_INITIAL_STATE: tl.constexpr, STORE_FINAL_STATE: tl.constexpr,
+    IS_VARLEN: tl.constexpr,
 ):
     i_v, i_nh = tl.program_id(0), tl.program_id(1)
     i_n, i_h = i_nh // H, i_nh % H
@@ -144,6 +161,14 @@ def delta_fwd_h_kernel(
             b_g_last = tl.load(g + (bos + last) * H + i_h)
             b_h *= tl.exp(b_g_last)
             b_v *= tl.where(m_t, tl.exp(b_g_last - b_g), 0.)[:, None]
+        if USE_GK:
+            # per key channel: decay the state's rows, and the transposed keys by exp(G_last - G) (<= 1)
+            last = tl.minimum(i_t * BT + BT, T) - 1
+            b_gk = tl.load(gk + (rows[None, :] * H + i_h) * K + o_k[:, None], mask=m_k[:, None] & m_t[None, :],
+                           other=0.)
+            b_gk_last = tl.load(gk + ((bos + last) * H + i_h) * K + o_k, mask=m_k, other=0.)
+            b_h *= tl.exp(b_gk_last)[:, None]
+            b_k = (b_k * tl.where(m_k[:, None] & m_t[None, :], tl.exp(b_gk_last[:, None] - b_gk), 0.)).to(b_k.dtype)
         b_h += tl.dot(b_k, b_v.to(b_k.dtype))
     if STORE_FINAL_STATE:
         tl.store(ht + i_nh * K * V + o_kv, b_h, mask=m_kv)
@@ -151,17 +176,18 @@ def delta_fwd_h_kernel(
 
 @triton.heuristics({
     "USE_G": lambda args: args["g"] is not None,
+    "USE_GK": lambda args: args["gk"] is not None,
     "USE_INITIAL_STATE": lambda args: args["dh0"] is not None,
     "USE_FINAL_STATE_GRADIENT": lambda args: args["dht"] is not None,
     "IS_VARLEN": lambda args: args["cu_seqlens"] is not None,
 })
-@autotune(_CONFIGS, key=["H", "K", "V", "BT", "USE_G", "IS_VARLEN"])
+@autotune(_CONFIGS, key=["H", "K", "V", "BT", "USE_G", "USE_GK", "IS_VARLEN"])
 @triton.jit
 def delta_bwd_dhu_kernel(
-    q, k, w, do, dv, g, dh, dv2, dht, dh0, cu_seqlens, chunk_offsets, scale,
+    q, k, w, do, dv, g, gk, dh, dv2, dht, dh0, cu_seqlens, chunk_offsets, scale,
     T, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-    USE_G: tl.constexpr, USE_INITIAL_STATE: tl.constexpr, USE_FINAL_STATE_GRADIENT: tl.constexpr,
-    IS_VARLEN: tl.constexpr,
+    USE_G: tl.constexpr, USE_GK: tl.constexpr, USE_INITIAL_STATE: tl.constexpr,
+    USE_FINAL_STATE_GRADIENT: tl.constexpr, IS_VARLEN: tl.constexpr,
 ):
     i_v, i_nh = tl.program_id(0), tl.program_id(1)
     i_n, i_h = i_nh // H, i_nh % H
@@ -197,10 +223,18 @@ def delta_bwd_dhu_kernel(
             b_g_last = tl.load(g + (bos + last) * H + i_h)
             b_k = (b_k * tl.where(m_t, tl.exp(b_g_last - b_g), 0.)[:, None]).to(b_k.dtype)
             b_q *= tl.where(m_t, tl.exp(b_g), 0.)[None, :]
+        if USE_GK:
+            last = tl.minimum(i_t * BT + BT, T) - 1
+            b_gk = tl.load(gk + (rows[:, None] * H + i_h) * K + o_k[None, :], mask=m_tk, other=0.)  # [BT, BK]
+            b_gk_last = tl.load(gk + ((bos + last) * H + i_h) * K + o_k, mask=m_k, other=0.)
+            b_k = (b_k * tl.where(m_tk, tl.exp(b_gk_last[None, :] - b_gk), 0.)).to(b_k.dtype)
+            b_q *= tl.trans(tl.where(m_tk, tl.exp(b_gk), 0.))
         b_dv = tl.load(dv + p_v, mask=m_tv, other=0.).to(tl.float32) + tl.dot(b_k, b_dh.to(b_k.dtype))
         tl.store(dv2 + p_v, b_dv.to(dv2.dtype.element_ty), mask=m_tv)
         if USE_G:
             b_dh *= tl.exp(b_g_last)
+        if USE_GK:
+            b_dh *= tl.exp(b_gk_last)[:, None]
         b_dh += tl.dot(b_q.to(b_do.dtype), b_do) - tl.dot(b_wt, b_dv.to(b_wt.dtype))
     if USE_INITIAL_STATE:
         tl.store(dh0 + i_nh * K * V + o_kv, b_dh, mask=m_kv)
@@ -214,7 +248,7 @@ def _state_launch(k, V, cu_seqlens, chunk_size):
     return N, chunk_offsets, grid, max(16, triton.next_power_of_2(K))
 
 
-def _fwd_h_triton(k, w, u, g=None, h0=None, output_final_state=False, cu_seqlens=None, chunk_size=64):
+def _fwd_h_triton(k, w, u, g=None, h0=None, output_final_state=False, cu_seqlens=None, chunk_size=64, gk=None):
     B, T, H, K = k.shape
     V = u.shape[-1]
     N, chunk_offsets, grid, BK = _state_launch(k, V, cu_seqlens, chunk_size)
@@ -223,12 +257,13 @@ def _fwd_h_triton(k, w, u, g=None, h0=None, output_final_state=False, cu_seqlens
     ht = k.new_empty(N, H, K, V, dtype=torch.float32) if output_final_state else None
     # bf16 dot operands are upcast under the interpreter (it computes bf16 dots wrongly); outputs keep their dtype.
     k, w, u = (x.to(tensor_core_dtype(x.dtype)) for x in (k, w, u))
-    delta_fwd_h_kernel[grid](k, w, u, g, h, v_new, h0, ht, cu_seqlens, chunk_offsets,
+    delta_fwd_h_kernel[grid](k, w, u, g, gk, h, v_new, h0, ht, cu_seqlens, chunk_offsets,
                              T=T, H=H, K=K, V=V, BT=chunk_size, BK=BK)
     return h, v_new, ht
 
 
-def _bwd_dhu_triton(q, k, w, do, dv, g=None, h0=None, dht=None, scale=1.0, cu_seqlens=None, chunk_size=64):
+def _bwd_dhu_triton(q, k, w, do, dv, g=None, h0=None, dht=None, scale=1.0, cu_seqlens=None, chunk_size=64,
+                    gk=None):
     B, T, H, K = q.shape
     V = do.shape[-1]
     N, chunk_offsets, grid, BK = _state_launch(q, V, cu_seqlens, chunk_size)
@@ -236,7 +271,7 @@ def _bwd_dhu_triton(q, k, w, do, dv, g=None, h0=None, dht=None, scale=1.0, cu_se
     dv2 = torch.empty_like(dv)
     dh0 = q.new_empty(N, H, K, V, dtype=torch.float32) if h0 is not None else None
     q, k, w, do, dv = (x.to(tensor_core_dtype(x.dtype)) for x in (q, k, w, do, dv))
-    delta_bwd_dhu_kernel[grid](q, k, w, do, dv, g, dh, dv2, dht, dh0, cu_seqlens, chunk_offsets, scale,
+    delta_bwd_dhu_kernel[grid](q, k, w, do, dv, g, gk, dh, dv2, dht, dh0, cu_seqlens, chunk_offsets, scale,
                                T=T, H=H, K=K, V=V, BT=chunk_size, BK=BK)
     return dh, dh0, dv2
 
@@ -246,20 +281,21 @@ _bwd_dhu = dispatch(_bwd_dhu_triton, _bwd_dhu_torch)
 
 
 def chunk_gated_delta_rule_fwd_h(k, w, u, g=None, h0=None, output_final_state=False, cu_seqlens=None,
-                                 chunk_size=64):
+                                 chunk_size=64, gk=None):
     """States entering every chunk and the values each chunk writes.
 
     Args:
         k, w: [B, T, H, K]; u: [B, T, H, V]; g: [B, T, H] float32 chunk-local cumsum or None
         h0: [N, H, K, V] float32 or None
+        gk: [B, T, H, K] float32 chunk-local cumsum of a per-key-channel log gate, or None (KDA; usually with g None)
     Returns:
         h: [B, NT, H, K, V] (k's dtype); v_new: [B, T, H, V] (u's dtype); ht: [N, H, K, V] float32 or None
     """
-    return _fwd_h(k, w, u, g, h0, output_final_state, cu_seqlens, chunk_size)
+    return _fwd_h(k, w, u, g, h0, output_final_state, cu_seqlens, chunk_size, gk)
 
 
 def chunk_gated_delta_rule_bwd_dhu(q, k, w, do, dv, g=None, h0=None, dht=None, scale=1.0, cu_seqlens=None,
-                                   chunk_size=64):
+                                   chunk_size=64, gk=None):
     """State gradients and the full gradient of v_new.
 
     Args:
@@ -269,4 +305,4 @@ def chunk_gated_delta_rule_bwd_dhu(q, k, w, do, dv, g=None, h0=None, dht=None, s
         dh: [B, NT, H, K, V] (dh[:, c] = dL/d state leaving chunk c); dh0: [N, H, K, V] float32 or None;
         dv_new: [B, T, H, V]
     """
-    return _bwd_dhu(q, k, w, do, dv, g, h0, dht, scale, cu_seqlens, chunk_size)
+    return _bwd_dhu(q, k, w, do, dv, g, h0, dht, scale, cu_seqlens, chunk_size, gk)
