@@ -3,23 +3,34 @@
 Run with the peer importable as `fla` in its own process, never beside ours (both are the package `fla`):
 
     pip install --no-deps --target /tmp/peer fla-core==0.6.0
-    PYTHONPATH=/tmp/peer python tests/record_peer_api.py > tests/peer_api_fla_core_0.6.0.json
+    PYTHONPATH=/tmp/peer:benchmarks/peer_shim python tests/compat/record_peer_api.py
 
-tests/test_peer_api.py compares our signatures with the table, so a positional call written for the peer never
-silently means something else here. Only the import paths of the families and modules we ship are recorded.
+tests/compat/test_peer_api.py compares our signatures with the table, so a positional call written for the peer
+never silently means something else here. Only the import paths of the families and modules we ship are recorded.
+A new recording is merged into the table file: entries are added or refreshed, none is dropped (a name the peer no
+longer has at a path stays recorded, as the contract we promised).
 """
 from __future__ import annotations
 
 import importlib
 import inspect
 import json
+import os
 import sys
 import warnings
+
+TABLE_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "peer_api_fla_core_0.6.0.json")
 
 FAMILIES = ["attn", "delta_rule", "gated_delta_rule", "gla", "linear_attn", "retention", "simple_gla"]
 MODULES = ["fla.modules"] + [f"fla.modules.{m}" for m in (
     "convolution", "fused_cross_entropy", "fused_linear_cross_entropy", "l2norm", "layernorm", "mlp", "rotary")]
 MODULES += [f"fla.ops.{f}{sub}" for f in FAMILIES for sub in ("", ".naive")] + ["fla.ops.gated_delta_rule.gate"]
+# the files the peer's own tests and layers import the public ops from (added later; the table only grows): only
+# the names their family package exports are recorded there, not the files' internal helpers
+SUBMODULES = {"fla.ops.attn.parallel": "fla.ops.attn"}
+SUBMODULES.update({f"fla.ops.{f}.{sub}": f"fla.ops.{f}" for f in FAMILIES for sub in ("chunk", "fused_recurrent")
+                   if f != "attn"})
+MODULES += ["fla.modules.activations"] + list(SUBMODULES)
 
 
 def describe(obj) -> list[list[str]] | None:
@@ -49,6 +60,8 @@ def main() -> None:
                 continue
             if not getattr(obj, "__module__", "").startswith("fla."):
                 continue
+            if path in SUBMODULES and getattr(importlib.import_module(SUBMODULES[path]), name, None) is not obj:
+                continue
             params = describe(obj)
             if params is not None:
                 table["signatures"][f"{path}.{name}"] = params
@@ -56,8 +69,16 @@ def main() -> None:
                 for method in ("forward", "step"):
                     if method in vars(obj) and (params := describe(vars(obj)[method])) is not None:
                         table["signatures"][f"{path}.{name}.{method}"] = params
-    json.dump(table, sys.stdout, indent=1, sort_keys=True)
-    print()
+    if os.path.exists(TABLE_FILE):
+        with open(TABLE_FILE) as f:
+            old = json.load(f)
+        if old["_source"] != table["_source"]:
+            raise SystemExit(f"the table records {old['_source']}, this peer is {table['_source']}: not merged")
+        table["signatures"] = {**old["signatures"], **table["signatures"]}
+    with open(TABLE_FILE, "w") as f:
+        json.dump(table, f, indent=1, sort_keys=True)
+        f.write("\n")
+    print(f"{len(table['signatures'])} signatures in {TABLE_FILE}")
 
 
 if __name__ == "__main__":

@@ -7,14 +7,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fla.ops.attn import naive_attn, parallel, parallel_attn
+from fla.ops.attn import naive_attn, parallel, parallel_attn, sdpa
 from fla.ops.utils.dispatch import use_backend
 from tests.helpers import assert_close, device, poisoned_empty, seed
 
 @pytest.fixture(autouse=True)
 def small_torch_blocks(monkeypatch):
     """The torch path cuts queries into blocks of 1024 rows; make test sequences span several."""
-    monkeypatch.setattr(parallel, "TORCH_QUERY_BLOCK", 32)
+    monkeypatch.setattr(sdpa, "TORCH_QUERY_BLOCK", 32)
 
 
 REL = {"float32": 1e-5, "float16": 2e-3, "bfloat16": 2e-2}
@@ -191,3 +191,35 @@ def test_register_prune_keeps_what_fits():
     assert all(c.num_warps == 8 for c in kept)
     huge = parallel._prune("dkdv", "BN", "BM")(configs, {}, BN=256, BK=256, BV=256)
     assert len(huge) == 1 and huge[0].kwargs["BM"] == 16 and huge[0].num_warps == 8
+
+
+@pytest.mark.parametrize("backend", ["triton", "torch"])
+@pytest.mark.parametrize("cu,HQ,H,gated,window,dtype", [
+    (None, 4, 2, True, None, "float32"),          # B=2, GQA, a gate, several query and key blocks
+    ([0, 1, 40, 77, 90], 2, 1, False, 16, "float32"),  # a length-1 sequence, a window
+    (None, 2, 2, False, None, "float16"),
+])
+def test_sink_bias_matches_naive(backend, cu, HQ, H, gated, window, dtype):
+    """An attention sink per query head: output and every gradient, the sink's own included."""
+    seed("sink", backend, cu, HQ, H, gated, window, dtype)
+    B, T = (2, 70) if cu is None else (1, cu[-1])
+    cu_seqlens = None if cu is None else torch.tensor(cu, dtype=torch.int32, device=device())
+    q, k, v, g, do = make_inputs(B, T, HQ, H, 32, 32, gated, dtype)
+    sink = torch.randn(HQ, device=device()) + 1.0  # around e^1: a visible share of every denominator
+
+    def grads(fn, inputs):
+        leaves = [x.clone().requires_grad_() for x in inputs if x is not None]
+        qq, kk, vv, *rest = leaves
+        gg = rest[0] if g is not None else None
+        o = fn(qq, kk, vv, gg, window_size=window, cu_seqlens=cu_seqlens, sink_bias=rest[-1])
+        return (o, *torch.autograd.grad(o, leaves, do.to(o.dtype)))
+
+    with use_backend(backend), poisoned_empty():
+        got = grads(parallel_attn, (q, k, v, g, sink))
+    want = grads(naive_attn, [x.float() if x is not None else None for x in (q, k, v, g)] + [sink])
+    names = ["o", "dq", "dk", "dv"] + (["dg"] if gated else []) + ["dsink"]
+    for name, a, b in zip(names, got, want):
+        assert_close(name, a, b.to(a.dtype), REL[dtype])
+    assert got[-1].dtype == sink.dtype and got[-1].abs().max() > 0
+    with pytest.raises(ValueError, match="sink_bias"):
+        parallel_attn(q, k, v, sink_bias=torch.zeros(HQ + 1, device=device()))

@@ -10,6 +10,10 @@ Kernels (one program per block of queries or keys, online softmax, never a T x T
   dg is its reverse cumulative sum over each sequence.
 Every loop over blocks is cut into [masked, full, masked] ranges: only the blocks that touch the causal diagonal,
 the window's edge or the sequence end pay for the mask.
+An attention sink (`sink_bias` [HQ]) is one more logit per query head in every softmax denominator, with no value:
+the forward merges it into the running max and sum after the key blocks, so the saved lse includes it, the
+backward's probabilities and dS are unchanged, and d sink_bias = -sum_i exp(sink - lse_i) delta_i.
+The PyTorch path (SDPA, for a CPU without the interpreter) is in `sdpa.py`.
 
 Internal layouts: lse, delta, G, dG are float32 `[B, HQ, T]` (contiguous in time, so a block loads coalesced).
 """
@@ -21,7 +25,8 @@ import triton.language as tl
 
 from fla.ops.utils.checks import check_cu_seqlens, check_head_dim, check_scale, check_tensor, normalize_inputs
 from fla.ops.utils.dispatch import autotune, dispatch, is_interpreter
-from fla.ops.utils.index import prepare_chunk_indices, prepare_token_indices, varlen_bounds
+from fla.ops.attn.sdpa import parallel_attn_torch, segment_cumsum
+from fla.ops.utils.index import prepare_chunk_indices
 
 LOG2E: tl.constexpr = tl.constexpr(1.4426950408889634)  # scores run in base 2 (exp2 is the fast path)
 
@@ -190,10 +195,11 @@ def _fwd_heuristics(fn):
 @_tuned("fwd", "BM", "BN", (32, 64, 128))
 @triton.jit
 def parallel_attn_fwd_kernel(
-    q, k, v, g, o, lse, cu_seqlens, block_indices, scale, W, T,
+    q, k, v, g, sink, o, lse, cu_seqlens, block_indices, scale, W, T,
     HQ: tl.constexpr, H: tl.constexpr, GROUP: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     USE_G: tl.constexpr, HAS_WINDOW: tl.constexpr, IS_VARLEN: tl.constexpr, PREC: tl.constexpr,
+    USE_SINK: tl.constexpr,
 ):
     # grid: (query blocks, B * HQ); the last (heaviest, causal) blocks launch first, so the tail of the grid is light
     i_m, i_bh = tl.num_programs(0) - 1 - tl.program_id(0), tl.program_id(1)
@@ -224,6 +230,15 @@ def parallel_attn_fwd_kernel(
                                  H, K, V, BN, BK, BV, USE_G, HAS_WINDOW, False, PREC)
     b_acc, b_m, b_l = _fwd_range(b_q, b_gq, b_acc, b_m, b_l, k, v, g, o_i, tok0, gbase, L, W, m2, hi, i_h, sl2,
                                  H, K, V, BN, BK, BV, USE_G, HAS_WINDOW, True, PREC)
+    if USE_SINK:
+        # the attention sink: one more logit per query head (sink[h], in base 2 here) in every denominator, with a
+        # zero value; merged like one more key, so lse includes it and the backward's p_ij need no change
+        b_sink = tl.load(sink + i_hq).to(tl.float32) * LOG2E
+        b_mn = tl.maximum(b_m, b_sink)
+        b_r = tl.exp2(b_m - b_mn)
+        b_l = b_l * b_r + tl.exp2(b_sink - b_mn)
+        b_acc = b_acc * b_r[:, None]
+        b_m = b_mn
 
     b_l = tl.where(b_l > 0, b_l, 1.)  # rows past the sequence end saw no key; they are not stored
     b_o = b_acc / b_l[:, None]
@@ -427,8 +442,8 @@ def _grid(T: int, B: int, heads: int, block: int, block_indices: torch.Tensor | 
     return (triton.cdiv(T, block) if block_indices is None else len(block_indices), B * heads)
 
 
-def parallel_attn_fwd(q, k, v, G, scale, window_size, cu_seqlens, block_indices=None):
-    """o [B, T, HQ, V] in q's dtype and lse [B, HQ, T] float32 (base 2)."""
+def parallel_attn_fwd(q, k, v, G, scale, window_size, cu_seqlens, block_indices=None, sink=None):
+    """o [B, T, HQ, V] in q's dtype and lse [B, HQ, T] float32 (base 2, the sink's logit sink [HQ] included)."""
     B, T, HQ, _ = q.shape
     dims = _dims(q, k, v)
     o = q.new_empty(B, T, HQ, dims["V"])
@@ -439,14 +454,15 @@ def parallel_attn_fwd(q, k, v, G, scale, window_size, cu_seqlens, block_indices=
     grid = _grid(T, B, HQ, BM, block_indices)
     if grid[0] > 0 and T > 0:
         parallel_attn_fwd_kernel[grid](
-            q, k, v, G, o, lse, cu_seqlens, block_indices, scale, window_size or 0, T,
-            BM=BM, USE_G=G is not None, HAS_WINDOW=window_size is not None, **dims,
+            q, k, v, G, sink, o, lse, cu_seqlens, block_indices, scale, window_size or 0, T,
+            BM=BM, USE_G=G is not None, HAS_WINDOW=window_size is not None, USE_SINK=sink is not None, **dims,
         )
     return o, lse
 
 
-def parallel_attn_bwd(q, k, v, o, G, lse, do, scale, window_size, cu_seqlens, block_indices=None):
-    """dq, dk, dv in their inputs' dtypes and dG [B, HQ, T] float32 (None without a gate)."""
+def parallel_attn_bwd(q, k, v, o, G, lse, do, scale, window_size, cu_seqlens, block_indices=None, sink=None):
+    """dq, dk, dv in their inputs' dtypes, dG [B, HQ, T] float32 (None without a gate) and dsink [HQ] float32
+    (None without a sink)."""
     B, T, HQ, _ = q.shape
     dims = _dims(q, k, v)
     delta = q.new_empty(B, HQ, T, dtype=torch.float32)
@@ -455,7 +471,7 @@ def parallel_attn_bwd(q, k, v, o, G, lse, do, scale, window_size, cu_seqlens, bl
     if G is not None:
         dg_row, dg_col = torch.empty_like(G), torch.empty_like(G)
     if T == 0:
-        return dq, dk, dv, dg_row
+        return dq, dk, dv, dg_row, None if sink is None else torch.zeros_like(sink, dtype=torch.float32)
     do = do.contiguous()
     flags = dict(USE_G=G is not None, HAS_WINDOW=window_size is not None, **dims)
     W = window_size or 0
@@ -463,6 +479,11 @@ def parallel_attn_bwd(q, k, v, o, G, lse, do, scale, window_size, cu_seqlens, bl
     parallel_attn_bwd_preprocess_kernel[(triton.cdiv(T, BT), B * HQ)](
         o, do, delta, T, HQ=HQ, V=dims["V"], BT=BT, BV=dims["BV"],
     )
+    dsink = None
+    if sink is not None:
+        # the sink's probability exp(sink - lse) times its dp - delta, with dp = do . 0 = 0: one sum over [B, T]
+        # (every position of [B, T] is a token, also under cu_seqlens)
+        dsink = -(torch.exp2(sink.float()[None, :, None] * 1.4426950408889634 - lse) * delta).sum((0, 2))
     block = _outer_block(max(dims["K"], dims["V"]))
     if cu_seqlens is not None and block_indices is None:
         block_indices = prepare_block_indices(q, v, cu_seqlens)
@@ -478,102 +499,39 @@ def parallel_attn_bwd(q, k, v, o, G, lse, do, scale, window_size, cu_seqlens, bl
         parallel_attn_bwd_dq_kernel[grid](
             q, k, v, G, lse, delta, do, dq, dg_row, cu_seqlens, block_indices, scale, W, T, BM=block, **flags,
         )
-    return dq, dk, dv, (dg_row + dg_col if G is not None else None)
-
-
-def segment_cumsum(x: torch.Tensor, cu_seqlens: torch.Tensor | None, reverse: bool = False) -> torch.Tensor:
-    """Cumulative sum of x [B, T, ...] along time, restarting at every sequence, float32 out. Under cu_seqlens one
-    float64 sum over the packed axis, minus its value at each sequence's boundary (exact enough in float64, one
-    launch for any number of sequences). Differentiable (the torch path's gate runs through it)."""
-    if cu_seqlens is None:
-        x = x.float()
-        return x.flip(1).cumsum(1).flip(1) if reverse else x.cumsum(1)
-    x = x.double()
-    zero = x.new_zeros(x.shape[0], 1, *x.shape[2:])
-    seq = prepare_token_indices(cu_seqlens)[:, 0].long()
-    if reverse:
-        c = torch.cat([x.flip(1).cumsum(1).flip(1), zero], 1)
-        out = c[:, :-1] - c[:, cu_seqlens[1:].long()[seq]]
-    else:
-        c = torch.cat([zero, x.cumsum(1)], 1)
-        out = c[:, 1:] - c[:, cu_seqlens[:-1].long()[seq]]
-    return out.float()
+    return dq, dk, dv, (dg_row + dg_col if G is not None else None), dsink
 
 
 class ParallelAttnFunction(torch.autograd.Function):
 
     @staticmethod
-    def forward(ctx, q, k, v, g, scale, window_size, cu_seqlens):
+    def forward(ctx, q, k, v, g, sink, scale, window_size, cu_seqlens):
         # G: float32 [B, HQ, T], the per-sequence cumulative gate
         G = segment_cumsum(g, cu_seqlens).transpose(1, 2).contiguous() if g is not None else None
         block_indices = prepare_block_indices(q, v, cu_seqlens)
-        o, lse = parallel_attn_fwd(q, k, v, G, scale, window_size, cu_seqlens, block_indices)
-        ctx.save_for_backward(q, k, v, o, G, lse, cu_seqlens, block_indices)
+        o, lse = parallel_attn_fwd(q, k, v, G, scale, window_size, cu_seqlens, block_indices, sink)
+        ctx.save_for_backward(q, k, v, o, G, lse, cu_seqlens, block_indices, sink)
         ctx.scale, ctx.window_size, ctx.g_dtype = scale, window_size, g.dtype if g is not None else None
         return o
 
     @staticmethod
     def backward(ctx, do):
-        q, k, v, o, G, lse, cu_seqlens, block_indices = ctx.saved_tensors
-        dq, dk, dv, dG = parallel_attn_bwd(q, k, v, o, G, lse, do, ctx.scale, ctx.window_size, cu_seqlens,
-                                           block_indices)
+        q, k, v, o, G, lse, cu_seqlens, block_indices, sink = ctx.saved_tensors
+        dq, dk, dv, dG, dsink = parallel_attn_bwd(q, k, v, o, G, lse, do, ctx.scale, ctx.window_size, cu_seqlens,
+                                                  block_indices, sink)
         dg = None
         if dG is not None and ctx.needs_input_grad[3]:
             dg = segment_cumsum(dG.transpose(1, 2), cu_seqlens, reverse=True).to(ctx.g_dtype)
-        return dq, dk, dv, dg, None, None, None
+        if dsink is not None:
+            dsink = dsink.to(sink.dtype)
+        return dq, dk, dv, dg, dsink, None, None, None
 
 
-def _parallel_attn_triton(q, k, v, g, scale, window_size, cu_seqlens):
-    return ParallelAttnFunction.apply(q, k, v, g, scale, window_size, cu_seqlens)
+def _parallel_attn_triton(q, k, v, g, scale, window_size, cu_seqlens, sink_bias=None):
+    return ParallelAttnFunction.apply(q, k, v, g, sink_bias, scale, window_size, cu_seqlens)
 
 
-# ---------------------------------------------------------------------------------------------------------------------
-# The PyTorch path: SDPA with an explicit mask per sequence and query block, in float32, autograd for the backward.
-
-TORCH_QUERY_BLOCK = 1024
-
-
-def _sdpa(q, k, v, G, scale, window_size):
-    """q [B, L, HQ, K] (float32), G [B, L, HQ] or None -> o [B, L, HQ, V]. Queries go in blocks of
-    TORCH_QUERY_BLOCK rows against the keys they can see, so a mask (and the gate bias) is at most block x L."""
-    L, block = q.shape[1], TORCH_QUERY_BLOCK
-    Gt = G.transpose(1, 2) if G is not None else None
-    pieces = []
-    for i0 in range(0, L, block):
-        i1 = min(i0 + block, L)
-        j0 = 0 if window_size is None else max(0, i0 - window_size + 1)
-        i = torch.arange(i0, i1, device=q.device)[:, None]
-        j = torch.arange(j0, i1, device=q.device)[None, :]
-        mask = j <= i
-        if window_size is not None:
-            mask &= i - j < window_size
-        if Gt is not None:
-            mask = (Gt[..., i0:i1, None] - Gt[..., None, j0:i1]).masked_fill(~mask, float("-inf"))
-        o = torch.nn.functional.scaled_dot_product_attention(
-            q[:, i0:i1].transpose(1, 2), k[:, j0:i1].transpose(1, 2), v[:, j0:i1].transpose(1, 2), attn_mask=mask,
-            scale=scale, enable_gqa=q.shape[2] != k.shape[2],
-        )
-        pieces.append(o.transpose(1, 2))
-    return torch.cat(pieces, 1)
-
-
-def _parallel_attn_torch(q, k, v, g, scale, window_size, cu_seqlens):
-    G = segment_cumsum(g, cu_seqlens) if g is not None else None
-    qf, kf, vf = q.float(), k.float(), v.float()
-    if cu_seqlens is None:
-        return _sdpa(qf, kf, vf, G, scale, window_size).to(q.dtype)
-    bounds = varlen_bounds(cu_seqlens)
-    pieces = [
-        _sdpa(qf[:, bos:eos], kf[:, bos:eos], vf[:, bos:eos], G[:, bos:eos] if G is not None else None, scale,
-              window_size)
-        for bos, eos in zip(bounds[:-1], bounds[1:]) if eos > bos
-    ]
-    if not pieces:
-        return q.new_zeros(*q.shape[:3], v.shape[-1])
-    return torch.cat(pieces, 1).to(q.dtype)
-
-
-_parallel_attn = dispatch(_parallel_attn_triton, _parallel_attn_torch)
+_parallel_attn = dispatch(_parallel_attn_triton, parallel_attn_torch)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -589,6 +547,7 @@ def parallel_attn(
     window_size: int | None = None,
     cu_seqlens: torch.Tensor | None = None,
     chunk_indices: torch.Tensor | None = None,
+    sink_bias: torch.Tensor | None = None,
     *,
     cu_seqlens_cpu: torch.Tensor | None = None,
 ) -> torch.Tensor:
@@ -604,6 +563,9 @@ def parallel_attn(
         cu_seqlens: [N + 1] int, packed sequences, B must be 1 (no attention across a boundary)
         chunk_indices: taken for the peer library's call form and not needed: the block index of a cu_seqlens is
             built once and memoized (`fla.ops.utils.index.varlen_index`), for this op's own block size
+        sink_bias: [HQ] an attention sink per query head (GPT-OSS), optional: exp(sink_bias[h]) joins every softmax
+            denominator of head h with no value, p_ij = exp(s_ij) / (sum_j' exp(s_ij') + exp(sink_bias[h]));
+            differentiable (its gradient is -sum_i p_sink,i * (do_i . o_i))
         cu_seqlens_cpu: the same boundaries on the host (optional): then no device->host sync at all
     Returns:
         o: [B, T, HQ, V] in q's dtype
@@ -629,5 +591,7 @@ def parallel_attn(
         if cu_seqlens.device != q.device:
             raise ValueError(f"cu_seqlens is on {cu_seqlens.device} but q is on {q.device}; move it with "
                              f".to({str(q.device)!r})")
+    if sink_bias is not None:
+        check_tensor("sink_bias", sink_bias, "[HQ]", (HQ,), device=q.device)
     scale = K ** -0.5 if scale is None else float(scale)
-    return _parallel_attn(q, k, v, g, scale, window_size, cu_seqlens)
+    return _parallel_attn(q, k, v, g, scale, window_size, cu_seqlens, sink_bias)
