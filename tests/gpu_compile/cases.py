@@ -149,7 +149,8 @@ def attn(x: Inputs):
     hkv = 1 if x.gates else H  # grouped queries, a forget gate and a window in the full variants
     q = x.x(H, x.K)
     k, v = x.x(hkv, x.K), x.x(hkv, x.K)
-    extra = dict(g=x.log_decay(H, dtype=x.dtype), window_size=64) if x.gates else {}
+    extra = dict(g=x.log_decay(H, dtype=x.dtype), window_size=64,
+                 sink_bias=torch.randn(H, requires_grad=True)) if x.gates else {}  # an attention sink too
     backward(parallel_attn(q, k, v, cu_seqlens=x.cu_seqlens, **extra))
 
 
