@@ -143,6 +143,42 @@ def gated_delta_rule(x: Inputs):
         backward(fused_recurrent_gated_delta_rule(q, k, v, g, beta=x.x(x.HV, x.V, fn=torch.sigmoid), **kw))
 
 
+def kda(x: Inputs):
+    from fla.ops.kda import chunk_kda, fused_recurrent_kda
+    from fla.ops.utils.cumsum import chunk_local_cumsum
+    from fla.ops.utils.wy_gk import chunk_kkt_gk_fwd
+
+    x.HV = 2 * H if x.gates else H  # grouped values in the full variants
+    q, k, v = x.qkv()
+    beta = x.x(x.HV, dtype=x.dtype, fn=torch.sigmoid)
+    kw = dict(initial_state=x.h0(), output_final_state=x.state, cu_seqlens=x.cu_seqlens,
+              use_qk_l2norm_in_kernel=x.gates)
+    gate = dict(g=x.log_decay(x.HV, x.K))
+    if x.gates:  # the in-kernel gate, with dt_bias in bf16 and without it in float32
+        gate = dict(g=x.x(x.HV, x.K), use_gate_in_kernel=True, A_log=torch.rand(x.HV, requires_grad=True))
+        if x.dtype == torch.bfloat16:
+            gate["dt_bias"] = torch.randn(x.HV * x.K, requires_grad=True)
+    backward(chunk_kda(q, k, v, beta=beta, **gate, **kw))
+    backward(fused_recurrent_kda(q, k, v, beta=beta, **gate, **kw))
+    with torch.no_grad():  # the two-operand, non-strict gated K K^T (DPLR's form)
+        G = chunk_local_cumsum(x.log_decay(H, x.K), 64, cu_seqlens=x.cu_seqlens)
+        chunk_kkt_gk_fwd(k, G, q=q, cu_seqlens=x.cu_seqlens, strict=False)
+
+
+def dplr(x: Inputs):
+    from fla.ops.generalized_delta_rule import chunk_dplr_delta_rule, fused_recurrent_dplr_delta_rule
+    from fla.ops.rwkv7 import chunk_rwkv7
+
+    q, k, v = x.qkv()
+    kk, rate = x.x(H, x.K, fn=lambda t: F.normalize(t, dim=-1)), x.x(H, x.K, fn=torch.sigmoid)
+    gk = x.log_decay(H, x.K)
+    kw = dict(initial_state=x.h0(), output_final_state=x.state, cu_seqlens=x.cu_seqlens)
+    backward(chunk_dplr_delta_rule(q, k, v, -kk, kk * rate, gk, **kw))
+    backward(fused_recurrent_dplr_delta_rule(q, k, v, -kk, kk * rate, gk, **kw, reverse=x.gates))
+    if x.gates:
+        backward(chunk_rwkv7(q, gk, k, v, -kk, kk * rate, **kw))
+
+
 def attn(x: Inputs):
     from fla.ops.attn import parallel_attn
 
@@ -219,5 +255,5 @@ def modules(x: Inputs):
 
 # Variant-major: a run cut short by its time budget has compiled every family in bfloat16 first.
 _PER_FAMILY = [each_variant(fn) for fn in (simple_gla, gla, retention, linear_attn, delta_rule, gated_delta_rule,
-                                           attn, utils, modules)]
+                                           kda, dplr, attn, utils, modules)]
 CASES = [cases[i] for i in range(len(VARIANTS)) for cases in _PER_FAMILY]

@@ -46,8 +46,8 @@ def naive(q, k, v, a, b, gk, initial_state, output_final_state, cu_seqlens):
 CASES = [
     # op, backend, B, T, H, K, V, cu_seqlens, h0, final_state, dtype
     ("chunk", "triton", 2, 37, 1, 32, 24, None, True, True, "float32"),
-    ("chunk", "triton", 1, 47, 2, 20, 16, [0, 1, 18, 18, 47], True, True, "float32"),  # lengths 1, 17, 0, 29
-    ("chunk", "triton", 1, 33, 1, 32, 32, None, False, True, "float16"),
+    ("chunk", "triton", 1, 47, 1, 20, 16, [0, 1, 18, 18, 47], True, True, "float32"),  # lengths 1, 17, 0, 29
+    ("chunk", "triton", 1, 33, 1, 48, 32, None, False, True, "float16"),  # two key blocks
     ("chunk", "torch", 1, 77, 2, 20, 24, [0, 1, 40, 77], True, True, "float32"),
     ("chunk", "torch", 2, 50, 2, 32, 16, None, False, False, "float32"),
     ("recurrent", "triton", 2, 20, 1, 20, 24, None, True, True, "float32"),

@@ -20,7 +20,8 @@ from fla.ops.utils.checks import normalize_inputs
 from fla.ops.utils.dispatch import autotune
 from fla.ops.utils.index import sequence_bounds, sequence_spans
 
-_CONFIGS = [triton.Config({}, num_warps=w, num_stages=s) for w in (1, 2, 4) for s in (2, 3, 1)]
+# a [128, 32] float32 state tile is 128 registers per thread at one warp (it spilled there on sm_90): two warps first
+_CONFIGS = [triton.Config({}, num_warps=w, num_stages=s) for w in (2, 4, 1) for s in (2, 3, 1)]
 
 
 @triton.heuristics({
@@ -72,7 +73,7 @@ def fused_recurrent_dplr_fwd(q, k, v, a, b, gk, scale, initial_state, output_fin
     N = B if cu_seqlens is None else len(cu_seqlens) - 1
     BK = max(16, triton.next_power_of_2(K))
     # narrow tiles: the per-token loop is latency-bound, more programs hide it better than wider tiles
-    BV = min(32, max(16, triton.next_power_of_2(V)))
+    BV = min(32 if BK <= 64 else 16, max(16, triton.next_power_of_2(V)))
     o = torch.empty_like(v)
     ht = q.new_empty(N, H, K, V, dtype=torch.float32) if output_final_state else None
     fused_recurrent_dplr_fwd_kernel[(triton.cdiv(V, BV), N * H)](

@@ -9,6 +9,13 @@ from __future__ import annotations
 import torch
 
 from fla.ops.generalized_delta_rule import chunk_dplr_delta_rule
+from fla.ops.utils.checks import check_tensor
+
+
+def check_rwkv7_names(r: object, w: object) -> None:
+    """The DPLR checks name q and gk; the two inputs RWKV calls otherwise are checked here under their own names."""
+    check_tensor("r", r, "[B, T, H, K]", (None, None, None, None), contiguous=False)
+    check_tensor("w", w, "[B, T, H, K]", tuple(r.shape), device=r.device, contiguous=False)
 
 
 def chunk_rwkv7(
@@ -37,6 +44,7 @@ def chunk_rwkv7(
     Returns:
         o: [B, T, H, V]; final_state: [N, H, K, V] float32 or None
     """
+    check_rwkv7_names(r, w)
     return chunk_dplr_delta_rule(r, k, v, a, b, w, scale=scale, initial_state=initial_state,
                                  output_final_state=output_final_state, cu_seqlens=cu_seqlens,
                                  cu_seqlens_cpu=cu_seqlens_cpu, safe_gate=safe_gate, chunk_size=chunk_size,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 
 from fla.ops.generalized_delta_rule import fused_recurrent_dplr_delta_rule
+from fla.ops.rwkv7.chunk import check_rwkv7_names
 
 
 def fused_recurrent_rwkv7(
@@ -31,6 +32,7 @@ def fused_recurrent_rwkv7(
     Returns:
         o: [B, T, H, V]; final_state: [N, H, K, V] float32 or None
     """
+    check_rwkv7_names(r, w)
     return fused_recurrent_dplr_delta_rule(r, k, v, a, b, w, scale=scale, initial_state=initial_state,
                                            output_final_state=output_final_state, cu_seqlens=cu_seqlens)
 
@@ -57,6 +59,7 @@ def fused_mul_recurrent_rwkv7(
     """
     if not isinstance(kk, torch.Tensor) or not isinstance(a, torch.Tensor):
         raise ValueError("kk and a must be [B, T, H, K] tensors (the normalized key and the learning rate)")
+    check_rwkv7_names(r, w)
     return fused_recurrent_dplr_delta_rule(r, k, v, -kk, kk * a, w, scale=scale, initial_state=initial_state,
                                            output_final_state=output_final_state, reverse=reverse,
                                            cu_seqlens=cu_seqlens)

@@ -37,13 +37,16 @@ import triton
 import triton.language as tl
 from triton.language.standard import _sum_combine
 
-from fla.ops.utils.dispatch import autotune
+from fla.ops.utils.dispatch import autotune, is_interpreter
 from fla.ops.utils.index import prepare_chunk_indices
 
 # Only Triton kernels here: the plain-CPU path of the DPLR family is one chunked PyTorch form at the op level
 # (`fla/ops/generalized_delta_rule/chunk.py`), differentiated by autograd, so these launchers are not dispatched.
 _CONFIGS = [triton.Config({}, num_warps=w, num_stages=s) for w in (4, 8, 2) for s in (2, 1)]
-DPLR_BK = 32  # key block of the [BT, BT, BK] decay tensors
+# the backward keeps eight accumulators and two [BT, BT, BK] decay tensors live: more warps, a narrower key block
+_BWD_CONFIGS = [triton.Config({}, num_warps=w, num_stages=s) for w in (8, 4) for s in (2, 1)]
+DPLR_BK = 32  # key block of the [BT, BT, BK] decay tensors (forward)
+DPLR_BWD_BK = 32 if is_interpreter() else 16  # the interpreter has no registers to save, only programs to run
 
 
 def _precision(x: torch.Tensor) -> str:
@@ -159,7 +162,7 @@ def dplr_fwd_intra_kernel(
 
 
 @triton.heuristics({"IS_VARLEN": lambda args: args["cu_seqlens"] is not None})
-@autotune(_CONFIGS, key=["H", "K", "V", "BT", "BK", "BV"])
+@autotune(_BWD_CONFIGS, key=["H", "K", "V", "BT", "BK", "BV"])
 @triton.jit
 def dplr_bwd_intra_kernel(
     q, k, a, b, gi, gk, v, u, z, do, h, dh, dq, dk, da, db, dgs, dge, cu_seqlens, chunk_indices,
@@ -255,7 +258,7 @@ def dplr_fwd_intra(q, k, a, b, gi, gk, cu_seqlens=None, chunk_size=16):
     """The chunk matrices and gated rows.
 
     Args:
-        q (already scaled), k, a, b: [B, T, H, K]; gi: float32 chunk-local cumsum of gk; gk: float32 log decays
+        q (already scaled, float32), k, a, b: [B, T, H, K] (k's dtype picks the dot precision); gi: float32 chunk-local cumsum of gk; gk: float32 log decays
     Returns:
         Aqk, Aqb, Aak, Tm, Au: float32 [B, T, H, BT]; w, qg, kd, bd, ag: float32 [B, T, H, K]
     """
@@ -266,7 +269,7 @@ def dplr_fwd_intra(q, k, a, b, gi, gk, cu_seqlens=None, chunk_size=16):
     rows = [q.new_empty(B, T, H, K, dtype=torch.float32) for _ in range(5)]
     dplr_fwd_intra_kernel[(NT, B * H)](q, k, a, b, gi, gk, *mats, *rows, cu_seqlens, chunk_indices,
                                        T=T, H=H, K=K, BT=BT, BK=min(DPLR_BK, max(16, triton.next_power_of_2(K))),
-                                       LOG2_BT=BT.bit_length() - 1, PREC=_precision(q))
+                                       LOG2_BT=BT.bit_length() - 1, PREC=_precision(k))
     return (*mats, *rows)
 
 
@@ -283,11 +286,11 @@ def dplr_bwd_intra(q, k, a, b, gi, gk, v, u, z, do, h, dh, cu_seqlens=None, chun
     V = v.shape[-1]
     BT = chunk_size
     chunk_indices, NT = _grid_chunks(cu_seqlens, T, BT)
-    BK = min(DPLR_BK, max(16, triton.next_power_of_2(K)))
-    BV = min(64, max(16, triton.next_power_of_2(V)))
+    BK = DPLR_BWD_BK
+    BV = min(32, max(16, triton.next_power_of_2(V)))
     outs = [q.new_empty(B, T, H, K, dtype=torch.float32) for _ in range(6)]
     dplr_bwd_intra_kernel[(triton.cdiv(K, BK), NT, B * H)](
         q, k, a, b, gi, gk, v, u, z, do, h, dh, *outs, cu_seqlens, chunk_indices,
-        T=T, H=H, K=K, V=V, BT=BT, BK=BK, BV=BV, PREC=_precision(q))
+        T=T, H=H, K=K, V=V, BT=BT, BK=BK, BV=BV, PREC=_precision(k))
     return tuple(outs)
 
