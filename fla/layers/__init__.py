@@ -16,3 +16,9 @@ from fla.layers.forgetting_attn import ForgettingAttention  # noqa: E402
 from fla.layers.mamba2 import Mamba2  # noqa: E402
 
 __all__ += ["ForgettingAttention", "Mamba2"]
+
+from fla.layers.gated_deltaproduct import GatedDeltaProduct  # noqa: E402
+from fla.layers.hgrn import HGRNAttention  # noqa: E402
+from fla.layers.hgrn2 import HGRN2Attention  # noqa: E402
+
+__all__ += ["GatedDeltaProduct", "HGRN2Attention", "HGRNAttention"]

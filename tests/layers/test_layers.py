@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from fla.layers import Attention, DeltaNet, GatedDeltaNet, GatedLinearAttention, LinearAttention, MultiScaleRetention
+from fla.layers import GatedDeltaProduct, HGRN2Attention, HGRNAttention
 from fla.models import FLACache
 from fla.ops.utils.dispatch import use_backend
 from tests.helpers import assert_close, seed
@@ -20,6 +21,10 @@ LAYERS = {
     "retention": lambda: MultiScaleRetention(D, num_heads=2, layer_idx=0),
     "delta_net": lambda: DeltaNet(D, num_heads=2, use_gate=True, layer_idx=0),
     "gated_deltanet": lambda: GatedDeltaNet(D, head_dim=16, num_heads=2, expand_v=1.0, layer_idx=0),
+    "gated_deltaproduct": lambda: GatedDeltaProduct(D, expand_v=1.0, head_dim=16, num_heads=2, num_householder=2,
+                                                    layer_idx=0),
+    "hgrn": lambda: HGRNAttention(hidden_size=D, use_short_conv=True, layer_idx=0),
+    "hgrn2": lambda: HGRN2Attention(hidden_size=D, expand_ratio=8, use_short_conv=True, layer_idx=0),
 }
 
 

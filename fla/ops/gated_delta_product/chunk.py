@@ -35,6 +35,17 @@ def interleave_steps(x: torch.Tensor, num_householder: int, first: bool) -> torc
     return x.flatten(1, 2)
 
 
+def steps_cu_seqlens(cu_seqlens: torch.Tensor | None, num_householder: int,
+                     cu_seqlens_cpu: torch.Tensor | None = None) -> torch.Tensor | None:
+    """Token boundaries -> the unrolled rows' boundaries (n * cu_seqlens), with their varlen index built from host
+    ints (no second read of the device)."""
+    if cu_seqlens is None or num_householder == 1:
+        return cu_seqlens
+    steps = cu_seqlens * num_householder
+    varlen_index(steps, torch.tensor(varlen_index(cu_seqlens, cu_seqlens_cpu).bounds) * num_householder)
+    return steps
+
+
 def check_gated_delta_product_inputs(q, k, v, g, beta, num_householder, scale, initial_state, cu_seqlens) -> None:
     if isinstance(num_householder, bool) or not isinstance(num_householder, int) or num_householder < 1:
         raise ValueError(f"num_householder must be a positive int (got {num_householder!r})")
@@ -98,11 +109,7 @@ def chunk_gated_delta_product(
     if use_qk_l2norm_in_kernel:  # before the interleave: the zero query rows need no norm
         q, k = l2_norm(q), l2_norm(k)
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
-    cu_steps = None
-    if cu_seqlens is not None:
-        cu_steps = cu_seqlens * n if n > 1 else cu_seqlens
-        if n > 1:  # the unrolled boundaries' index, from host ints (no second read of the device)
-            varlen_index(cu_steps, torch.tensor(varlen_index(cu_seqlens, cu_seqlens_cpu).bounds) * n)
+    cu_steps = steps_cu_seqlens(cu_seqlens, n, cu_seqlens_cpu)
     q_steps = interleave_steps(q, n, first=False)
     g_steps = interleave_steps(g, n, first=True) if g is not None else None
     o, ht = chunk_delta_rule_family(q_steps, k, v, g_steps, beta, scale, initial_state, output_final_state, False,
