@@ -34,3 +34,16 @@ __all__ = [
     "GatedDeltaNetForCausalLM",
     "GatedDeltaNetModel",
 ]
+
+from fla.models.gated_deltaproduct import (  # noqa: E402
+    GatedDeltaProductConfig,
+    GatedDeltaProductForCausalLM,
+    GatedDeltaProductModel,
+)
+from fla.models.hgrn import HGRNConfig, HGRNForCausalLM, HGRNModel  # noqa: E402
+from fla.models.hgrn2 import HGRN2Config, HGRN2ForCausalLM, HGRN2Model  # noqa: E402
+
+__all__ += [
+    "GatedDeltaProductConfig", "GatedDeltaProductForCausalLM", "GatedDeltaProductModel",
+    "HGRNConfig", "HGRNForCausalLM", "HGRNModel", "HGRN2Config", "HGRN2ForCausalLM", "HGRN2Model",
+]

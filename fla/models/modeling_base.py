@@ -126,6 +126,11 @@ class FLAModel(FLAPreTrainedModel):
         """Each family overrides this: (config, layer_idx) -> its token mixer."""
         raise NotImplementedError("a family's model class must define build_mixer(config, layer_idx)")
 
+    def layer_inputs(self) -> list[dict] | None:
+        """Extra keyword inputs for each block's mixer, computed once per forward from the model's own parameters
+        (HGRN's forget-gate lower bounds), or None. Softmax-attention layers of a hybrid ignore them."""
+        return None
+
     def __init__(self, config: FLAConfig):
         super().__init__(config)
         # padding_idx: the pad token's embedding gets no gradient, as in the peer library
@@ -198,12 +203,13 @@ class FLAModel(FLAPreTrainedModel):
             output_hidden_states = self.config.output_hidden_states
         hidden_states = self.embeddings(input_ids) if inputs_embeds is None else inputs_embeds
         all_hidden_states = [] if output_hidden_states else None
-        for layer in self.layers:
+        extra = self.layer_inputs()
+        for i, layer in enumerate(self.layers):
             if output_hidden_states:
                 all_hidden_states.append(hidden_states)
             hidden_states = layer(
                 hidden_states, attention_mask=attention_mask, past_key_values=cache if use_cache else None,
-                use_cache=use_cache, cu_seqlens=cu_seqlens,
+                use_cache=use_cache, cu_seqlens=cu_seqlens, **(extra[i] if extra else {}),
             )
         hidden_states = self.norm(hidden_states)
         if output_hidden_states:

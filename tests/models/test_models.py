@@ -21,6 +21,10 @@ FAMILIES = {
     "linear_attn": dict(num_heads=2),
     "delta_net": dict(num_heads=2, use_gate=True),
     "gated_deltanet": dict(num_heads=2, head_dim=16, expand_v=1.0),
+    "gated_deltaproduct": dict(num_heads=2, head_dim=16, expand_v=1.0, num_householder=2, use_forget_gate=True,
+                               allow_neg_eigval=True),
+    "hgrn": dict(expand_ratio=1, use_short_conv=True),
+    "hgrn2": dict(expand_ratio=8, use_short_conv=True),
     "gla_hybrid": dict(num_heads=2, attn={"layers": [1], "num_heads": 2, "num_kv_heads": 1, "window_size": 24}),
 }
 
