@@ -22,3 +22,7 @@ from fla.layers.hgrn import HGRNAttention  # noqa: E402
 from fla.layers.hgrn2 import HGRN2Attention  # noqa: E402
 
 __all__ += ["GatedDeltaProduct", "HGRN2Attention", "HGRNAttention"]
+
+from fla.layers.kda import KimiDeltaAttention  # noqa: E402
+
+__all__ += ["KimiDeltaAttention"]

@@ -47,3 +47,7 @@ __all__ += [
     "GatedDeltaProductConfig", "GatedDeltaProductForCausalLM", "GatedDeltaProductModel",
     "HGRNConfig", "HGRNForCausalLM", "HGRNModel", "HGRN2Config", "HGRN2ForCausalLM", "HGRN2Model",
 ]
+
+from fla.models.kda import KDAConfig, KDAForCausalLM, KDAModel  # noqa: E402
+
+__all__ += ["KDAConfig", "KDAForCausalLM", "KDAModel"]

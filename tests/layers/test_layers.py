@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 from fla.layers import Attention, DeltaNet, GatedDeltaNet, GatedLinearAttention, LinearAttention, MultiScaleRetention
 from fla.layers import GatedDeltaProduct, HGRN2Attention, HGRNAttention
+from fla.layers.kda import KimiDeltaAttention
 from fla.models import FLACache
 from fla.ops.utils.dispatch import use_backend
 from tests.helpers import assert_close, seed
@@ -21,6 +22,7 @@ LAYERS = {
     "retention": lambda: MultiScaleRetention(D, num_heads=2, layer_idx=0),
     "delta_net": lambda: DeltaNet(D, num_heads=2, use_gate=True, layer_idx=0),
     "gated_deltanet": lambda: GatedDeltaNet(D, head_dim=16, num_heads=2, expand_v=1.0, layer_idx=0),
+    "kda": lambda: KimiDeltaAttention(D, head_dim=16, num_heads=2, num_v_heads=4, layer_idx=0),
     "gated_deltaproduct": lambda: GatedDeltaProduct(D, expand_v=1.0, head_dim=16, num_heads=2, num_householder=2,
                                                     layer_idx=0),
     "hgrn": lambda: HGRNAttention(hidden_size=D, use_short_conv=True, layer_idx=0),

@@ -26,13 +26,15 @@ FAMILIES = {
     "hgrn": dict(expand_ratio=1, use_short_conv=True),
     "hgrn2": dict(expand_ratio=8, use_short_conv=True),
     "gla_hybrid": dict(num_heads=2, attn={"layers": [1], "num_heads": 2, "num_kv_heads": 1, "window_size": 24}),
+    "kda": dict(num_heads=2, head_dim=16),
+    "kda_hybrid": dict(num_heads=2, head_dim=16, attn={"layers": [0], "num_heads": 2, "num_kv_heads": 2}),
 }
 
 
 def make_model(family: str, tie: bool = False, **overrides):
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    model_type = "gla" if family == "gla_hybrid" else family
+    model_type = family.removesuffix("_hybrid")
     kwargs = dict(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, hidden_ratio=2, eos_token_id=None,
                   bos_token_id=None, pad_token_id=0, tie_word_embeddings=tie, **FAMILIES[family])
     kwargs.update(overrides)
