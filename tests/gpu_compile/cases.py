@@ -179,6 +179,18 @@ def dplr(x: Inputs):
         backward(chunk_rwkv7(q, gk, k, v, -kk, kk * rate, **kw))
 
 
+def hgrn(x: Inputs):
+    from fla.ops.hgrn import chunk_hgrn, fused_recurrent_hgrn
+
+    D = 2 * x.K if x.gates else x.V  # 256 (several channel blocks) / 80 (a masked block) / 128
+    inp = x.x(D)
+    g = x.log_decay(D, dtype=x.dtype if x.dtype != torch.float16 else torch.float32)  # a float32 gate in "bare"
+    h0 = torch.randn(x.N, D, requires_grad=True) if x.state else None
+    kw = dict(initial_state=h0, output_final_state=x.state, cu_seqlens=x.cu_seqlens)
+    backward(chunk_hgrn(inp, g, **kw))
+    backward(fused_recurrent_hgrn(inp, g, **kw))
+
+
 def attn(x: Inputs):
     from fla.ops.attn import parallel_attn
 
@@ -255,5 +267,5 @@ def modules(x: Inputs):
 
 # Variant-major: a run cut short by its time budget has compiled every family in bfloat16 first.
 _PER_FAMILY = [each_variant(fn) for fn in (simple_gla, gla, retention, linear_attn, delta_rule, gated_delta_rule,
-                                           kda, dplr, attn, utils, modules)]
+                                           kda, dplr, hgrn, attn, utils, modules)]
 CASES = [cases[i] for i in range(len(VARIANTS)) for cases in _PER_FAMILY]

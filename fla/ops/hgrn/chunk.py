@@ -21,7 +21,7 @@ from triton.language.standard import _sum_combine
 from fla.ops.hgrn.common import affine_combine, check_hgrn_inputs, hgrn_torch
 from fla.ops.hgrn.fused_recurrent import num_states
 from fla.ops.utils.checks import normalize_inputs
-from fla.ops.utils.dispatch import autotune, get_backend, is_interpreter
+from fla.ops.utils.dispatch import autotune, dispatch, is_interpreter
 from fla.ops.utils.index import sequence_bounds
 
 # The interpreter runs a scan with a custom combine one element at a time (~1 ms each), so there the chunks are
@@ -151,6 +151,10 @@ class ChunkHGRNFunction(torch.autograd.Function):
         return dx, dg, dh0, None, None
 
 
+# the Triton path or the PyTorch one (differentiated by autograd), by the device of x
+_chunk_hgrn = dispatch(ChunkHGRNFunction.apply, hgrn_torch)
+
+
 @normalize_inputs
 def chunk_hgrn(
     x: torch.Tensor,
@@ -171,6 +175,4 @@ def chunk_hgrn(
         o: [B, T, D] in x's dtype; final_state: [N, D] float32 or None
     """
     check_hgrn_inputs(x, g, initial_state, cu_seqlens)
-    if get_backend(x) == "torch":
-        return hgrn_torch(x, g, initial_state, output_final_state, cu_seqlens)
-    return ChunkHGRNFunction.apply(x, g, initial_state, output_final_state, cu_seqlens)
+    return _chunk_hgrn(x, g, initial_state, output_final_state, cu_seqlens)

@@ -14,7 +14,7 @@ import triton.language as tl
 
 from fla.ops.hgrn.common import check_hgrn_inputs, hgrn_torch
 from fla.ops.utils.checks import normalize_inputs
-from fla.ops.utils.dispatch import autotune, get_backend
+from fla.ops.utils.dispatch import autotune, dispatch
 from fla.ops.utils.index import sequence_bounds
 
 _CONFIGS = [triton.Config({"BD": bd}, num_warps=w) for bd in (32, 64, 128) for w in (1, 2, 4)]
@@ -126,6 +126,10 @@ class FusedRecurrentHGRNFunction(torch.autograd.Function):
         return dx, dg, dh0, None, None
 
 
+# the Triton path or the PyTorch one (differentiated by autograd), by the device of x
+_fused_recurrent_hgrn = dispatch(FusedRecurrentHGRNFunction.apply, hgrn_torch)
+
+
 @normalize_inputs
 def fused_recurrent_hgrn(
     x: torch.Tensor,
@@ -146,6 +150,4 @@ def fused_recurrent_hgrn(
         o: [B, T, D] in x's dtype; final_state: [N, D] float32 or None
     """
     check_hgrn_inputs(x, g, initial_state, cu_seqlens)
-    if get_backend(x) == "torch":
-        return hgrn_torch(x, g, initial_state, output_final_state, cu_seqlens)
-    return FusedRecurrentHGRNFunction.apply(x, g, initial_state, output_final_state, cu_seqlens)
+    return _fused_recurrent_hgrn(x, g, initial_state, output_final_state, cu_seqlens)
