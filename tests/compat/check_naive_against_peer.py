@@ -96,6 +96,19 @@ def calls() -> list[tuple[str, tuple, dict]]:
         ("fla.ops.gated_delta_rule.gate.naive_gdn_gate", (r(B, T, H), r(H), r(H)), {}),
         ("fla.ops.gated_delta_rule.gate.naive_gdn_gate", (r(B, T, H), r(H)), dict(output_dtype=torch.float16)),
     ]
+    # kda: a decay per key channel, grouped values (HV = 2 H), a state and a scale; the chunk form on whole chunks
+    HV = 2 * H
+    gv, vv, bv, h0v = F.logsigmoid(r(B, T, HV, K)), r(B, T, HV, V), torch.rand(B, T, HV, generator=g), r(B, HV, K, V)
+    q4, k4, v4, g4, b4 = r(B, 32, H, K), F.normalize(r(B, 32, H, K), dim=-1), r(B, 32, HV, V), \
+        F.logsigmoid(r(B, 32, HV, K)), torch.rand(B, 32, HV, generator=g)
+    out += [
+        ("fla.ops.kda.naive.naive_recurrent_kda", (q, kn, vv, gv, bv, 0.4, h0v, True), {}),
+        ("fla.ops.kda.naive.naive_recurrent_kda", (q, kn, v, gk, beta), {}),
+        ("fla.ops.kda.naive.naive_chunk_kda", (q4, k4, v4, g4, b4, 0.4, h0v, True, 16), {}),
+        ("fla.ops.kda.naive.naive_chunk_kda", (q4, k4, v4, g4, b4), {}),
+        ("fla.ops.kda.gate.naive_kda_gate", (r(B, T, H, K), r(H), r(H * K)), {}),
+        ("fla.ops.kda.gate.naive_kda_gate", (r(B, T, H, K), r(H)), dict(output_dtype=torch.float16)),
+    ]
     # gla, simple gla: a batched state, and a per-sequence [H, K, V] state as the peer's varlen tests pass it
     out += [
         ("fla.ops.gla.naive.naive_recurrent_gla", (q, k, v, gk, h0, True), {}),

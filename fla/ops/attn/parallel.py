@@ -550,6 +550,7 @@ def parallel_attn(
     sink_bias: torch.Tensor | None = None,
     *,
     cu_seqlens_cpu: torch.Tensor | None = None,
+    cp_context=None,
 ) -> torch.Tensor:
     """Causal softmax attention; query head h uses key/value head h // (HQ / H).
 
@@ -567,6 +568,8 @@ def parallel_attn(
             denominator of head h with no value, p_ij = exp(s_ij) / (sum_j' exp(s_ij') + exp(sink_bias[h]));
             differentiable (its gradient is -sum_i p_sink,i * (do_i . o_i))
         cu_seqlens_cpu: the same boundaries on the host (optional): then no device->host sync at all
+        cp_context: this rank's piece of a sequence split across ranks (fla.ops.cp.build_cp_context): the inputs
+            are this rank's tokens; keys and values are all-gathered (fla/ops/attn/cp.py)
     Returns:
         o: [B, T, HQ, V] in q's dtype
     """
@@ -594,4 +597,7 @@ def parallel_attn(
     if sink_bias is not None:
         check_tensor("sink_bias", sink_bias, "[HQ]", (HQ,), device=q.device)
     scale = K ** -0.5 if scale is None else float(scale)
+    if cp_context is not None:
+        from fla.ops.attn.cp import parallel_attn_cp
+        return parallel_attn_cp(q, k, v, g, scale, window_size, cu_seqlens, cp_context, sink_bias)
     return _parallel_attn(q, k, v, g, scale, window_size, cu_seqlens, sink_bias)

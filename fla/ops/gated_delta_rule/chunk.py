@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import torch
 
+from fla.ops.cp.chunk import check_cp_call, chunk_cp
+from fla.ops.cp.context import FLACPContext
 from fla.ops.gated_delta_rule.fused_recurrent import check_delta_rule_inputs
 from fla.ops.gated_delta_rule.gate import gated_delta_rule_inputs
 from fla.ops.utils.checks import normalize_inputs
@@ -78,8 +80,9 @@ class ChunkGatedDeltaRuleFunction(torch.autograd.Function):
 
 
 def chunk_delta_rule_family(q, k, v, g, beta, scale, initial_state, output_final_state, use_qk_l2norm_in_kernel,
-                            cu_seqlens):
-    """Shared body of `chunk_gated_delta_rule` and `chunk_delta_rule` after the checks."""
+                            cu_seqlens, cp_context=None):
+    """Shared body of `chunk_gated_delta_rule` and `chunk_delta_rule` after the checks (under `cp_context`,
+    cu_seqlens is the context's)."""
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
     if use_qk_l2norm_in_kernel:
         q, k = l2_norm(q), l2_norm(k)
@@ -88,6 +91,12 @@ def chunk_delta_rule_family(q, k, v, g, beta, scale, initial_state, output_final
         q, k = q.repeat_interleave(group, dim=2), k.repeat_interleave(group, dim=2)
     if initial_state is not None:
         initial_state = initial_state.contiguous()
+    if cp_context is not None:  # one run with K extra value columns that carry the transition (fla/ops/cp/chunk.py)
+        q, k = q.contiguous(), k.contiguous()
+
+        def run(v, h0):
+            return ChunkGatedDeltaRuleFunction.apply(q, k, v, g, beta, scale, h0, True, cu_seqlens)
+        return chunk_cp(run, q, v, None, scale, cp_context, diagonal=False), None
     o, ht = ChunkGatedDeltaRuleFunction.apply(q.contiguous(), k.contiguous(), v, g, beta, scale, initial_state,
                                               output_final_state, cu_seqlens)
     return o, ht
@@ -114,6 +123,7 @@ def chunk_gated_delta_rule(
     use_gate_in_kernel: bool = False,
     A_log: torch.Tensor | None = None,
     dt_bias: torch.Tensor | None = None,
+    cp_context: FLACPContext | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The gated delta rule (`S_t = exp(g_t) S_{t-1} + k_t^T beta_t (v_t - exp(g_t) k_t S_{t-1})`,
     `o_t = scale * q_t S_t`), chunk-parallel; differentiable.
@@ -132,6 +142,8 @@ def chunk_gated_delta_rule(
         chunk_indices: taken for the peer library's call form and not needed (the chunk index of a cu_seqlens is
             built once and memoized: `fla.ops.utils.index.varlen_index`)
         use_gate_in_kernel: g is the raw gate: use -exp(A_log) * softplus(g + dt_bias) (see `gate.py`)
+        cp_context: this rank's piece of a sequence split across ranks (fla.ops.cp.build_cp_context); the inputs
+            are then this rank's tokens, and cu_seqlens / initial_state / output_final_state are not taken
     Returns:
         o: [B, T, HV, V]; final_state: [N, HV, K, V] float32 or None
     """
@@ -139,7 +151,10 @@ def chunk_gated_delta_rule(
                                       allow_neg_eigval)
     if g is None:
         raise ValueError("g must be a [B, T, HV] tensor of log decays; use chunk_delta_rule for no gate")
+    if cp_context is not None:
+        check_cp_call(cp_context, initial_state, output_final_state, cu_seqlens)
+        cu_seqlens = cp_context.cu_seqlens
     check_delta_rule_inputs(q, k, v, g, beta, scale, initial_state, cu_seqlens, per_channel_beta=False)
     o, ht = chunk_delta_rule_family(q, k, v, g, beta, scale, initial_state, output_final_state,
-                                    use_qk_l2norm_in_kernel, cu_seqlens)
+                                    use_qk_l2norm_in_kernel, cu_seqlens, cp_context)
     return o, (ht if output_final_state else None)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import torch
 
+from fla.ops.cp.chunk import check_cp_call, chunk_cp
+from fla.ops.cp.context import FLACPContext
 from fla.ops.utils.checks import (check_cu_seqlens, check_head_dim, check_initial_state, check_scale, check_tensor,
                                   normalize_inputs)
 from fla.ops.utils.chunk_gk import chunk_gk_bwd_dqkg, chunk_gk_bwd_dv, chunk_gk_fwd_o
@@ -87,6 +89,8 @@ def chunk_gla(
     state_v_first: bool = False,
     cu_seqlens: torch.Tensor | None = None,
     cu_seqlens_cpu: torch.Tensor | None = None,
+    *,
+    cp_context: FLACPContext | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Gated linear attention, chunk-parallel (training and prefill).
 
@@ -101,11 +105,20 @@ def chunk_gla(
         initial_state: [N, H, K, V] float32, optional
         output_final_state: also return the state after the last token
         cu_seqlens: [N + 1] int, packed sequences, B must be 1
+        cp_context: this rank's piece of a sequence split across ranks (fla.ops.cp.build_cp_context); the inputs
+            are then this rank's tokens, and cu_seqlens / initial_state / output_final_state are not taken
     Returns:
         o: [B, T, H, V] (q's dtype); final_state: [N, H, K, V] float32 or None
     """
+    if cp_context is not None:
+        check_cp_call(cp_context, initial_state, output_final_state, cu_seqlens)
+        cu_seqlens = cp_context.cu_seqlens
     check_gla_inputs(q, k, v, {"g": (g, q.shape[-1])}, scale, initial_state, cu_seqlens)
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
+    if cp_context is not None:  # one run from a zero state, plus the incoming state's share (fla/ops/cp/chunk.py)
+        def run(v, h0):
+            return ChunkGLAFunction.apply(q, k, v, g, scale, h0, True, cu_seqlens)
+        return chunk_cp(run, q, v, g, scale, cp_context), None
     if initial_state is not None:
         initial_state = initial_state.contiguous()
     return ChunkGLAFunction.apply(q, k, v, g, scale, initial_state, output_final_state, cu_seqlens)

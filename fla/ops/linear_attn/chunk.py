@@ -9,6 +9,8 @@ import torch
 
 from fla.ops.linear_attn.naive import NORMALIZE_EPS
 from fla.ops.simple_gla.chunk import ChunkSimpleGLAFunction, check_simple_gla_inputs
+from fla.ops.cp.chunk import check_cp_call, chunk_cp
+from fla.ops.cp.context import FLACPContext
 from fla.ops.utils.checks import normalize_inputs
 
 
@@ -41,6 +43,7 @@ def chunk_linear_attn(
     cu_seqlens: torch.Tensor | None = None,
     *,
     cu_seqlens_cpu: torch.Tensor | None = None,
+    cp_context: FLACPContext | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Causal linear attention, chunk-parallel; differentiable in q, k, v and initial_state.
 
@@ -55,12 +58,21 @@ def chunk_linear_attn(
             by keyword when it matters
         cu_seqlens: [N + 1] int32/int64, packed sequences, B must be 1; cu_seqlens_cpu: the same on the host
             (optional: then no device->host sync at all)
+        cp_context: this rank's piece under context parallelism (see chunk_simple_gla)
     Returns:
         o: [B, T, H, V] in v's dtype; final_state: [N, H, K, V] ([N, H, K, V + 1] with normalize) float32 or None
     """
 
     def run(q, k, v, scale, h0, output_final_state, cu_seqlens):
+        if cp_context is not None:  # no decay: M = I (fla/ops/cp/chunk.py)
+            def piece(v, h0):
+                return ChunkSimpleGLAFunction.apply(q, k, v, None, None, scale, h0, True, cu_seqlens)
+            return chunk_cp(piece, q, v, None, scale, cp_context), None
         return ChunkSimpleGLAFunction.apply(q, k, v, None, None, scale, h0, output_final_state, cu_seqlens)
+
+    if cp_context is not None:
+        check_cp_call(cp_context, initial_state, output_final_state, cu_seqlens)
+        cu_seqlens = cp_context.cu_seqlens
 
     return linear_attn_with_normalizer(run, q, k, v, scale, initial_state, output_final_state, normalize, cu_seqlens)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from fla.ops.cp.context import FLACPContext
 from fla.ops.retention.naive import retention_log_decays
 from fla.ops.simple_gla.chunk import chunk_simple_gla
 from fla.ops.utils.checks import check_tensor, normalize_inputs
@@ -20,6 +21,7 @@ def chunk_retention(
     cu_seqlens: torch.Tensor | None = None,
     *,
     cu_seqlens_cpu: torch.Tensor | None = None,
+    cp_context: FLACPContext | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Retention, chunk-parallel; differentiable in q, k, v and initial_state.
 
@@ -30,13 +32,14 @@ def chunk_retention(
         output_final_state: also return the state after the last token
         cu_seqlens: [N + 1] int32/int64, packed sequences, B must be 1; cu_seqlens_cpu: the same on the host
             (optional: then no device->host sync at all)
+        cp_context: this rank's piece under context parallelism (see chunk_simple_gla)
     Returns:
         o: [B, T, H, V] in v's dtype; final_state: [N, H, K, V] float32 or None
     """
     check_tensor("q", q, "[B, T, H, K]", (None, None, None, None))
     g_gamma = retention_log_decays(q.shape[2], q.device)
     return chunk_simple_gla(q, k, v, g_gamma=g_gamma, scale=scale, initial_state=initial_state,
-                            output_final_state=output_final_state, cu_seqlens=cu_seqlens)
+                            output_final_state=output_final_state, cu_seqlens=cu_seqlens, cp_context=cp_context)
 
 
 @normalize_inputs

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import torch
 
+from fla.ops.cp.chunk import check_cp_call, chunk_cp
+from fla.ops.cp.context import FLACPContext
 from fla.ops.utils.checks import (check_cu_seqlens, check_head_dim, check_initial_state, check_scale, check_tensor,
                                   normalize_inputs)
 from fla.ops.utils.chunk_h import chunk_bwd_dh, chunk_fwd_h
@@ -71,6 +73,17 @@ class ChunkSimpleGLAFunction(torch.autograd.Function):
         return dq, dk, dv, dg, None, None, dh0, None, None
 
 
+def chunk_simple_gla_cp(q, k, v, g, g_gamma, scale, cp_context):
+    """This rank's output under context parallelism (see fla/ops/cp/chunk.py): one run from a zero state, plus
+    the incoming state's share."""
+
+    def run(v, h0):
+        return ChunkSimpleGLAFunction.apply(q, k, v, g, g_gamma, scale, h0, True, cp_context.cu_seqlens)
+
+    log_decay = g if g is not None or g_gamma is None else g_gamma.float().view(1, 1, -1).expand(*q.shape[:3])
+    return chunk_cp(run, q, v, log_decay, scale, cp_context)
+
+
 def check_simple_gla_inputs(q, k, v, g, g_gamma, scale, initial_state, cu_seqlens, state_value_dim=None) -> None:
     """The input checks shared by simple_gla, retention and linear_attn (`state_value_dim` overrides V in the state
     shape: linear_attn's normalizer column)."""
@@ -110,6 +123,8 @@ def chunk_simple_gla(
     state_v_first: bool = False,
     cu_seqlens: torch.Tensor | None = None,
     cu_seqlens_cpu: torch.Tensor | None = None,
+    *,
+    cp_context: FLACPContext | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Simple gated linear attention, chunk-parallel; differentiable in q, k, v, g and initial_state.
 
@@ -121,11 +136,19 @@ def chunk_simple_gla(
         initial_state: [N, H, K, V] float32 (N = B, or the number of sequences under cu_seqlens)
         output_final_state: also return the state after the last token
         cu_seqlens: [N + 1] int32/int64, packed sequences, B must be 1
+        cp_context: this rank's piece of a sequence split across ranks (fla.ops.cp.build_cp_context); q, k, v, g
+            are then this rank's tokens, and cu_seqlens / initial_state / output_final_state are not taken
     Returns:
         o: [B, T, H, V] in v's dtype; final_state: [N, H, K, V] float32 or None
     """
+    if cp_context is not None:
+        check_cp_call(cp_context, initial_state, output_final_state, cu_seqlens)
+        cu_seqlens = cp_context.cu_seqlens
     check_simple_gla_inputs(q, k, v, g, g_gamma, scale, initial_state, cu_seqlens)
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
+    if cp_context is not None:
+        return chunk_simple_gla_cp(q, k, v, g.contiguous() if g is not None else None,
+                                   g_gamma.detach() if g_gamma is not None else None, scale, cp_context), None
     return ChunkSimpleGLAFunction.apply(
         q, k, v, g.contiguous() if g is not None else None, g_gamma.detach() if g_gamma is not None else None,
         scale, initial_state.contiguous() if initial_state is not None else None, output_final_state, cu_seqlens)
