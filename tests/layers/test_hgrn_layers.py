@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from fla.layers import HGRN2Attention, HGRNAttention
+from fla.models import FLACache
 from fla.ops.utils.dispatch import use_backend
 from tests.helpers import assert_close, seed
 
@@ -108,3 +109,21 @@ def test_first_layer_has_no_bound_and_models_bounds_grow():
     bounds = layer_lower_bounds(torch.randn(4, 16))
     assert bounds[0].abs().max() == 0 and (bounds[1:] >= 0).all() and (bounds[1:] < 1).all()
     assert (bounds.diff(dim=0) >= 0).all()
+
+
+def test_interpreted_varlen_and_decoding():
+    """HGRN's Triton kernels (interpreter) in the layer: packed sequences (chunk kernels) against separate runs, and
+    cached decoding (fused recurrent kernels, conv windows) against the full forward."""
+    seed("hgrn-interpreted")
+    layer = HGRNAttention(hidden_size=16, use_short_conv=True, layer_idx=1).train()
+    bound = torch.rand(16) * 0.9
+    xs = [torch.randn(1, n, 16) for n in (5, 1, 20)]
+    got = layer(torch.cat(xs, 1), cu_seqlens=torch.tensor([0, 5, 6, 26], dtype=torch.int32), lower_bound=bound)[0]
+    want = [layer(x, lower_bound=bound)[0] for x in xs]
+    assert_close("varlen", got, torch.cat(want, 1), 1e-5)
+    layer.eval()
+    cache = FLACache()
+    outs = [layer(xs[2][:, :16], past_key_values=cache, use_cache=True, lower_bound=bound)[0]]
+    for t in range(16, 20):
+        outs.append(layer(xs[2][:, t:t + 1], past_key_values=cache, use_cache=True, lower_bound=bound)[0])
+    assert_close("decode", torch.cat(outs, 1), want[2], 1e-5)
