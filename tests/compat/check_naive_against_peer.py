@@ -99,8 +99,8 @@ def calls() -> list[tuple[str, tuple, dict]]:
     # kda: a decay per key channel, grouped values (HV = 2 H), a state and a scale; the chunk form on whole chunks
     HV = 2 * H
     gv, vv, bv, h0v = F.logsigmoid(r(B, T, HV, K)), r(B, T, HV, V), torch.rand(B, T, HV, generator=g), r(B, HV, K, V)
-    q4, k4, v4, g4, b4 = r(B, 32, H, K), F.normalize(r(B, 32, H, K), dim=-1), r(B, 32, HV, V), \
-        F.logsigmoid(r(B, 32, HV, K)), torch.rand(B, 32, HV, generator=g)
+    q4, k4, v4, g4, b4 = r(B, 64, H, K), F.normalize(r(B, 64, H, K), dim=-1), r(B, 64, HV, V), \
+        F.logsigmoid(r(B, 64, HV, K)), torch.rand(B, 64, HV, generator=g)
     out += [
         ("fla.ops.kda.naive.naive_recurrent_kda", (q, kn, vv, gv, bv, 0.4, h0v, True), {}),
         ("fla.ops.kda.naive.naive_recurrent_kda", (q, kn, v, gk, beta), {}),
