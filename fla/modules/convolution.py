@@ -378,3 +378,97 @@ def short_conv_cp(conv: ShortConvolution, x, residual, mask, cache, output_final
     y, final = conv(x_ext, output_final_state=output_final_state, cu_seqlens=cu_ext)
     y = y[:, h:]
     return (y if residual is None else y + residual), final
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The peer library's functional forms (`fla.modules.convolution.causal_conv1d` / `causal_conv1d_update`), over the
+# same kernels as ShortConvolution.
+
+def _check_conv_weights(x: torch.Tensor, weight, bias, activation, D: int) -> int:
+    if not isinstance(weight, torch.Tensor) or weight.dim() != 2 or weight.shape[0] != D:
+        raise ValueError(f"weight must be [D, W] with D = {D}, the last dim of x (got {getattr(weight, 'shape', weight)}"
+                         "); a convolution without weights is not supported")
+    if bias is not None and (not isinstance(bias, torch.Tensor) or tuple(bias.shape) != (D,)):
+        raise ValueError(f"bias must be [D] = [{D}] or None (got {getattr(bias, 'shape', bias)})")
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {ACTIVATIONS} (got {activation!r})")
+    return weight.shape[1]
+
+
+def causal_conv1d(
+    x: torch.Tensor,
+    weight: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
+    residual: torch.Tensor | None = None,
+    initial_state: torch.Tensor | None = None,
+    output_final_state: bool | None = False,
+    activation: str | None = None,
+    backend: str | None = "triton",
+    cu_seqlens: torch.Tensor | None = None,
+    cu_seqlens_cpu: torch.Tensor | None = None,
+    chunk_indices: torch.Tensor | None = None,
+    cp_context=None,
+    **kwargs,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Depthwise causal convolution, y_t = act(sum_i weight[:, i] * x_{t - W + 1 + i} + bias) + residual_t.
+
+    Args:
+        x: [B, T, D]; weight: [D, W]; bias: [D] or None; residual: [B, T, D] or None (added after the activation)
+        initial_state: [N, D, W] the W inputs before each sequence (zeros if None); gradients do not flow into it
+        output_final_state: also return the last W inputs of every sequence [N, D, W]
+        activation: None, "silu" or "swish"
+        backend: the peer's kernel choice ("triton", "cuda", "mix"); here the device picks the kernel, so all three
+            run the same one
+        cu_seqlens: [N + 1] packed sequences (B == 1); cu_seqlens_cpu its host copy (spares a device sync);
+            chunk_indices is accepted and not needed (the varlen index is memoized per cu_seqlens)
+        cp_context: context parallelism is not supported by this function (use ShortConvolution under fla.ops.cp)
+    Returns:
+        (y [B, T, D] in x's dtype, final state [N, D, W] or None)
+    """
+    if kwargs:
+        raise ValueError(f"causal_conv1d does not take {sorted(kwargs)} (options of the peer's 'mix' / 'cuda' "
+                         "backends); drop them")
+    if cp_context is not None:
+        raise ValueError("cp_context is not supported by causal_conv1d; call ShortConvolution with cp_context")
+    if backend not in ("triton", "cuda", "mix"):
+        raise ValueError(f"backend must be 'triton', 'cuda' or 'mix' (got {backend!r}); fla picks its kernel by device")
+    if not isinstance(x, torch.Tensor) or x.dim() != 3:
+        raise ValueError(f"x must be [B, T, D] (got {getattr(x, 'shape', type(x).__name__)})")
+    B, T, D = x.shape
+    W = _check_conv_weights(x, weight, bias, activation, D)
+    N = B if cu_seqlens is None else check_cu_seqlens(cu_seqlens, B, T)
+    if cu_seqlens is not None:
+        varlen_index(cu_seqlens, cu_seqlens_cpu)  # memoized: the kernels' index needs no host read of cu_seqlens
+    if initial_state is not None and (not isinstance(initial_state, torch.Tensor)
+                                      or tuple(initial_state.shape) != (N, D, W)):
+        raise ValueError(f"initial_state must be [N, D, W] = [{N}, {D}, {W}] (got "
+                         f"{getattr(initial_state, 'shape', initial_state)})")
+    if residual is not None and (not isinstance(residual, torch.Tensor) or residual.shape != x.shape):
+        raise ValueError(f"residual must be like x, {list(x.shape)} (got {getattr(residual, 'shape', residual)})")
+    x = x.contiguous()
+    cache = initial_state.detach().contiguous() if initial_state is not None else None
+    y = short_conv(x, weight.contiguous(), bias, cache, cu_seqlens, activation)
+    final = final_conv_state(x.detach(), cache, cu_seqlens, W) if output_final_state else None
+    return (y if residual is None else y + residual), final
+
+
+def causal_conv1d_update(
+    x: torch.Tensor,
+    cache: torch.Tensor,
+    residual: torch.Tensor | None = None,
+    weight: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
+    activation: str | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One decode step per sequence: x [N, D], [N, 1, D] or [1, N, D] (one token each); cache [N, D, W] is shifted
+    and gets x, in place. Returns (y like x, plus residual if given; the cache)."""
+    if not isinstance(x, torch.Tensor) or x.dim() not in (2, 3) or (x.dim() == 3 and 1 not in x.shape[:2]):
+        raise ValueError(f"x must be [N, D], [N, 1, D] or [1, N, D] (got {getattr(x, 'shape', type(x).__name__)})")
+    shape, D = x.shape, x.shape[-1]
+    W = _check_conv_weights(x, weight, bias, activation, D)
+    N = x.numel() // D
+    if not isinstance(cache, torch.Tensor) or tuple(cache.shape) != (N, D, W):
+        raise ValueError(f"cache must be [N, D, W] = [{N}, {D}, {W}] (got {getattr(cache, 'shape', cache)})")
+    y = short_conv_step(x.reshape(N, 1, D).contiguous(), weight.contiguous(), bias, cache, activation)
+    y = y.reshape(shape)
+    return (y if residual is None else y + residual.reshape(shape)), cache

@@ -7,6 +7,7 @@ as the peer library does), so a head-first `[B, H, T, K]` tensor transposed into
 from __future__ import annotations
 
 import functools
+import warnings
 from typing import Callable, Sequence
 
 import torch
@@ -63,7 +64,12 @@ def normalize_inputs(op: Callable) -> Callable:
     - `state_v_first=True` (if the op has it): initial and final states are [N, H, V, K] instead of [N, H, K, V];
       they are transposed here, and the op itself always sees [N, H, K, V] (and state_v_first=False);
     - `cu_seqlens_cpu` (if the op has it): a host copy of cu_seqlens, checked for its length; the results do not
-      depend on it.
+      depend on it;
+    - the keywords the peer's op takes through its **kwargs (PEER_KEYWORDS, by op name): `chunk_size` (checked to be
+      a power of 2, as the peer does, then not used: our kernels' own chunk size gives the same results),
+      `transpose_state_layout` (the deprecated name of `state_v_first`: a DeprecationWarning, as in the peer), and
+      `head_first` (removed in the peer, which raises DeprecationWarning: so do we). Other ops refuse them as any
+      unknown keyword.
     What is still wrong after that (shape, other dtypes, device) is refused by the checks as before."""
     import inspect
 
@@ -80,8 +86,12 @@ def normalize_inputs(op: Callable) -> Callable:
             x = x.float()
         return x if x.is_contiguous() else x.contiguous()
 
+    extra = PEER_KEYWORDS.get(op.__name__, ())
+
     @functools.wraps(op)
     def wrapper(*args, **kwargs):
+        if extra and any(n in kwargs for n in extra):
+            kwargs = peer_keywords(op.__name__, extra, kwargs)
         if any(n in kwargs or len(args) > i for n, i in optional.items()):
             bound = signature.bind(*args, **kwargs)
             values = bound.arguments
@@ -100,6 +110,35 @@ def normalize_inputs(op: Callable) -> Callable:
         return op(*args, **{k: fix(k, v) for k, v in kwargs.items()})
 
     return wrapper
+
+
+# op name -> the keywords its peer counterpart (fla-core 0.6.0) reads from **kwargs
+_CHUNK = ("chunk_size", "head_first")
+PEER_KEYWORDS = {
+    "chunk_simple_gla": _CHUNK, "chunk_retention": _CHUNK, "chunk_delta_rule": _CHUNK,
+    "chunk_gated_delta_rule": _CHUNK + ("transpose_state_layout",),
+    "fused_recurrent_simple_gla": ("transpose_state_layout",), "fused_recurrent_retention": ("transpose_state_layout",),
+    "fused_recurrent_gla": ("transpose_state_layout",), "fused_recurrent_gated_delta_rule": ("transpose_state_layout",),
+}
+
+
+def peer_keywords(name: str, known: Sequence[str], kwargs: dict) -> dict:
+    """The call's keywords with the peer-only ones (see normalize_inputs) applied and removed."""
+    kwargs = dict(kwargs)
+    if "head_first" in known and "head_first" in kwargs:
+        raise DeprecationWarning(f"{name}: head_first has been removed; inputs must be in [B, T, H, ...] format "
+                                 "(transpose a head-first tensor with .transpose(1, 2))")
+    if "chunk_size" in known and "chunk_size" in kwargs:
+        size = kwargs.pop("chunk_size")
+        if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1 or size & (size - 1)):
+            raise ValueError(f"{name}: chunk_size must be a power of 2 (got {size!r}); it changes no result here")
+    if "transpose_state_layout" in known and "transpose_state_layout" in kwargs:
+        if kwargs.get("state_v_first"):
+            raise ValueError(f"{name}: pass state_v_first, not both it and the deprecated transpose_state_layout")
+        warnings.warn("`transpose_state_layout` is deprecated and renamed to `state_v_first`.", DeprecationWarning,
+                      stacklevel=3)
+        kwargs["state_v_first"] = kwargs.pop("transpose_state_layout")
+    return kwargs
 
 
 def check_cu_seqlens_cpu(cu_seqlens_cpu: object, cu_seqlens: object) -> None:
