@@ -141,6 +141,9 @@ def gated_delta_rule(x: Inputs):
     backward(fused_recurrent_gated_delta_rule(q, k, v, g, beta=beta, **kw))
     if x.gates:  # a beta per value channel
         backward(fused_recurrent_gated_delta_rule(q, k, v, g, beta=x.x(x.HV, x.V, fn=torch.sigmoid), **kw))
+    from fla.ops.gated_delta_rule.gate import fused_gdn_gate  # the standalone gate, with and without dt_bias
+    backward(fused_gdn_gate(x.x(x.HV), torch.rand(x.HV, requires_grad=True),
+                            torch.randn(x.HV, requires_grad=True) if x.gates else None))
 
 
 def kda(x: Inputs):
