@@ -155,7 +155,7 @@ def test_rejects_bad_input(op, name, match):
         OPS[op](**_bad(name))
 
 
-@pytest.mark.parametrize("option", ["safe_gate", "return_intermediate_states", "cp_context"])
+@pytest.mark.parametrize("option", ["safe_gate", "return_intermediate_states", "cp_context", "use_graph"])
 def test_chunk_refuses_peer_only_options(option):
     B, T, H, K = 1, 8, 1, 16
     x = torch.randn(B, T, H, K)

@@ -115,7 +115,8 @@ def refuse_unsupported(**options) -> None:
     if used:
         raise ValueError(f"{', '.join(used)} {'is' if len(used) == 1 else 'are'} not supported by fla's KDA "
                          "(safe_gate / lower_bound: the sigmoid-bounded gate; return_intermediate_states, "
-                         "cp_context: inference and context-parallel modes); leave them at their defaults")
+                         "cp_context, use_graph: inference, context-parallel and CUDA-graph modes); leave them at "
+                         "their defaults")
 
 
 def kda_beta(beta, use_beta_sigmoid_in_kernel: bool, allow_neg_eigval: bool):
@@ -159,6 +160,8 @@ def chunk_kda(
     cu_seqlens: torch.Tensor | None = None,
     cu_seqlens_cpu: torch.Tensor | None = None,
     cp_context: object | None = None,
+    use_graph: bool = False,
+    max_num_seqs: int | None = None,
     *,
     A_log: torch.Tensor | None = None,
     dt_bias: torch.Tensor | None = None,
@@ -176,7 +179,8 @@ def chunk_kda(
         use_qk_l2norm_in_kernel: L2-normalize q and k first (differentiated through)
         use_gate_in_kernel: the log decay is -exp(A_log) * softplus(g + dt_bias), computed in the cumsum kernel
         use_beta_sigmoid_in_kernel: beta = sigmoid(beta) (times 2 with allow_neg_eigval)
-        safe_gate, lower_bound, return_intermediate_states, cp_context: the peer's; not supported (an error)
+        safe_gate, lower_bound, return_intermediate_states, cp_context, use_graph: the peer's; not supported (an
+            error); max_num_seqs: only read by the peer's use_graph, ignored
         disable_recompute: accepted for the peer's call form; the backward always recomputes (same results)
         state_v_first: initial and final states are [N, HV, V, K]
         cu_seqlens: [N + 1] int, packed sequences, B must be 1; cu_seqlens_cpu: the same on the host (optional)
@@ -186,7 +190,8 @@ def chunk_kda(
         o: [B, T, HV, V]; final_state: [N, HV, K, V] float32 or None
     """
     refuse_unsupported(safe_gate=safe_gate, lower_bound=lower_bound,
-                       return_intermediate_states=return_intermediate_states, cp_context=cp_context)
+                       return_intermediate_states=return_intermediate_states, cp_context=cp_context,
+                       use_graph=use_graph)
     if chunk_size not in (16, 32, 64):
         raise ValueError(f"chunk_size must be 16, 32 or 64 for KDA (got {chunk_size})")
     check_kda_inputs(q, k, v, g, beta, scale, initial_state, cu_seqlens, use_gate_in_kernel, A_log, dt_bias)
