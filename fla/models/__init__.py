@@ -35,6 +35,18 @@ __all__ = [
     "GatedDeltaNetModel",
 ]
 
+from fla.models.mamba2 import Mamba2Config, Mamba2ForCausalLM, Mamba2Model  # noqa: E402
+from fla.models.forgetting_transformer import (  # noqa: E402
+    ForgettingTransformerConfig,
+    ForgettingTransformerForCausalLM,
+    ForgettingTransformerModel,
+)
+
+__all__ += [
+    "Mamba2Config", "Mamba2ForCausalLM", "Mamba2Model",
+    "ForgettingTransformerConfig", "ForgettingTransformerForCausalLM", "ForgettingTransformerModel",
+]
+
 from fla.models.gated_deltaproduct import (  # noqa: E402
     GatedDeltaProductConfig,
     GatedDeltaProductForCausalLM,

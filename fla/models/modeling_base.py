@@ -121,6 +121,9 @@ class FLAPreTrainedModel(PreTrainedModel):
 class FLAModel(FLAPreTrainedModel):
     """The backbone without the head: forward(...) -> FLAModelOutput (a BaseModelOutputWithPast)."""
 
+    # a family whose block is not mixer + MLP (Mamba-2: mixer only) names its own, same forward signature
+    block_class: type[nn.Module] = FLABlock
+
     @staticmethod
     def build_mixer(config: FLAConfig, layer_idx: int) -> nn.Module:
         """Each family overrides this: (config, layer_idx) -> its token mixer."""
@@ -137,7 +140,7 @@ class FLAModel(FLAPreTrainedModel):
         self.embeddings = nn.Embedding(config.vocab_size, config.hidden_size, config.pad_token_id)
         specs = [config.attn_spec(i) for i in range(config.num_hidden_layers)]
         self.layers = nn.ModuleList([
-            FLABlock(config, self.build_mixer(config, i) if spec is None else build_attention(config, i, spec))
+            self.block_class(config, self.build_mixer(config, i) if spec is None else build_attention(config, i, spec))
             for i, spec in enumerate(specs)
         ])
         self.norm = RMSNorm(config.hidden_size, eps=config.norm_eps)

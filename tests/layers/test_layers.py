@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 from fla.layers import Attention, DeltaNet, GatedDeltaNet, GatedLinearAttention, LinearAttention, MultiScaleRetention
 from fla.layers import GatedDeltaProduct, HGRN2Attention, HGRNAttention
+from fla.layers import ForgettingAttention, Mamba2
 from fla.layers.kda import KimiDeltaAttention
 from fla.models import FLACache
 from fla.ops.utils.dispatch import use_backend
@@ -27,6 +28,9 @@ LAYERS = {
                                                     layer_idx=0),
     "hgrn": lambda: HGRNAttention(hidden_size=D, use_short_conv=True, layer_idx=0),
     "hgrn2": lambda: HGRN2Attention(hidden_size=D, expand_ratio=8, use_short_conv=True, layer_idx=0),
+    "mamba2": lambda: Mamba2(hidden_size=D, head_dim=8, state_size=16, n_groups=2, layer_idx=0),
+    "forgetting_attn": lambda: ForgettingAttention(D, num_heads=4, num_kv_heads=2, qk_norm=True,
+                                                   use_output_gate=True, window_size=9, layer_idx=0),
 }
 
 
@@ -122,7 +126,8 @@ def test_rejects_padding_with_cu_seqlens_and_bad_masks():
         Attention(D, num_heads=4, num_kv_heads=3)
 
 
-@pytest.mark.parametrize("name", ["attn_window", "gated_deltanet", "delta_net", "retention", "linear_attn"])
+@pytest.mark.parametrize("name", ["attn_window", "gated_deltanet", "delta_net", "retention", "linear_attn", "mamba2",
+                                  "forgetting_attn"])
 def test_interpreted_varlen_and_decoding(name):
     """The Triton kernels (interpreter): packed sequences against separate runs, and decoding against the chunked
     forward."""

@@ -28,6 +28,8 @@ FAMILIES = {
     "gla_hybrid": dict(num_heads=2, attn={"layers": [1], "num_heads": 2, "num_kv_heads": 1, "window_size": 24}),
     "kda": dict(num_heads=2, head_dim=16),
     "kda_hybrid": dict(num_heads=2, head_dim=16, attn={"layers": [0], "num_heads": 2, "num_kv_heads": 2}),
+    "mamba2": dict(head_dim=8, state_size=16, n_groups=2),
+    "forgetting_transformer": dict(num_heads=2, num_kv_heads=1, qk_norm=True, use_output_gate=True),
 }
 
 
@@ -214,7 +216,7 @@ def test_every_parameter_gets_a_gradient(family):
     assert not missing, f"no (finite, nonzero) gradient for {missing}"
 
 
-@pytest.mark.parametrize("family", ["transformer", "gla_hybrid", "gated_deltanet", "retnet"])
+@pytest.mark.parametrize("family", ["transformer", "gla_hybrid", "gated_deltanet", "retnet", "mamba2"])
 @pytest.mark.parametrize("tie", [False, True])
 def test_reset_parameters_after_meta_build(family, tie):
     """The trainer builds on meta, then to_empty(), then reset_parameters(): finite, seeded, tied, and the same
@@ -309,7 +311,7 @@ def test_interpreted_kernels_packed_and_decoding(family):
     assert_close("decode", torch.cat(steps, 1), want[:, 6:26], 1e-4)
 
 
-@pytest.mark.parametrize("family", ["gla_hybrid", "gated_deltanet", "retnet"])
+@pytest.mark.parametrize("family", ["gla_hybrid", "gated_deltanet", "retnet", "mamba2", "forgetting_transformer"])
 def test_training_overfits_one_packed_batch(family):
     """End to end: packed documents, the fused linear cross entropy and AdamW drive the loss well down."""
     model = make_model(family).train()
