@@ -216,7 +216,7 @@ def test_every_parameter_gets_a_gradient(family):
     assert not missing, f"no (finite, nonzero) gradient for {missing}"
 
 
-@pytest.mark.parametrize("family", ["transformer", "gla_hybrid", "gated_deltanet", "retnet", "mamba2"])
+@pytest.mark.parametrize("family", ["transformer", "gla_hybrid", "gated_deltanet", "retnet", "mamba2", "kda"])
 @pytest.mark.parametrize("tie", [False, True])
 def test_reset_parameters_after_meta_build(family, tie):
     """The trainer builds on meta, then to_empty(), then reset_parameters(): finite, seeded, tied, and the same
