@@ -11,9 +11,11 @@ reads and writes the same tensors here:
   (writing into it writes the cache); `len(cache)`, iteration, `to_legacy_cache()` / `from_legacy_cache(...)`
 - `recurrent_state`: float32 [B, H, K, V] (GLA and Gated DeltaNet: [B, H, V, K]; a pair for normalized linear
   attention; the layer's docstring says which)
-- `conv_state`: tuple of [B, D, W] short-convolution windows (one per convolved projection)
-- `attn_state`: (keys, values) [B, S, H_kv * D_head], in the padded layout of the inputs (the attention mask says
-  which positions are real); with a sliding window only the last `window_size` columns are kept
+- `conv_state`: tuple of [B, D, W] short-convolution windows (one per convolved projection; Mamba-2: one tensor
+  [B, conv_dim, W] for its single x/B/C convolution, as the peer stores it)
+- `attn_state`: (keys, values) [B, S, H_kv * D_head] (Forgetting Attention adds its log forget gates [B, S, H]
+  float32 as a third), in the padded layout of the inputs (the attention mask says which positions are real); with
+  a sliding window only the last `window_size` columns are kept
 - `seen_tokens`: how many input columns (padding included) this layer has consumed, which is what `generate()` asks
   `get_seq_length()` for.
 """
