@@ -26,3 +26,7 @@ __all__ += ["GatedDeltaProduct", "HGRN2Attention", "HGRNAttention"]
 from fla.layers.kda import KimiDeltaAttention  # noqa: E402
 
 __all__ += ["KimiDeltaAttention"]
+
+from fla.layers.rwkv7 import RWKV7Attention  # noqa: E402
+
+__all__ += ["RWKV7Attention"]

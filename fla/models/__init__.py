@@ -63,3 +63,7 @@ __all__ += [
 from fla.models.kda import KDAConfig, KDAForCausalLM, KDAModel  # noqa: E402
 
 __all__ += ["KDAConfig", "KDAForCausalLM", "KDAModel"]
+
+from fla.models.rwkv7 import RWKV7Config, RWKV7ForCausalLM, RWKV7Model  # noqa: E402
+
+__all__ += ["RWKV7Config", "RWKV7ForCausalLM", "RWKV7Model"]

@@ -40,6 +40,7 @@ def _cases():
     from fla.modules import ShortConvolution
     from fla.ops import (chunk_delta_rule, chunk_gated_delta_rule, chunk_gla, chunk_linear_attn, chunk_retention,
                          chunk_simple_gla)
+    from fla.ops.kda import chunk_kda
     from fla.ops.attn.parallel import parallel_attn
 
     from tests.helpers import seed
@@ -73,6 +74,9 @@ def _cases():
         "gated_delta_rule": (lambda B: _gdn_inputs(B, H, 2 * H, K, V),
                              lambda x, **w: chunk_gated_delta_rule(x["q"], x["k"], x["v"], x["g"], x["beta"],
                                                                    use_qk_l2norm_in_kernel=True, **w)[0], None),
+        "kda": (lambda B: dict(_gdn_inputs(B, H, 2 * H, K, V), g=F.logsigmoid(torch.randn(B, T, 2 * H, K)) * 0.3),
+                lambda x, **w: chunk_kda(x["q"], x["k"], x["v"], x["g"], x["beta"], use_qk_l2norm_in_kernel=True,
+                                         **w)[0], None),
         "short_conv": (lambda B: dict(x=torch.randn(B, T, 20)),
                        lambda x, cu_seqlens=None, cp_context=None: conv(x["x"], cu_seqlens=cu_seqlens,
                                                                         cp_context=cp_context)[0], conv),

@@ -155,9 +155,9 @@ def test_rejects_bad_input(op, name, match):
         OPS[op](**_bad(name))
 
 
-@pytest.mark.parametrize("option", ["safe_gate", "return_intermediate_states", "cp_context", "use_graph"])
+@pytest.mark.parametrize("option", ["safe_gate", "return_intermediate_states", "use_graph"])
 def test_chunk_refuses_peer_only_options(option):
     B, T, H, K = 1, 8, 1, 16
     x = torch.randn(B, T, H, K)
     with pytest.raises(ValueError, match=f"{option} is not supported"):
-        chunk_kda(x, x, x, x, torch.rand(B, T, H), **{option: True if option != "cp_context" else object()})
+        chunk_kda(x, x, x, x, torch.rand(B, T, H), **{option: True})

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import torch
 
+from fla.ops.cp.chunk import check_cp_call, chunk_cp
 from fla.ops.kda.gate import kda_gate_chunk_cumsum, kda_gate_chunk_cumsum_bwd
 from fla.ops.utils.checks import (check_cu_seqlens, check_head_dim, check_initial_state, check_scale, check_tensor,
                                   normalize_inputs)
@@ -115,8 +116,7 @@ def refuse_unsupported(**options) -> None:
     if used:
         raise ValueError(f"{', '.join(used)} {'is' if len(used) == 1 else 'are'} not supported by fla's KDA "
                          "(safe_gate / lower_bound: the sigmoid-bounded gate; return_intermediate_states, "
-                         "cp_context, use_graph: inference, context-parallel and CUDA-graph modes); leave them at "
-                         "their defaults")
+                         "use_graph: inference and CUDA-graph modes); leave them at their defaults")
 
 
 def kda_beta(beta, use_beta_sigmoid_in_kernel: bool, allow_neg_eigval: bool):
@@ -179,8 +179,10 @@ def chunk_kda(
         use_qk_l2norm_in_kernel: L2-normalize q and k first (differentiated through)
         use_gate_in_kernel: the log decay is -exp(A_log) * softplus(g + dt_bias), computed in the cumsum kernel
         use_beta_sigmoid_in_kernel: beta = sigmoid(beta) (times 2 with allow_neg_eigval)
-        safe_gate, lower_bound, return_intermediate_states, cp_context, use_graph: the peer's; not supported (an
-            error); max_num_seqs: only read by the peer's use_graph, ignored
+        safe_gate, lower_bound, return_intermediate_states, use_graph: the peer's; not supported (an error);
+            max_num_seqs: only read by the peer's use_graph, ignored
+        cp_context: this rank's piece of a sequence split across ranks (fla.ops.cp.build_cp_context); the inputs
+            are then this rank's tokens, and cu_seqlens / initial_state / output_final_state are not taken
         disable_recompute: accepted for the peer's call form; the backward always recomputes (same results)
         state_v_first: initial and final states are [N, HV, V, K]
         cu_seqlens: [N + 1] int, packed sequences, B must be 1; cu_seqlens_cpu: the same on the host (optional)
@@ -190,8 +192,10 @@ def chunk_kda(
         o: [B, T, HV, V]; final_state: [N, HV, K, V] float32 or None
     """
     refuse_unsupported(safe_gate=safe_gate, lower_bound=lower_bound,
-                       return_intermediate_states=return_intermediate_states, cp_context=cp_context,
-                       use_graph=use_graph)
+                       return_intermediate_states=return_intermediate_states, use_graph=use_graph)
+    if cp_context is not None:
+        check_cp_call(cp_context, initial_state, output_final_state, cu_seqlens)
+        cu_seqlens = cp_context.cu_seqlens
     if chunk_size not in (16, 32, 64):
         raise ValueError(f"chunk_size must be 16, 32 or 64 for KDA (got {chunk_size})")
     check_kda_inputs(q, k, v, g, beta, scale, initial_state, cu_seqlens, use_gate_in_kernel, A_log, dt_bias)
@@ -199,6 +203,11 @@ def chunk_kda(
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
     q, k = prepare_kda(q, k, use_qk_l2norm_in_kernel, v.shape[2])
     dt_bias = dt_bias.contiguous() if dt_bias is not None else None
+    if cp_context is not None:  # one run with K extra value columns that carry the transition (fla/ops/cp/chunk.py)
+        def run(v, h0):
+            return ChunkKDAFunction.apply(q, k, v, g, beta.contiguous(), A_log if use_gate_in_kernel else None,
+                                          dt_bias, scale, h0, True, cu_seqlens, chunk_size)
+        return chunk_cp(run, q, v, None, scale, cp_context, diagonal=False), None
     o, ht = ChunkKDAFunction.apply(q, k, v, g, beta.contiguous(), A_log if use_gate_in_kernel else None, dt_bias,
                                    scale, initial_state, output_final_state, cu_seqlens, chunk_size)
     return o, (ht if output_final_state else None)
