@@ -132,6 +132,20 @@ def calls() -> list[tuple[str, tuple, dict]]:
         ("fla.ops.linear_attn.naive.naive_chunk_linear_attn", (q6, k6, v6, 0.5, True), {}),
         ("fla.ops.retention.naive.naive_retention", (hf(q), hf(k), hf(v)), {}),
     ]
+    # gated deltaproduct: n Householder rows per token in k, v, beta (the peer's layout); hgrn (x, g: [B, T, D])
+    n, cu1 = 3, torch.tensor([0, 1, 15, 15, 37], dtype=torch.int64)
+    kh, vh, bh = F.normalize(r(B, T * n, H, K), dim=-1), r(B, T * n, H, V), torch.rand(B, T * n, H, generator=g)
+    xh, gh, hh = r(B, T, 24), F.logsigmoid(r(B, T, 24)), r(B, 24)
+    out += [
+        ("fla.ops.gated_delta_product.naive.naive_recurrent_gated_delta_product",
+         (q, kh, vh, gate, bh, 0.4, None, h0, True, n), {}),
+        ("fla.ops.gated_delta_product.naive.naive_recurrent_gated_delta_product",
+         (q[:1], kh[:1], vh[:1], None, bh[:1], 0.3), dict(cu_seqlens=cu1, initial_state=r(4, H, K, V),
+                                                            num_householder=n)),
+        ("fla.ops.hgrn.naive.naive_recurrent_hgrn", (xh, gh, hh, True), {}),
+        ("fla.ops.hgrn.naive.naive_recurrent_hgrn", (xh, gh), {}),
+        ("fla.ops.hgrn.naive.naive_chunk_hgrn", (r(B, 64, 24), F.logsigmoid(r(B, 64, 24)), hh, True), {}),
+    ]
     return out
 
 

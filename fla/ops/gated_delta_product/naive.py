@@ -28,8 +28,9 @@ def naive_recurrent_gated_delta_product(
     num_householder: int = 1,
     *,
     use_qk_l2norm_in_kernel: bool = False,
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The peer library's reference, by its name and argument order (cu_seqlens before initial_state).
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The peer library's reference, by its name, argument order (cu_seqlens before initial_state) and return: the
+    final state comes back whether or not output_final_state asks for it, as there.
 
     Args:
         q: [B, T, H, K]; k: [B, T * n, H, K]; v: [B, T * n, HV, V]; beta: [B, T * n, HV]
@@ -38,7 +39,7 @@ def naive_recurrent_gated_delta_product(
             [n * cu_seqlens[i], n * cu_seqlens[i + 1])
         initial_state: [N, HV, K, V]
     Returns:
-        o: [B, T, HV, V] in v's dtype; final_state: [N, HV, K, V] float32 or None
+        o: [B, T, HV, V] in v's dtype; final_state: [N, HV, K, V] float32
     """
     B, T, H, K = q.shape
     HV, V, n = v.shape[2], v.shape[3], num_householder
@@ -62,5 +63,4 @@ def naive_recurrent_gated_delta_product(
         outs.append(torch.stack(o_seq) if o_seq else q.new_zeros(0, HV, V))
         finals.append(S)
     o = torch.stack(outs) if cu_seqlens is None else torch.cat(outs)[None]
-    final_state = torch.stack(finals) if output_final_state else None
-    return o.to(dtype), final_state
+    return o.to(dtype), torch.stack(finals)
