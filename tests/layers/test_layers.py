@@ -10,6 +10,7 @@ from fla.layers import Attention, DeltaNet, GatedDeltaNet, GatedLinearAttention,
 from fla.layers import GatedDeltaProduct, HGRN2Attention, HGRNAttention
 from fla.layers import ForgettingAttention, Mamba2
 from fla.layers.kda import KimiDeltaAttention
+from fla.layers.rwkv7 import RWKV7Attention
 from fla.models import FLACache
 from fla.ops.utils.dispatch import use_backend
 from tests.helpers import assert_close, seed
@@ -31,7 +32,20 @@ LAYERS = {
     "mamba2": lambda: Mamba2(hidden_size=D, head_dim=8, state_size=16, n_groups=2, layer_idx=0),
     "forgetting_attn": lambda: ForgettingAttention(D, num_heads=4, num_kv_heads=2, qk_norm=True,
                                                    use_output_gate=True, window_size=9, layer_idx=0),
+    "rwkv7": lambda: FirstOf3(RWKV7Attention(hidden_size=D, head_dim=16, decay_low_rank_dim=8, gate_low_rank_dim=8,
+                                             a_low_rank_dim=8, v_low_rank_dim=8, layer_idx=0, num_hidden_layers=2)),
 }
+
+
+class FirstOf3(torch.nn.Module):
+    """RWKV7Attention returns (o, None, cache, v_first), the peer's form: the common checks read the first three."""
+
+    def __init__(self, layer: torch.nn.Module):
+        super().__init__()
+        self.layer = layer
+
+    def forward(self, *args, **kwargs):
+        return self.layer(*args, **kwargs)[:3]
 
 
 def make_layer(name: str) -> torch.nn.Module:
@@ -144,3 +158,8 @@ def test_interpreted_varlen_and_decoding(name):
     for t in range(26, 30):
         outs.append(layer(xs[2][:, t:t + 1], past_key_values=cache, use_cache=True)[0])
     assert_close("decode", torch.cat(outs, 1), want[2], 1e-4)
+
+
+def test_interpreted_varlen_and_decoding_rwkv7():
+    """RWKV7Attention through the same checks (chunk_rwkv7 packed, fused_mul_recurrent_rwkv7 decoding)."""
+    test_interpreted_varlen_and_decoding("rwkv7")

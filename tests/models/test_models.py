@@ -120,7 +120,7 @@ def test_greedy_generate_matches_argmax_of_full_forwards(family):
     assert torch.equal(got, seq)
 
 
-@pytest.mark.parametrize("family", ["gla_hybrid", "gated_deltanet", "retnet"])
+@pytest.mark.parametrize("family", ["gla_hybrid", "gated_deltanet", "retnet", "mamba2", "forgetting_transformer"])
 def test_beam_search_with_cache_matches_without(family):
     """Beam search reorders the cache (FLACache.reorder_cache) between steps; without a cache it recomputes."""
     model = make_model(family)
