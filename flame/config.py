@@ -145,7 +145,10 @@ class Validation:
 
 @dataclass
 class Parallelism:
-    data_parallel_shard_degree: int = opt(-1, "FSDP shard group size; -1 = all ranks (the only mode for now)")
+    data_parallel_shard_degree: int = opt(-1, "FSDP shard group size; -1 = all ranks (divided by "
+                                              "data_parallel_replicate_degree)")
+    data_parallel_replicate_degree: int = opt(1, "HSDP: replicas of the sharded model (ranks = replicate x shard; "
+                                                 "gradients averaged over all); 1 = plain FSDP")
     fsdp_reshard_after_forward: Literal["default", "always", "never"] = opt("default", "free gathered weights "
                                                                                        "after forward (default: "
                                                                                        "all but the root)")

@@ -138,3 +138,21 @@ def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
     values = values.clone()
     dist.all_reduce(values, op=dist.ReduceOp.SUM)
     return values
+
+
+def build_fsdp_mesh(world: World, replicate_degree: int = 1, shard_degree: int = -1) -> DeviceMesh:
+    """The mesh FSDP2 shards over: `world.mesh` (1-D, all ranks) for plain FSDP, or a 2-D (dp_replicate, dp_shard)
+    mesh for HSDP, where each group of `shard_degree` ranks holds one sharded copy and the copies average their
+    gradients (fully_shard on a 2-D mesh). The loss scaling is the same: gradients are averaged over all ranks."""
+    from flame.config import ConfigError
+    if not isinstance(replicate_degree, int) or replicate_degree < 1 or world.world_size % replicate_degree:
+        raise ConfigError(f"parallelism.data_parallel_replicate_degree={replicate_degree} must be a positive divisor "
+                          f"of the {world.world_size} ranks")
+    shard = world.world_size // replicate_degree
+    if shard_degree not in (-1, shard):
+        raise ConfigError(f"parallelism.data_parallel_shard_degree={shard_degree}: with "
+                          f"data_parallel_replicate_degree={replicate_degree} on {world.world_size} ranks it must be "
+                          f"{shard} (or -1)")
+    if replicate_degree == 1:
+        return world.mesh
+    return init_device_mesh(world.device.type, (replicate_degree, shard), mesh_dim_names=("dp_replicate", "dp_shard"))

@@ -285,15 +285,14 @@ def train(config: JobConfig, world) -> dict[str, Any]:
     check_every_shard_has_documents(dataloader, world_size=world.world_size, num_workers=config.data.num_workers)
 
     # --- model: meta -> weights under the seed -> activation checkpointing -> compile -> FSDP2
-    if config.parallelism.data_parallel_shard_degree not in (-1, world.world_size):
-        raise ConfigError(f"parallelism.data_parallel_shard_degree={config.parallelism.data_parallel_shard_degree}: "
-                          f"only FSDP over all {world.world_size} ranks (-1) is supported so far")
+    fsdp_mesh = fdist.build_fsdp_mesh(world, config.parallelism.data_parallel_replicate_degree,
+                                      config.parallelism.data_parallel_shard_degree)
     model = build_model(model_config)
     flops = flops_per_token(model, context_len)
     model = materialize(model, world.device, t.seed)
     _log(world, f"[model] {type(model).__name__} ({model_config.model_type}) from {config.model.config}: "
                 f"{num_params(model):,} parameters, {flops / 1e9:.3f} GFLOPs per token (training)")
-    parallelize(model, world.mesh, device=world.device, ac_mode=config.activation_checkpoint.mode,
+    parallelize(model, fsdp_mesh, device=world.device, ac_mode=config.activation_checkpoint.mode,
                 ac_option=config.activation_checkpoint.selective_ac_option, compile=t.compile,
                 compile_backend=config.compile.backend, compile_fullgraph=config.compile.fullgraph,
                 compile_dynamic=config.compile.dynamic, param_dtype=t.mixed_precision_param,
