@@ -41,7 +41,8 @@ class Job:
     config_file: Optional[str] = opt(None, "TOML job file; command-line overrides are applied on top of it")
     dump_folder: str = opt("exp/debug", "output folder: checkpoints, metrics.jsonl, TensorBoard, W&B, traces")
     description: str = opt("", "free text, printed and saved with the config")
-    print_config: bool = opt(True, "print the resolved config at start (rank 0)")
+    print_config: bool = opt(False, "print the whole resolved config at start (rank 0); the start banner says the "
+                                    "essentials either way")
     inject_nan_steps: list[int] = opt([], "testing aid: make the loss NaN at these steps (the step is skipped)")
     crash_at_step: int = opt(-1, "testing aid: SIGKILL rank 0 right after this step (after its checkpoint)")
     crash_in_checkpoint: bool = opt(False, "testing aid: with crash_at_step, die in the middle of that step's "
@@ -110,6 +111,11 @@ class LRScheduler:
     decay_ratio: float = opt(0.1, "wsd only: fraction of the steps spent decaying at the end")
     decay_type: Literal["linear", "sqrt", "cosine"] = opt("linear", "wsd only: shape of the final decay")
     min_lr_factor: float = opt(0.0, "the schedule ends at lr * min_lr_factor")
+    resume_schedule: Literal["continue", "recompute"] = opt("continue", "a resume that changes training.steps or a "
+                                                                        "schedule setting: 'continue' goes on from "
+                                                                        "the LR reached (no jump) to the new end; "
+                                                                        "'recompute' follows the new settings as if "
+                                                                        "they had held from step 0")
 
 
 @dataclass
@@ -134,10 +140,11 @@ class Metrics:
 @dataclass
 class Validation:
     enable: bool = opt(False, "measure validation loss and bits per byte")
-    dataset: str = opt("default", "held-out dataset path or hub name")
-    dataset_name: Optional[str] = opt(None, "subset (config) name")
+    dataset: Optional[str] = opt(None, "held-out dataset path(s) or hub name(s); unset = data.dataset's own "
+                                       "sources (with data.dataset_name / data_files / data_probs)")
+    dataset_name: Optional[str] = opt(None, "subset (config) name; with dataset unset, data.dataset_name")
     dataset_split: str = opt("validation", "held-out split")
-    data_files: Optional[str] = opt(None, "data_files glob")
+    data_files: Optional[str] = opt(None, "data_files glob; with dataset unset, data.data_files")
     freq: int = opt(100, "validate every N steps (and at the end)")
     steps: int = opt(10, "validation batches per evaluation")
     batch_size: Optional[int] = opt(None, "validation batch size; unset = training.batch_size")

@@ -12,6 +12,7 @@ import math
 import os
 import socket
 import time
+from collections import deque
 from typing import Any
 
 import torch
@@ -53,6 +54,36 @@ def format_duration(seconds: float) -> str:
     h, rem = divmod(seconds, 3600)
     m, s = divmod(rem, 60)
     return f"{h}:{m:02d}:{s:02d}"
+
+
+class EtaEstimator:
+    """Seconds left, from the pace of the recent steps: a moving window over the last half of this run's steps
+    (at most `max_window`), measured from the end of its first step.
+
+    The first step is left out (it compiles, warms up the allocator and waits for the first batch: on CPU with
+    compile it can take longer than all others together), and an average over the whole run would carry that
+    forever; a window over recent steps also takes in what repeats (validation, checkpoints) in its share."""
+
+    def __init__(self, total_steps: int, max_window: int = 1000):
+        self.total_steps = total_steps
+        self.points: deque[tuple[int, float]] = deque(maxlen=max_window + 1)
+
+    def update(self, step: int, now: float | None = None) -> None:
+        """Call once at the end of every step."""
+        self.points.append((step, time.monotonic() if now is None else now))
+
+    def seconds_per_step(self) -> float:
+        if len(self.points) < 2:
+            return float("nan")
+        last_step, last_time = self.points[-1]
+        span = max(1, (len(self.points) - 1) // 2)
+        first_step, first_time = self.points[-1 - span]
+        return (last_time - first_time) / max(last_step - first_step, 1)
+
+    def seconds_left(self) -> float:
+        if not self.points:
+            return float("nan")
+        return self.seconds_per_step() * max(self.total_steps - self.points[-1][0], 0)
 
 
 def progress_bar(done: int, total: int, width: int = 20) -> str:
@@ -100,6 +131,7 @@ class MetricsLogger:
         self.total_steps = total_steps
         self.start_step = start_step
         self.start_time = time.monotonic()
+        self.eta = EtaEstimator(total_steps)
         self.jsonl_path = os.path.join(dump_folder, "metrics.jsonl")
         self.sinks = []
         if rank != 0:
@@ -120,6 +152,10 @@ class MetricsLogger:
             from torchtitan.components.metrics import WandBLogger
             self.sinks.append(WandBLogger(os.path.join(dump_folder, "wandb"), config_dict=config))
 
+    def step_done(self, step: int) -> None:
+        """Every step, for the ETA."""
+        self.eta.update(step)
+
     def log(self, step: int, metrics: dict[str, Any]) -> None:
         if self.rank != 0:
             return
@@ -135,9 +171,7 @@ class MetricsLogger:
         print(self.console_line(step, metrics), flush=True)
 
     def console_line(self, step: int, m: dict[str, Any]) -> str:
-        elapsed = time.monotonic() - self.start_time
-        done = step - self.start_step
-        eta = elapsed / done * (self.total_steps - step) if done > 0 else float("nan")
+        eta = self.eta.seconds_left()
         parts = [f"step {step:>{len(str(self.total_steps))}d}/{self.total_steps} "
                  f"{progress_bar(step, self.total_steps)}", f"loss {m['loss']:.4f}"]
         if "grad_norm" in m:

@@ -8,6 +8,11 @@ FSDP2) -> optimizer and LR schedule -> resume (or rewind) -> loop (accumulate, c
 checkpoint). Exit codes: 0 done, 2 bad input (config, data, checkpoint, a dump folder in use; one line on every
 rank), 3 the run stopped itself (training.max_consecutive_skipped_steps).
 The structure follows torchtitan's Trainer; its components are used where they work as a library on CPU and GPU.
+
+Rank 0 says what the run does: a banner (ranks, device, model, data with weights, validation data, dump folder,
+fresh start or resume point), a line before each slow phase, progress lines with an ETA, the settings a resume
+changed, and a summary at the end. Only the standard library and flame.config are imported at module level, so
+`--help` and config errors come before torch, DCP, datasets, transformers and torchtitan are loaded (seconds).
 """
 from __future__ import annotations
 
@@ -18,18 +23,12 @@ import os
 import sys
 import time
 import traceback
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
-import torch
-import torch.distributed as dist
+from flame.config import ConfigError, JobConfig, load_config, load_toml, to_toml
 
-from flame import distributed as fdist
-from flame.checkpoint import Checkpointer, CheckpointError, crash_now
-from flame.config import ConfigError, JobConfig, load_config, to_toml
-from flame.metrics import MetricsLogger, peak_flops, peak_memory_gib
-from flame.models import (ModelConfigError, build_model, flops_per_token, load_model_config, materialize, num_params,
-                          parallelize)
-from flame.run_lock import DumpFolderInUse, RunLock
+if TYPE_CHECKING:
+    import torch
 
 
 # ---------------------------------------------------------------------------------------------------- building
@@ -65,27 +64,22 @@ def data_sources(section, *, split_override: str | None = None) -> list:
             for p, nm, sp, w, f in zip(paths, names, splits, weights, files)]
 
 
-def build_optimizers(model, config: JobConfig, device: torch.device):
-    from torchtitan.components.optimizer import LRSchedulersContainer, OptimizersContainer, ParamGroupConfig
-    o = config.optimizer
-    implementation = o.implementation
-    if implementation == "auto":
-        implementation = "fused" if device.type == "cuda" else "foreach"
-    optimizers = OptimizersContainer.Config(
-        param_groups=[ParamGroupConfig(pattern=r".*", optimizer_name=o.name, optimizer_kwargs={
-            "lr": o.lr, "betas": (o.beta1, o.beta2), "eps": o.eps, "weight_decay": o.weight_decay})],
-        implementation=implementation).build(model_parts=[model])
-    s = config.lr_scheduler
-    decay_ratio, decay_type = {"constant": (0.0, "linear"), "cosine": (None, "cosine"), "linear": (None, "linear"),
-                               "wsd": (s.decay_ratio, s.decay_type)}[s.schedule]
-    schedulers = LRSchedulersContainer.Config(
-        warmup_steps=s.warmup_steps, decay_ratio=decay_ratio, decay_type=decay_type,
-        min_lr_factor=s.min_lr_factor).build(optimizers=optimizers, training_steps=config.training.steps)
-    return optimizers, schedulers
+def validation_sources(config: JobConfig) -> tuple[list, str]:
+    """The held-out sources and what the banner says about them. Unset `validation.dataset` follows the training
+    data: the same sources (subsets, data_files, weights) with `validation.dataset_split`."""
+    v = config.validation
+    if v.dataset is not None:
+        return data_sources(v, split_override=v.dataset_split), f"{v.dataset} split {v.dataset_split!r}"
+    sources = data_sources(config.data, split_override=v.dataset_split)
+    from flame.data.sources import has_splits
+    note = "" if all(has_splits(s) for s in sources) else (
+        " (local files have no splits: this reads the training files; name held-out data with validation.dataset)")
+    return sources, f"{config.data.dataset} split {v.dataset_split!r}, following data.dataset{note}"
 
 
 def token_byte_lengths(tokenizer, vocab_size: int) -> torch.Tensor:
     """UTF-8 bytes of each token id, decoding each id once (special tokens count 0): for bits per byte."""
+    import torch
     special = set(getattr(tokenizer, "all_special_ids", []) or [])
     lengths = torch.zeros(vocab_size, dtype=torch.float64)
     for i in range(min(vocab_size, len(tokenizer))):
@@ -166,6 +160,9 @@ def next_microbatches(data_iter: Iterator, n: int, world, step: int, device: tor
     """This step's `n` loader batches, their model inputs with target counts, and the number of targets on all
     ranks together. Collective: a rank without data makes every rank raise DataSourceError (one all-reduce carries
     the targets and every rank's flag)."""
+    import torch
+
+    from flame import distributed as fdist
     batches, empty = [], False
     for _ in range(n):
         try:
@@ -197,6 +194,8 @@ class TrainingStopped(RuntimeError):
 def dump_folder_lock(folder: str, world) -> Iterator[None]:
     """Hold `<dump_folder>/flame.lock` (rank 0) for the run; every rank raises DumpFolderInUse while another run
     holds it. Released on the way out, also on an exception; a SIGKILLed run's lock is stale and taken over."""
+    from flame import distributed as fdist
+    from flame.run_lock import DumpFolderInUse, RunLock
     lock = RunLock(folder)
     outcome = None
     if world.is_main:
@@ -226,6 +225,7 @@ class TrainState:
         self.source_tokens: dict[str, int] = {}
 
     def state_dict(self) -> dict[str, Any]:
+        from flame import distributed as fdist
         return {"step": self.step, "tokens_seen": self.tokens_seen, "skipped_steps": self.skipped_steps,
                 "source_tokens": dict(self.source_tokens), "rng": fdist.rng_state()}
 
@@ -235,6 +235,7 @@ class TrainState:
         self.skipped_steps = int(state.get("skipped_steps", 0))
         self.source_tokens = dict(state.get("source_tokens", {}))
         if state.get("rng") is not None:
+            from flame import distributed as fdist
             fdist.set_rng_state(state["rng"])
 
 
@@ -245,6 +246,8 @@ def _log(world, message: str) -> None:
 
 def create_seed_checkpoint(config: JobConfig, world) -> None:
     """Initial weights as step-0, written by one process: later runs of any world size load the same weights."""
+    from flame.checkpoint import Checkpointer, CheckpointError
+    from flame.models import build_model, load_model_config, materialize
     if world.world_size != 1:
         raise ConfigError("checkpoint.create_seed_checkpoint runs in one process (python -m flame.train ...)")
     model_config = load_model_config(config.model.config)
@@ -259,6 +262,17 @@ def create_seed_checkpoint(config: JobConfig, world) -> None:
 
 
 def train(config: JobConfig, world) -> dict[str, Any]:
+    import torch
+    import torch.distributed as dist
+
+    from flame import distributed as fdist
+    from flame import report
+    from flame.checkpoint import Checkpointer, crash_now
+    from flame.metrics import MetricsLogger, peak_flops, peak_memory_gib
+    from flame.models import (ModelConfigError, build_model, flops_per_token, load_model_config, materialize,
+                              num_params, parallelize)
+    from flame.schedule import build_optimizers
+
     t = config.training
     dump = config.job.dump_folder
     if world.is_main:
@@ -267,8 +281,17 @@ def train(config: JobConfig, world) -> dict[str, Any]:
     if config.job.print_config:
         _log(world, f"[config] resolved job config:\n{to_toml(config)}")
 
+    # --- where this run starts: known from the folder names alone, before anything is built
+    checkpointer = Checkpointer(os.path.join(dump, config.checkpoint.folder), interval=config.checkpoint.interval,
+                                keep_latest_k=config.checkpoint.keep_latest_k, enable=config.checkpoint.enable)
+    resume_step = checkpointer.resolve_step(config.checkpoint.load_step) if config.checkpoint.enable else None
+    if resume_step is not None and resume_step >= t.steps:
+        _log(world, report.nothing_to_do(resume_step, t.steps, checkpointer.step_dir(resume_step), dump))
+        return {"step": resume_step, "loss": float("nan"), "skipped_steps": 0, "nothing_to_do": True}
+
     # --- tokenizer, model config and data (all checked before any weights are allocated)
     from flame.data import TokenizerError, build_dataloader, load_tokenizer
+    _log(world, f"[tokenizer] loading {config.model.tokenizer_path or 'the embedded default tokenizer'}")
     try:
         tokenizer = load_tokenizer(config.model.tokenizer_path)
     except TokenizerError as e:
@@ -278,11 +301,28 @@ def train(config: JobConfig, world) -> dict[str, Any]:
         raise ModelConfigError(f"model.config {config.model.config!r} has vocab_size {model_config.vocab_size} but "
                                f"the tokenizer has {len(tokenizer)} tokens")
     context_len = t.context_len or t.seq_len
+    _log(world, f"[data] opening {config.data.dataset}")
     dataloader = build_dataloader(
         sources=data_sources(config.data), tokenizer=tokenizer, seq_len=t.seq_len, batch_size=t.batch_size,
         context_len=context_len, varlen=t.varlen, num_workers=config.data.num_workers, seed=t.seed,
         dp_rank=world.rank, dp_world_size=world.world_size, prefetch_factor=config.data.prefetch_factor)
     check_every_shard_has_documents(dataloader, world_size=world.world_size, num_workers=config.data.num_workers)
+    token_bytes, validation_text = None, "off (validation.enable = false)"
+    if config.validation.enable:
+        from flame.data import load_sources
+        from flame.data import DataSourceError
+        held_out, where = validation_sources(config)
+        try:
+            load_sources(held_out)  # fail early
+        except DataSourceError as e:
+            if config.validation.dataset is not None:
+                raise
+            raise DataSourceError(f"validation follows data.dataset, and {e}. Name held-out data with "
+                                  f"validation.dataset (and validation.dataset_split), or pass "
+                                  f"--validation.enable false") from None
+        v = config.validation
+        validation_text = f"{where}; every {v.freq} steps and at the end, {v.steps} batch{'es' if v.steps != 1 else ''}"
+        token_bytes = token_byte_lengths(tokenizer, model_config.vocab_size)
 
     # --- model: meta -> weights under the seed -> activation checkpointing -> compile -> FSDP2
     fsdp_mesh = fdist.build_fsdp_mesh(world, config.parallelism.data_parallel_replicate_degree,
@@ -290,8 +330,9 @@ def train(config: JobConfig, world) -> dict[str, Any]:
     model = build_model(model_config)
     flops = flops_per_token(model, context_len)
     model = materialize(model, world.device, t.seed)
+    n_params = num_params(model)
     _log(world, f"[model] {type(model).__name__} ({model_config.model_type}) from {config.model.config}: "
-                f"{num_params(model):,} parameters, {flops / 1e9:.3f} GFLOPs per token (training)")
+                f"{n_params:,} parameters, {flops / 1e9:.3f} GFLOPs per token (training)")
     parallelize(model, fsdp_mesh, device=world.device, ac_mode=config.activation_checkpoint.mode,
                 ac_option=config.activation_checkpoint.selective_ac_option, compile=t.compile,
                 compile_backend=config.compile.backend, compile_fullgraph=config.compile.fullgraph,
@@ -303,10 +344,10 @@ def train(config: JobConfig, world) -> dict[str, Any]:
 
     # --- resume
     state = TrainState()
-    checkpointer = Checkpointer(os.path.join(dump, config.checkpoint.folder), interval=config.checkpoint.interval,
-                                keep_latest_k=config.checkpoint.keep_latest_k, enable=config.checkpoint.enable)
-    resume_step = checkpointer.resolve_step(config.checkpoint.load_step) if config.checkpoint.enable else None
+    start = "fresh start" + (" (checkpoints off)" if not config.checkpoint.enable else
+                             f" (no checkpoint in {checkpointer.folder})")
     if resume_step is not None:
+        _log(world, f"[checkpoint] checking every file of {checkpointer.step_dir(resume_step)} and loading it")
         saved = checkpointer.load(resume_step, model=model, optimizers=optimizers, lr_schedulers=lr_schedulers,
                                   model_config=model_config)
         if not saved.get("seed_checkpoint"):
@@ -314,9 +355,23 @@ def train(config: JobConfig, world) -> dict[str, Any]:
             if saved.get("dataloader") is not None:
                 # flame.data's state holds every rank's position and re-splits it for another world size.
                 dataloader.load_state_dict(saved["dataloader"])
-        _log(world, f"[checkpoint] resumed from {checkpointer.step_dir(resume_step)} (step {state.step}, "
-                    f"saved on {saved.get('world_size', '?')} ranks, now {world.world_size})")
+        start = (f"resumed from {checkpointer.step_dir(resume_step)} (step {state.step}, saved on "
+                 f"{saved.get('world_size', '?')} ranks, now {world.world_size})")
+        _log(world, f"[checkpoint] {start}")
+        if not saved.get("seed_checkpoint"):
+            resumed_schedule(config, world, checkpointer.step_dir(resume_step), state.step, optimizers,
+                             lr_schedulers)
         checkpointer.set_aside_newer(resume_step)  # a rewind: this run's checkpoints replace the newer ones
+    if world.is_main:
+        tokens_per_step = t.batch_size * t.seq_len * t.gradient_accumulation_steps * world.world_size
+        sources = [(src.label, src.config.weight, None if src.streaming else len(src.dataset))
+                   for src in dataloader.sources]
+        print(report.banner(world_size=world.world_size, device=str(world.device),
+                            backend=dist.get_backend(), model_type=model_config.model_type,
+                            model_path=config.model.config, params=n_params, train_sources=sources,
+                            validation=validation_text, dump_folder=dump,
+                            checkpoint_folder=checkpointer.folder if checkpointer.enable else None, start=start,
+                            steps=t.steps, tokens_per_step=tokens_per_step, compile=t.compile), flush=True)
 
     # --- observability
     from torchtitan.distributed.utils import clip_grad_norm_, dist_max, dist_mean
@@ -335,11 +390,6 @@ def train(config: JobConfig, world) -> dict[str, Any]:
                                         profiler_active=prof_cfg.profiler_active,
                                         enable_memory_snapshot=prof_cfg.enable_memory_snapshot),
                         global_step=state.step, base_folder=dump)
-    token_bytes = None
-    if config.validation.enable:
-        token_bytes = token_byte_lengths(tokenizer, model_config.vocab_size)
-        from flame.data import load_sources
-        load_sources(data_sources(config.validation, split_override=config.validation.dataset_split))  # fail early
 
     def save(step: int) -> None:
         hook = None
@@ -360,11 +410,17 @@ def train(config: JobConfig, world) -> dict[str, Any]:
 
     # --- the loop
     data_iter: Iterator = iter(dataloader)
+    first_step, run_start, tokens_at_start = state.step + 1, time.perf_counter(), state.tokens_seen
     window_tokens, window_start = 0, time.perf_counter()
     last_loss = float("nan")
+    validations: dict[int, dict[str, float]] = {}
     streak = 0  # steps skipped in a row
     if world.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(world.device)
+    _log(world, f"[train] step {first_step}: the first step "
+                + ("compiles every block (torch.compile) and may take minutes, on a CPU many"
+                   if t.compile else "is the slowest (first batch, allocator warm-up)")
+                + f"; progress every {config.metrics.log_freq} steps")
     with profiler as prof:
         while state.step < t.steps:
             state.step += 1
@@ -400,8 +456,10 @@ def train(config: JobConfig, world) -> dict[str, Any]:
             step_tokens = sum(int(inp["input_ids"].numel()) for inp, _ in microbatches)
             state.tokens_seen += step_tokens * world.world_size
             window_tokens += step_tokens
+            metrics.step_done(step)  # for the ETA (a step's validation and checkpoint count in the next interval)
 
-            if step % config.metrics.log_freq == 0 or step == t.steps:
+            # the first step of a run is always shown: it says the run is alive (it may have taken minutes)
+            if step % config.metrics.log_freq == 0 or step == t.steps or step == first_step:
                 elapsed = time.perf_counter() - window_start
                 # Ranks differ a little: report the mean throughput and the largest memory peak.
                 tps = dist_mean(torch.tensor(window_tokens / max(elapsed, 1e-9), device=world.device), world.mesh)
@@ -430,7 +488,8 @@ def train(config: JobConfig, world) -> dict[str, Any]:
                       "training.max_consecutive_skipped_steps")
 
             if config.validation.enable and (step % config.validation.freq == 0 or step == t.steps):
-                metrics.log_validation(step, validate(model, config, world, tokenizer, token_bytes))
+                validations[step] = validate(model, config, world, tokenizer, token_bytes)
+                metrics.log_validation(step, validations[step])
 
             if checkpointer.should_save(step, t.steps):
                 save(step)
@@ -439,29 +498,82 @@ def train(config: JobConfig, world) -> dict[str, Any]:
             prof.step()
     metrics.close()
     dist.barrier()
+    if world.is_main:
+        kept = checkpointer.committed_steps() if checkpointer.enable else []
+        best = None
+        if len(validations) > 1:
+            step_best = min(validations, key=lambda s: validations[s]["val_loss"])
+            best = (step_best, validations[step_best]["val_loss"],
+                    checkpointer.step_dir(step_best) if step_best in kept else None)
+        print(report.summary(first_step=first_step, last_step=state.step, total=t.steps,
+                             seconds=time.perf_counter() - run_start,
+                             tokens_this_run=state.tokens_seen - tokens_at_start, tokens_seen=state.tokens_seen,
+                             train_loss=last_loss, validation=validations.get(state.step), best=best,
+                             last_checkpoint=checkpointer.step_dir(kept[-1]) if kept else None, dump_folder=dump,
+                             skipped_steps=state.skipped_steps), flush=True)
     return {"step": state.step, "loss": last_loss, "skipped_steps": state.skipped_steps}
 
 
-@torch.no_grad()
+def resumed_schedule(config: JobConfig, world, step_dir: str, step: int, optimizers, lr_schedulers) -> None:
+    """Compare the checkpoint's config with this one; print what changed. When the LR curve's settings changed,
+    plan it from the LR the run reached (or recompute it, per lr_scheduler.resume_schedule) and say so."""
+    from flame import report
+    from flame.schedule import SCHEDULE_KEYS, continued_lambda
+    path = os.path.join(step_dir, "config.toml")
+    if not os.path.isfile(path):
+        return
+    try:
+        saved = load_toml(path)
+    except ConfigError:
+        return  # an older or hand-edited file: nothing to compare against
+    changes = report.config_changes(saved, config)
+    _log(world, report.describe_changes(step_dir, changes))
+    if not any(key in SCHEDULE_KEYS for key, _, _ in changes):
+        return
+    schedulers = lr_schedulers.schedulers
+    lr_now = float(optimizers.optimizers[0].param_groups[0]["lr"])  # restored with the optimizer: the old curve's
+    base = float(schedulers[0].base_lrs[0])
+    planned = schedulers[0].lr_lambdas[0]
+    index = schedulers[0].last_epoch  # the schedule's own step count: a skipped step did not advance it
+    steps_left = config.training.steps - step
+    last = index + steps_left - 1  # the index of the last step's LR
+    if config.lr_scheduler.resume_schedule == "recompute":
+        lr_schedulers.replace_lambda(planned, apply_now=True)
+        _log(world, f"[lr] the schedule follows the new settings as if they had held from step 0: "
+                    f"{base * planned(index):.3g} at step {step + 1} (it was {lr_now:.3g}), "
+                    f"{base * planned(last):.3g} at step {config.training.steps}")
+        return
+    fn = continued_lambda(config, index, lr_now / base, planned, steps_left)
+    lr_schedulers.replace_lambda(fn, apply_now=True)
+    _log(world, f"[lr] the schedule changed: the LR goes on from {lr_now:.3g} at step {step + 1} without a jump "
+                f"to {base * fn(last):.3g} at step {config.training.steps} ({config.lr_scheduler.schedule}; "
+                f"lr_scheduler.resume_schedule \"recompute\" would follow the new settings as if they had held "
+                f"from step 0: {base * planned(index):.3g} at step {step + 1})")
+
+
 def validate(model, config: JobConfig, world, tokenizer, token_bytes: torch.Tensor) -> dict[str, float]:
-    """Loss and bits per byte on the held-out source: the same first `validation.steps` batches every time."""
+    """Loss and bits per byte on the held-out sources: the same first `validation.steps` batches every time."""
+    import torch
+
+    from flame import distributed as fdist
     from flame.data import build_dataloader
     t, v = config.training, config.validation
-    loader = build_dataloader(sources=data_sources(v, split_override=v.dataset_split), tokenizer=tokenizer,
+    loader = build_dataloader(sources=validation_sources(config)[0], tokenizer=tokenizer,
                               seq_len=t.seq_len, batch_size=v.batch_size or t.batch_size,
                               context_len=t.context_len or t.seq_len, varlen=t.varlen, num_workers=0, seed=t.seed,
                               dp_rank=world.rank, dp_world_size=world.world_size)
     model.eval()
     totals = torch.zeros(3, dtype=torch.float64)  # nats, targets, bytes
     token_bytes = token_bytes.to(world.device)
-    for i, batch in enumerate(loader):
-        if i == v.steps:
-            break
-        inputs, n_targets = to_model_inputs(batch, world.device, t.varlen)
-        loss = model(**inputs).loss.double()
-        targets = inputs["labels"][..., 1:]
-        n_bytes = token_bytes[targets[targets != -100]].sum()
-        totals += torch.stack([loss.cpu() * n_targets, torch.tensor(float(n_targets)), n_bytes.cpu()])
+    with torch.no_grad():
+        for i, batch in enumerate(loader):
+            if i == v.steps:
+                break
+            inputs, n_targets = to_model_inputs(batch, world.device, t.varlen)
+            loss = model(**inputs).loss.double()
+            targets = inputs["labels"][..., 1:]
+            n_bytes = token_bytes[targets[targets != -100]].sum()
+            totals += torch.stack([loss.cpu() * n_targets, torch.tensor(float(n_targets)), n_bytes.cpu()])
     model.train()
     totals = fdist.all_reduce_sum(totals.to(world.device)).cpu()
     nats, n, n_bytes = totals.tolist()
@@ -473,6 +585,16 @@ def main(argv: list[str] | None = None) -> int:
         config, config_error = load_config(argv), None
     except ConfigError as e:
         config, config_error = None, e
+    if config_error is not None and int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        # one process: no rank to wait for, so say it before torch is even imported
+        print(f"flame.train: config error (rank 0): {config_error}", file=sys.stderr, flush=True)
+        return 2
+    if config is not None and os.environ.get("RANK", "0") == "0":
+        _log_start(config)
+    from flame import distributed as fdist
+    from flame.checkpoint import CheckpointError
+    from flame.models import ModelConfigError
+    from flame.run_lock import DumpFolderInUse
     # The process group first, even for a bad config: every rank then says what is wrong before any exits.
     world = fdist.init_distributed()
     try:
@@ -503,6 +625,14 @@ def main(argv: list[str] | None = None) -> int:
         gc.enable()
         with contextlib.suppress(Exception):
             fdist.shutdown()
+
+
+def _log_start(config: JobConfig) -> None:
+    """The first line, before the heavy imports and the process group (seconds on a busy machine)."""
+    source = config.job.config_file or "defaults"
+    what = "writing a seed checkpoint" if config.checkpoint.create_seed_checkpoint else \
+        f"{config.training.steps} steps"
+    print(f"[flame] {source}: {what} into {config.job.dump_folder}; loading torch and the trainer", flush=True)
 
 
 def _data_errors() -> type:

@@ -43,6 +43,8 @@ def default_corpus(split: str = "train") -> str:
         raise ValueError(f"the default corpus has splits {SPLITS}, got split={split!r}")
     root = corpus_dir()
     if not (root / "complete").exists():
+        if os.environ.get("RANK", "0") == "0":  # one line per run, not per rank
+            print(f"[data] building the default corpus in {root} (first use only; a few seconds)", flush=True)
         _build(root)
     return str(root / split)
 

@@ -148,6 +148,19 @@ def _load(cfg: SourceConfig, what: str):
     return _load_hub(cfg, what)
 
 
+def has_splits(cfg: SourceConfig) -> bool:
+    """Whether `cfg.split` selects part of the source (the embedded corpus, a saved DatasetDict, a hub dataset).
+    Local files, globs, folders of files and a saved single Dataset have one body of text whatever the split."""
+    if cfg.path == "default":
+        return True
+    local = Path(os.path.expanduser(cfg.path))
+    if local.is_dir() and (local / "dataset_dict.json").exists():
+        return True
+    if local.is_dir() and (local / "state.json").exists():
+        return False
+    return _local_files(cfg.path, cfg.data_files) is None and not local.exists()
+
+
 def _local_files(path: str, data_files) -> list[str] | None:
     """The files a path names (a file, a glob, or a directory of data files), or None when it is no local path."""
     path = os.path.expanduser(path)

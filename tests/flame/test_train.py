@@ -137,6 +137,34 @@ def test_uninterrupted_two_process_run(runs):
     assert "[training]" in open(os.path.join(step, "config.toml")).read()
 
 
+def test_a_run_says_what_it_does(runs):
+    """The banner (ranks, device, model, data with weights, validation, dump folder, start), a line before the
+    first step, and the end summary with the way to Hugging Face; a resume names its checkpoint and its settings."""
+    out = runs["a_run"]["stdout"]
+    a = runs["a"]
+    for line in ["[flame] 2 ranks on cpu (gloo)", "  model       transformer from " + runs["model"],
+                 "  data        default (", "documents, weight 1 = 100%)", "  validation  off",
+                 f"  steps       6 x 512 tokens = 3,072 tokens",
+                 f"  dump folder {a} (metrics.jsonl, checkpoints in {a}/checkpoint)",
+                 f"  start       fresh start (no checkpoint in {a}/checkpoint)",
+                 "[train] step 1: the first step is the slowest",
+                 "[flame] done: steps 1-6 of 6 in ", "(3,072 tokens this run, 3,072 in all), 1 skipped",
+                 f"  last checkpoint {a}/checkpoint/step-6",
+                 f"  to Hugging Face: python -m flame.tools.convert_dcp_to_hf --checkpoint {a}/checkpoint/step-6 "
+                 f"--output {a}/hf"]:
+        assert line in out, (line, out[-3000:])
+    assert "[config] resolved job config" not in out  # behind --job.print_config
+    b3 = runs["b3"]["stdout"]
+    assert f"  start       resumed from {runs['b']}/checkpoint/step-4 (step 4, saved on 2 ranks, now 2)" in b3
+    # step-4 was saved by the run that was to crash after step 5: that testing aid is the one setting changed
+    assert f"[resume] 1 setting changed since {runs['b']}/checkpoint/step-4 was saved:\n" \
+           f"  job.crash_at_step: 5 -> -1\n" in b3, b3[-3000:]
+    assert "[lr]" not in b3  # the schedule's settings are as saved: it is left alone (bit-exact resume)
+    assert "[flame] done: steps 5-6 of 6" in b3
+    for run in ("b2", "b3"):
+        assert "get_last_lr" not in runs[run]["stderr"], runs[run]["stderr"][-2000:]
+
+
 def test_a_second_run_on_the_same_dump_folder_is_refused_on_every_rank(runs):
     rival = runs["a_rival"]
     assert rival["returncode"] != 0, rival["stdout"][-2000:]
@@ -187,12 +215,26 @@ def test_resume_two_process_checkpoint_in_one_process_rewinding_past_a_newer_one
     assert run["returncode"] == 0, run["stdout"][-3000:] + run["stderr"][-3000:]
     assert "saved on 2 ranks, now 1" in run["stdout"]
     assert "rewinding to step 4: moved the newer checkpoints aside" in run["stdout"]
+    out = run["stdout"]
+    step4 = os.path.join(dump, "checkpoint", "step-4")
+    assert f"settings changed since {step4} was saved:" in out, out[-3000:]
+    for change in ("  training.steps: 6 -> 8", "  checkpoint.load_step: -1 -> 4", "  validation.enable: false -> true",
+                   "  metrics.enable_tensorboard: false -> true", "  job.dump_folder: "):
+        assert change in out, change
+    assert "[lr] the schedule changed: the LR goes on from 0.00256 at step 5 without a jump" in out, out[-3000:]
+    assert "get_last_lr" not in run["stderr"]
     dirs = committed(dump)
     aside = [d for d in dirs if d.startswith("step-6.rewound-")]
     assert len(aside) == 1 and [d for d in dirs if "rewound" not in d] == ["step-4", "step-6", "step-8"], dirs
     assert sorted(os.listdir(os.path.join(dump, "checkpoint", aside[0]))) == \
         sorted(os.listdir(os.path.join(runs["a"], "checkpoint", "step-6")))  # moved whole, nothing deleted
     recs = records(dump)
+    # The cosine of 6 steps (warmup 2; the NaN step 3 did not advance it) gave step 5 lr * (1 + cos(pi/4)) / 2.
+    # Resumed for 8 steps, step 5 keeps that LR and the decay is spread over the 4 steps left: no jump.
+    peak_share = (1 + math.cos(math.pi / 4)) / 2
+    assert recs[5]["lr"] == pytest.approx(records(runs["a"])[5]["lr"]) == pytest.approx(3e-3 * peak_share)
+    assert recs[5]["lr"] > recs[6]["lr"] > recs[7]["lr"] > recs[8]["lr"]
+    assert recs[8]["lr"] == pytest.approx(3e-3 * peak_share * (1 + math.cos(math.pi * 3 / 4)) / 2)
     assert math.isfinite(recs[7]["loss"]) and math.isfinite(recs[8]["loss"])
     assert recs[8]["tokens"] == recs[6]["tokens"] + 2 * 2 * 2 * 64
     assert recs[6]["tokens"] == recs[4]["tokens"] + 2 * 2 * 2 * 64  # steps 5-6 are this run's own
@@ -470,7 +512,7 @@ def test_lr_schedules(schedule):
     """Linear warmup to the peak, then: constant; cosine / linear down to lr * min_lr_factor; wsd: stable, then the
     last decay_ratio of the steps decaying."""
     from flame.config import load_config
-    from flame.train import build_optimizers
+    from flame.schedule import build_optimizers
     config = load_config(["--training.steps", "20", "--lr_scheduler.warmup_steps", "4", "--optimizer.lr", "1.0",
                           "--lr_scheduler.schedule", schedule, "--lr_scheduler.min_lr_factor", "0.1",
                           "--lr_scheduler.decay_ratio", "0.25"])
