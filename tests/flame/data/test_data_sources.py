@@ -90,6 +90,22 @@ def test_prepare_data_matches_online(tmp_path, tok):
                for a, b in zip(online, offline))
 
 
+def test_prepare_data_takes_several_sources_and_a_quoted_glob(tmp_path, tok):
+    """`--source a b` (what an unquoted shell glob expands to) and `--source "dir/*.jsonl"` give one output with
+    every document, in order."""
+    from flame.tools.prepare_data import main
+
+    data = tmp_path / "data"
+    data.mkdir()
+    a = write_jsonl(data / "a.jsonl", ["first file, one", "first file, two"])
+    b = write_jsonl(data / "b.jsonl", ["second file"])
+    want = ["first file, one", "first file, two", "second file"]
+    for name, sources in [("listed", [a, b]), ("glob", [str(data / "*.jsonl")])]:
+        main(["--source", *sources, "--out", str(tmp_path / name)])
+        src = load_source(SourceConfig(str(tmp_path / name)))
+        assert src.pretokenized and [tok.decode(r["input_ids"]) for r in src.dataset] == want, name
+
+
 def test_default_data_is_learnable(tok):
     """A bigram model trained for a few dozen steps on the default corpus lowers the held-out loss by > 1 nat:
     the embedded data and tokenizer carry signal a tiny model can pick up."""
