@@ -46,7 +46,7 @@ MARKER = "COMPLETE"
 MANIFEST_FORMAT = 2  # 1 (implicit): sizes only; 2: sizes and crc32
 TRAINER_STATE_FORMAT = "flame.trainer_state/2"
 # Keys of a model config that do not change the weights' layout.
-_IGNORED_MODEL_KEYS = {"_name_or_path", "transformers_version", "torch_dtype", "dtype", "architectures",
+_IGNORED_MODEL_KEYS = {"_name_or_path", "transformers_version", "torch_dtype", "dtype", "architectures", "auto_map",
                        "use_cache", "fuse_cross_entropy", "fuse_norm", "fuse_swiglu", "attn_mode",
                        "output_attentions", "output_hidden_states", "return_dict", "id2label", "label2id"}
 

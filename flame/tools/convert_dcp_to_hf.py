@@ -5,7 +5,10 @@
 
 The model config comes from the checkpoint's meta.json (the one it was trained with), the tokenizer from its
 config.toml (model.tokenizer_path; the embedded default when unset). The result loads with
-`AutoModelForCausalLM.from_pretrained(output)` after `import fla.models`.
+`AutoModelForCausalLM.from_pretrained(output)` after `import fla`. Without that import transformers does not know
+the model type; the folder's config.json therefore names a two-line `fla_auto.py` in `auto_map`, so the error
+transformers gives then points at it and `from_pretrained(output, trust_remote_code=True)` loads the installed fla
+classes (nothing is downloaded; with `import fla` the file is never run).
 """
 from __future__ import annotations
 
@@ -58,11 +61,36 @@ def convert(checkpoint: str, output: str, dtype: str = "float32") -> str:
     model = model.to(getattr(torch, dtype))
     os.makedirs(output, exist_ok=True)
     model.save_pretrained(output)
+    write_auto_map(model, output)
     tokenizer.save_pretrained(output)
     if world.is_main:
         print(f"wrote {output} from {checkpointer.step_dir(step)} ({meta['model_config'].get('model_type')}, "
-              f"{sum(p.numel() for p in model.parameters()):,} parameters, {dtype})")
+              f"{sum(p.numel() for p in model.parameters()):,} parameters, {dtype}); load it with `import fla` "
+              f"then AutoModelForCausalLM.from_pretrained({output!r})")
     return output
+
+
+AUTO_MODULE = "fla_auto"
+
+
+def write_auto_map(model, output: str) -> None:
+    """config.json's `auto_map` -> `fla_auto.py`, which imports the installed fla classes (see the module doc)."""
+    import json
+    config_cls, model_cls = type(model.config), type(model)
+    with open(os.path.join(output, f"{AUTO_MODULE}.py"), "w") as f:
+        f.write('"""Lets `AutoModelForCausalLM.from_pretrained(this_folder, trust_remote_code=True)` load this model '
+                'without\n`import fla` first. With `import fla`, transformers uses the registered classes and never '
+                'runs this file."""\n'
+                f"from {config_cls.__module__} import {config_cls.__name__}  # noqa: F401\n"
+                f"from {model_cls.__module__} import {model_cls.__name__}  # noqa: F401\n")
+    path = os.path.join(output, "config.json")
+    with open(path) as f:
+        config = json.load(f)
+    config["auto_map"] = {"AutoConfig": f"{AUTO_MODULE}.{config_cls.__name__}",
+                          "AutoModelForCausalLM": f"{AUTO_MODULE}.{model_cls.__name__}"}
+    with open(path, "w") as f:
+        json.dump(config, f, indent=2, sort_keys=True)
+        f.write("\n")
 
 
 def is_step_dir(path: str) -> bool:

@@ -48,6 +48,14 @@ def round_trip(family, tmp_path, capsys):
         b = AutoModelForCausalLM.from_pretrained(hf2).eval()(x).logits
     assert torch.isfinite(a).all()
     assert torch.equal(a, b)
+    # Without `import fla` transformers knows the folder only through auto_map: fla_auto.py imports fla's classes,
+    # so the error it gives points there and trust_remote_code=True loads the installed fla model
+    import json
+    with open(os.path.join(hf1, "config.json")) as f:
+        assert json.load(f)["auto_map"]["AutoModelForCausalLM"] == "fla_auto.GLAForCausalLM"
+    with use_backend("torch"), torch.no_grad():
+        remote = AutoModelForCausalLM.from_pretrained(hf1, trust_remote_code=True).eval()
+        assert type(remote) is fla.models.GLAForCausalLM and torch.equal(remote(x).logits, a)
     with use_backend("torch"):
         AutoModelForCausalLM.from_pretrained(hf1).eval().generate(x[:, :8], max_new_tokens=4, do_sample=False)
 
