@@ -8,21 +8,30 @@ faster than parallel_attn (forward+backward), and parallel_attn's ratio to SDPA 
     python benchmarks/bench_attn.py                        # GPU: bf16, 16k tokens, T = 1k..16k, D = 64, 128
     python benchmarks/bench_attn.py --tiny                 # CPU: tiny sizes, the torch paths (proves the script runs)
 
+Writes DIR/bench_attn.csv and DIR/bench_attn.png (`--out DIR`, default benchmarks/results/).
+
 Causal FLOPs: forward 2 * B * H * T^2 * D (two matmuls, half the matrix), forward+backward 3.5x that. Linear ops get
 no TFLOP/s (a different count); compare their times. On a CPU the numbers say nothing about GPU speed.
 """
 from __future__ import annotations
 
 import argparse
-import csv
 import statistics
+import sys
 import time
+from pathlib import Path
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
 from fla.ops.attn import parallel_attn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import report  # noqa: E402
+
+NAME = "bench_attn"
+FIELDS = ["D", "T", "B", "method", "fwd_ms", "fwdbwd_ms", "fwd_tflops", "fwdbwd_tflops"]
 
 
 def sdpa_fn(backend_name: str | None):
@@ -102,17 +111,22 @@ def bench_one(name, fn, inputs, leaves, do, device, reps, flops):
     return row
 
 
-def main() -> None:
+def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--tiny", action="store_true", help="CPU-sized run (the default without a GPU)")
+    report.add_output_args(parser, NAME, "CPU: 256 tokens, T = 32..256, D = 32, float32, torch paths (the default "
+                                         "without a GPU)")
     parser.add_argument("--tokens", type=int, default=None, help="tokens per step (batch = tokens / length)")
     parser.add_argument("--lengths", type=int, nargs="+", default=None)
     parser.add_argument("--dims", type=int, nargs="+", default=None, help="head dims")
     parser.add_argument("--heads", type=int, default=None)
     parser.add_argument("--dtype", default=None, choices=["bfloat16", "float16", "float32"])
     parser.add_argument("--reps", type=int, default=10, help="CPU repetitions (GPU uses triton's do_bench)")
-    parser.add_argument("--csv", default="bench_attn.csv")
-    args = parser.parse_args()
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> list[dict]:
+    args = parse_args(argv)
+    paths = report.output_paths(args, NAME)
 
     device = "cuda" if torch.cuda.is_available() and not args.tiny else "cpu"
     tiny = device == "cpu"
@@ -157,12 +171,11 @@ def main() -> None:
 
     print_table(rows, methods)
     print_crossover(rows, dims, lengths, methods)
-    with open(args.csv, "w", newline="") as f:
-        fields = ["D", "T", "B", "method", "fwd_ms", "fwdbwd_ms", "fwd_tflops", "fwdbwd_tflops"]
-        writer = csv.DictWriter(f, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows(rows)
-    print(f"wrote {args.csv}")
+    where = torch.cuda.get_device_name() if device == "cuda" else "cpu (torch paths)"
+    report.save(rows, paths, report.Plot(
+        x="T", panels=[("forward+backward ms", ["fwdbwd_ms"])], series=("method",), split="D", logx=True, logy=True,
+        title=f"{where}, {str(dtype)[6:]}, {tokens} tokens/step, H = {heads}", xlabel="sequence length T"), FIELDS)
+    return rows
 
 
 def _time(rows, D, T, method, key="fwdbwd_ms"):
@@ -170,41 +183,42 @@ def _time(rows, D, T, method, key="fwdbwd_ms"):
 
 
 def print_table(rows, methods) -> None:
-    print("\nforward+backward ms (TFLOP/s for softmax attention)")
     names = [m for m in methods if any(r["method"] == m for r in rows)]
-    print(f"{'D':>4s} {'T':>6s} " + " ".join(f"{n:>24s}" for n in names))
+    table = []
     for D, T in sorted({(r["D"], r["T"]) for r in rows}):
-        cells = []
+        line = {"D": D, "T": T}
         for n in names:
             r = next((r for r in rows if r["D"] == D and r["T"] == T and r["method"] == n), None)
-            if r is None:
-                cells.append(f"{'-':>24s}")
-            elif "fwdbwd_tflops" in r:
-                cells.append(f"{r['fwdbwd_ms']:>11.3f} ({r['fwdbwd_tflops']:>8.3g})  ")
-            else:
-                cells.append(f"{r['fwdbwd_ms']:>24.3f}")
-        print(f"{D:4d} {T:6d} " + " ".join(cells))
+            line[n] = "-" if r is None else report.fmt(r["fwdbwd_ms"]) + (
+                f" ({report.fmt(r['fwdbwd_tflops'])})" if "fwdbwd_tflops" in r else "")
+        table.append(line)
+    report.print_table(table, title="forward+backward ms (TFLOP/s for softmax attention)")
 
 
 def print_crossover(rows, dims, lengths, methods) -> None:
-    print("\ncrossover (forward+backward): shortest length from which the linear op beats parallel_attn")
+    def faster(D, t, name):
+        a, b = _time(rows, D, t, name), _time(rows, D, t, "parallel_attn")
+        return a is not None and b is not None and a < b
+
+    table = []
     for D in dims:
         for name, (_, softmax) in methods.items():
             if softmax:
                 continue
-            wins = [T for T in lengths
-                    if _time(rows, D, T, name) is not None and _time(rows, D, T, "parallel_attn") is not None
-                    and all(_time(rows, D, t, name) < _time(rows, D, t, "parallel_attn") for t in lengths if t >= T)]
-            print(f"  D={D:4d} {name:24s} " + (f"T >= {min(wins)}" if wins else "none in the measured range"))
+            wins = [T for T in lengths if all(faster(D, t, name) for t in lengths if t >= T)]
+            table.append({"D": D, "linear op": name,
+                          "faster than parallel_attn from": f"T >= {min(wins)}" if wins else "not in the range"})
+    report.print_table(table, title="crossover (forward+backward): the shortest length from which the linear op "
+                                    "beats parallel_attn at every longer length")
     ref = "sdpa_flash" if any(r["method"] == "sdpa_flash" for r in rows) else "sdpa"
-    print(f"\nparallel_attn / {ref} forward+backward time (goal: <= 1 at every length)")
+    table = []
     for D in dims:
-        ratios = []
+        line = {"D": D}
         for T in lengths:
             a, b = _time(rows, D, T, "parallel_attn"), _time(rows, D, T, ref)
-            if a is not None and b is not None:
-                ratios.append(f"T={T}: {a / b:.2f}")
-        print(f"  D={D:4d} " + ", ".join(ratios))
+            line[f"T={T}"] = None if a is None or b is None else a / b
+        table.append(line)
+    report.print_table(table, title=f"parallel_attn / {ref} forward+backward time (goal: <= 1 at every length)")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Context parallelism on CPU (gloo): the bytes each rank sends per layer, forward and backward, against T.
 
     python benchmarks/bench_cp.py                 # world 2 and 4, every CP op, two sequence lengths
-    python benchmarks/bench_cp.py --tiny --out /tmp/cp   # small shapes; writes /tmp/cp/bench_cp.csv
+    python benchmarks/bench_cp.py --tiny --out /tmp/cp   # small shapes; writes /tmp/cp/bench_cp.csv and .png
 
 Each rank holds T / world tokens of one packed sequence (three documents, one spanning every rank) and runs one
 layer's op forward and backward with `cp_context`. The forward bytes are counted where the CP collectives are
@@ -9,7 +9,8 @@ called (`fla.ops.cp.bytes_sent`: a rank's own piece times world - 1, what a ring
 backward is the all-gather's reduce-scatter, the same bytes again. The linear-state ops send a fixed
 H x K x (V + 1) (diagonal decay) or H x K x (V + K) (delta rules) float32 summary whatever T; the short convolution
 its last W - 1 tokens; parallel_attn its whole K, V and gate piece (O(T)). Wall times here are a loaded CPU's:
-not reported. Speed and memory on a GPU: unmeasured.
+not reported. Speed and memory on a GPU: unmeasured. Writes DIR/bench_cp.csv and DIR/bench_cp.png (`--out DIR`,
+default benchmarks/results/).
 """
 from __future__ import annotations
 
@@ -27,6 +28,8 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "benchmarks"))
+import report  # noqa: E402
 
 
 def _ops(H, K, V):
@@ -90,31 +93,27 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tiny", action="store_true", help="H = 2, K = V = 16, T in (64, 256)")
+def main(argv=None) -> list[dict]:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    report.add_output_args(parser, "bench_cp", "H = 2, K = V = 16, T in (64, 256)")
     parser.add_argument("--worlds", default="2,4", help="CP degrees to run (comma-separated)")
-    parser.add_argument("--out", default=".", help="folder for bench_cp.csv")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    paths = report.output_paths(args, "bench_cp")
     sizes, lengths = ((2, 16, 16), (64, 256)) if args.tiny else ((8, 64, 64), (512, 2048))
-    os.makedirs(args.out, exist_ok=True)
     rows = []
     for world in [int(w) for w in args.worlds.split(",")]:
-        part = os.path.join(args.out, f".bench_cp_{world}.csv")
+        part = str(paths[0].parent / f".bench_cp_{world}.csv")
         mp.spawn(_worker, args=(world, _free_port(), sizes, lengths, part), nprocs=world, join=True)
         with open(part) as f:
-            rows += list(csv.DictReader(f))
+            rows += [{k: int(v) if v.isdigit() else v for k, v in r.items()} for r in csv.DictReader(f)]
         os.remove(part)
-    path = os.path.join(args.out, "bench_cp.csv")
-    with open(path, "w") as f:
-        writer = csv.DictWriter(f, list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    print(f"{'op':>17s} {'world':>5s} {'T':>6s} {'fwd bytes/rank':>15s} {'bwd bytes/rank':>15s} {'collectives':>11s}")
-    for r in rows:
-        print(f"{r['op']:>17s} {r['world']:>5s} {r['T']:>6s} {int(r['fwd_bytes_per_rank']):>15,d} "
-              f"{int(r['bwd_bytes_per_rank']):>15,d} {r['collectives']:>11s}")
-    print(f"(H, K, V) = {sizes}; one layer, per rank; wrote {path}")
+    report.print_table(rows, ["op", "world", "T", "fwd_bytes_per_rank", "bwd_bytes_per_rank", "collectives"],
+                       title=f"(H, K, V) = {sizes}; one layer, bytes sent per rank")
+    report.save(rows, paths, report.Plot(
+        x="T", series=("op",), split="world", logx=True, logy=True, xlabel="sequence length T",
+        title=f"context parallelism, (H, K, V) = {sizes}", panels=[("forward bytes sent per rank",
+                                                                    ["fwd_bytes_per_rank"])]))
+    return rows
 
 
 if __name__ == "__main__":

@@ -1,17 +1,18 @@
 """Data pipeline throughput: tokens/s that one loader worker delivers (read + tokenize + mix + pack + state).
 
-    python benchmarks/bench_data.py [--seconds 5] [--csv benchmarks/results/bench_data.csv]
+    python benchmarks/bench_data.py [--seconds 5] [--out DIR]
+    python benchmarks/bench_data.py --tiny      # smoke run: the 4k tokenizer only, 0.5 s a case, no worker processes
 
 Tokenizers: the embedded 4096-token BPE and a 32k-token BPE trained on the same corpus (cached under the flame
 cache dir). Sources: the default corpus, random-access and streaming. Each case runs the real loader
 (`build_dataloader`) with num_workers=0, i.e. one process doing a worker's whole job, single-threaded
 (TOKENIZERS_PARALLELISM=false), and, for reference, the bare Rust tokenizer on the same documents.
 Goal: one worker >= 200k tokens/s (an H100 training a 340M model eats ~100k tokens/s).
+Writes DIR/bench_data.csv and DIR/bench_data.png (`--out DIR`, default benchmarks/results/).
 """
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import sys
 import time
@@ -19,6 +20,10 @@ from pathlib import Path
 
 os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one worker = one core
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import report  # noqa: E402
+
+NAME = "bench_data"
 
 
 def tokenizer_32k():
@@ -71,25 +76,39 @@ def bare_tokenizer_rate(tokenizer, seconds: float) -> float:
     return n_tokens / (time.perf_counter() - start), n_tokens / (time.process_time() - cpu)
 
 
-def main() -> None:
+def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seconds", type=float, default=5.0)
-    parser.add_argument("--seq-len", type=int, default=2048)
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--workers", type=int, default=2, help="also measure this many worker processes together")
-    parser.add_argument("--csv", default="benchmarks/results/bench_data.csv")
-    args = parser.parse_args()
+    parser.add_argument("--seconds", type=float, default=None, help="per case (default 5; --tiny 0.5)")
+    parser.add_argument("--seq-len", type=int, default=None, help="default 2048 (--tiny 256)")
+    parser.add_argument("--batch-size", type=int, default=None, help="default 8 (--tiny 2)")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="also measure this many worker processes together (default 2; --tiny: none)")
+    report.add_output_args(parser, NAME, "smoke run: the embedded 4k tokenizer only (no 32k BPE training), 0.5 s "
+                                         "a case, 2 x 256 tokens, no worker processes")
+    args = parser.parse_args(argv)
+    tiny = dict(seconds=0.5, seq_len=256, batch_size=2, workers=0)
+    full = dict(seconds=5.0, seq_len=2048, batch_size=8, workers=2)
+    for key, value in (tiny if args.tiny else full).items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    return args
+
+
+def main(argv=None) -> list[dict]:
+    args = parse_args(argv)
+    paths = report.output_paths(args, NAME)
 
     from flame.data import load_tokenizer
 
-    tokenizers = {"default-4k": load_tokenizer(None), "bpe-32k": tokenizer_32k()}
+    tokenizers = {"default-4k": load_tokenizer(None)}
+    if not args.tiny:
+        tokenizers["bpe-32k"] = tokenizer_32k()
     rows = []
 
     def row(name, tok, case, workers, wall, cpu, per_batch):
         rows.append({"tokenizer": name, "vocab": len(tok), "case": case, "workers": workers,
-                     "tokens_per_s": round(wall), "tokens_per_cpu_s": "" if cpu is None else round(cpu),
-                     "ms_per_batch": "" if per_batch is None else round(per_batch * 1e3, 1)})
-        r = rows[-1]
+                     "tokens_per_s": round(wall), "tokens_per_cpu_s": None if cpu is None else round(cpu),
+                     "ms_per_batch": None if per_batch is None else round(per_batch * 1e3, 1)})
         print(f"{name:>10s} {case:<40s} workers={workers}  {wall / 1e3:6.0f}k tokens/s"
               + ("" if cpu is None else f"  {cpu / 1e3:6.0f}k tokens/CPU-s"), flush=True)
 
@@ -104,19 +123,16 @@ def main() -> None:
             row(name, tok, "loader, random access, worker processes", args.workers, wall, None, per_batch)
 
     load = os.getloadavg()[0]
-    print(f"\nbatch {args.batch_size} x {args.seq_len} tokens, {os.cpu_count()} CPU cores (load average {load:.1f}), "
-          "one thread per worker\n")
-    print("| tokenizer | vocab | case | workers | tokens/s (wall) | tokens/CPU-s | ms/batch |\n|---|---|---|---|---|---|---|")
-    for r in rows:
-        cpu = f"{r['tokens_per_cpu_s']:,}" if r["tokens_per_cpu_s"] != "" else ""
-        print(f"| {r['tokenizer']} | {r['vocab']} | {r['case']} | {r['workers']} | {r['tokens_per_s']:,} | {cpu} | "
-              f"{r['ms_per_batch']} |")
-    Path(args.csv).parent.mkdir(parents=True, exist_ok=True)
-    with open(args.csv, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    print(f"\nwrote {args.csv}")
+    report.print_table(rows, headers={"tokens_per_s": "tokens/s (wall)", "tokens_per_cpu_s": "tokens/CPU-s",
+                                      "ms_per_batch": "ms/batch"},
+                       title=f"batch {args.batch_size} x {args.seq_len} tokens, {os.cpu_count()} CPU cores (load "
+                             f"average {load:.1f}), one thread per worker")
+    report.save(rows, paths, report.Plot(
+        x="case", series=("tokenizer",), kind="bar", title=f"data pipeline, load average {load:.1f}",
+        panels=[("tokens per CPU-second (one worker)", ["tokens_per_cpu_s"]), ("tokens per wall second",
+                                                                              ["tokens_per_s"])],
+        hline=(200_000, "goal 200k/s per worker")))
+    return rows
 
 
 if __name__ == "__main__":

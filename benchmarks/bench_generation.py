@@ -7,13 +7,13 @@ model's forward with its cache, without generate()'s bookkeeping).
     python benchmarks/bench_generation.py --tiny           # CPU: debug configs, torch paths
 
 Linear-attention models keep a fixed-size state per layer, so their decode cost per token does not grow with the
-context; the Transformer's KV cache does. On a CPU the numbers say nothing about GPU speed.
+context; the Transformer's KV cache does. On a CPU the numbers say nothing about GPU speed. Writes
+DIR/bench_generation.csv and .png (`--out DIR`, default benchmarks/results/).
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
-import csv
 import json
 import sys
 import time
@@ -26,7 +26,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import fla.models  # noqa: E402,F401  (registers the families)
 from fla.ops.utils.dispatch import use_backend  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import report  # noqa: E402
+
 ROOT = Path(__file__).resolve().parent.parent
+NAME = "bench_generation"
 FAMILIES = ("transformer", "gla", "retnet", "delta_net", "gated_deltanet")
 
 
@@ -87,16 +91,7 @@ def run_case(config_path: Path, batch_size: int, args) -> dict:
     }
 
 
-def print_table(rows: list[dict]) -> None:
-    cols = list(rows[0])
-    widths = {c: max(len(c), *(len(str(r[c])) for r in rows)) for c in cols}
-    print(" | ".join(c.rjust(widths[c]) for c in cols))
-    print("-+-".join("-" * widths[c] for c in cols))
-    for r in rows:
-        print(" | ".join(str(r[c]).rjust(widths[c]) for c in cols))
-
-
-def main() -> None:
+def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--configs", nargs="*", type=Path, help="model JSONs (default: <family>_340M for each family)")
     parser.add_argument("--batch-sizes", nargs="*", type=int, default=[1, 8, 32])
@@ -104,9 +99,13 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=256)
     parser.add_argument("--dtype", choices=("bf16", "fp32"), default="bf16")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--tiny", action="store_true", help="CPU smoke run: debug configs, short prompts")
-    parser.add_argument("--csv", type=Path, default=ROOT / "benchmarks" / "results" / "bench_generation.csv")
-    args = parser.parse_args()
+    report.add_output_args(parser, NAME, "CPU smoke run: debug configs, batch 1 and 4, prompt 32, 16 new tokens")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> list[dict]:
+    args = parse_args(argv)
+    paths = report.output_paths(args, NAME)
     if args.tiny:
         args.configs = args.configs or [ROOT / "configs" / "models" / f"{f}_debug.json" for f in FAMILIES]
         args.batch_sizes, args.prompt_len, args.new_tokens = [1, 4], 32, 16
@@ -123,16 +122,15 @@ def main() -> None:
                     print(f"{path.stem} batch={batch_size}: out of memory", flush=True)
                     torch.cuda.empty_cache()
     if not rows:
-        return
+        print("no case ran: nothing to write")
+        return rows
     device = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
-    print(f"\ndevice: {device}, torch {torch.__version__}")
-    print_table(rows)
-    args.csv.parent.mkdir(parents=True, exist_ok=True)
-    with open(args.csv, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["device", *rows[0]])
-        writer.writeheader()
-        writer.writerows({"device": device, **r} for r in rows)
-    print(f"wrote {args.csv}")
+    report.print_table(rows, title=f"device: {device}, torch {torch.__version__}")
+    rows = [{"device": device, **r} for r in rows]
+    report.save(rows, paths, report.Plot(
+        x="batch", series=("config",), logx=True, title=f"generation, {device}", xlabel="batch size",
+        panels=[("decode tokens/s (bare loop)", ["decode_tokens_per_s"]), ("prefill ms", ["prefill_ms"])]))
+    return rows
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
     python benchmarks/bench_host.py                          # ours: every op, fixed length and varlen
     python benchmarks/bench_host.py --peer-path /tmp/peer    # also fla-core, in its own process, side by side
-    python benchmarks/bench_host.py --ops chunk_gla --verbose --out host.csv
+    python benchmarks/bench_host.py --ops chunk_gla --verbose --tiny --out DIR
 
 A proxy for the host floor under an op's GPU time (~5 us per launch, ~5-10 us per PyTorch op, ~20 us or a drained
 queue per sync), read on a CPU box: Triton launches become no-ops (no compile, no interpreter: the compiled-path host
@@ -14,11 +14,11 @@ Per op and mode, forward + backward (the gradient of o), B * T = 4 x 4096 tokens
   `cu_seqlens_cpu`, the host copy flame already has (only ops that take it);
 - `first`: the first call with a new cu_seqlens tensor (the first layer of a step), `again`: a second call with the
   same one (every later layer). Launch counts are the same in both.
+Writes DIR/bench_host.csv and DIR/bench_host.png (`--out DIR`, default benchmarks/results/).
 """
 from __future__ import annotations
 
 import argparse
-import csv
 import importlib
 import importlib.util
 import inspect
@@ -32,6 +32,10 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
+sys.path.insert(0, str(HERE))  # report.py (the folder holds no fla: a peer's stays first)
+import report  # noqa: E402
+
+NAME = "bench_host"
 
 os.environ.pop("TRITON_INTERPRET", None)  # the compiled path's host code, not the interpreter's
 
@@ -164,27 +168,24 @@ def run_peer(args) -> list[dict]:
         return json.loads(out.read_text())
 
 
+COUNTS = ("launches", "ops_first", "ops_again", "syncs_first", "syncs_again")
+
+
 def print_table(ours: list[dict], peer: list[dict] | None, verbose: bool) -> None:
     theirs = {(r["op"], r["mode"]): r for r in peer or []}
-    print("host work per call, forward + backward (counts on a CPU box standing in for an sm_90 GPU: a proxy, not "
-          "a time)")
-    head = f"{'op':24s} {'mode':11s} {'launches':>9s} {'ops first':>10s} {'ops again':>10s} {'syncs first':>12s} " \
-           f"{'syncs again':>12s}"
-    print(head + ("   (ours / peer)" if peer is not None else ""))
-
-    def cell(r, p, key, width):
-        text = str(r[key]) if p is None else f"{r[key]} / {p[key]}"
-        return f"{text:>{width}s}"
-
+    table = []
     for r in ours:
-        p = theirs.get((r["op"], r["mode"])) if peer is not None else None
-        if peer is not None and p is None:
-            p = dict.fromkeys(("launches", "ops_first", "ops_again", "syncs_first", "syncs_again"), "-")
-        print(f"{r['op']:24s} {r['mode']:11s} {cell(r, p, 'launches', 9)} {cell(r, p, 'ops_first', 10)} "
-              f"{cell(r, p, 'ops_again', 10)} {cell(r, p, 'syncs_first', 12)} {cell(r, p, 'syncs_again', 12)}")
-        if verbose:
+        line = {"op": r["op"], "mode": r["mode"]}
+        p = theirs.get((r["op"], r["mode"]), {})
+        for key in COUNTS:
+            line[key] = r[key] if peer is None else f"{r[key]} / {p.get(key, '-')}"
+        table.append(line)
+    report.print_table(table, title="host work per call, forward + backward (counts on a CPU box standing in for an "
+                                    "sm_90 GPU: a proxy, not a time)" + (", ours / peer" if peer is not None else ""))
+    if verbose:
+        for r in ours:
             for where in r["where_first"]:
-                print(f"    sync (first call): {where}")
+                print(f"  {r['op']} {r['mode']}: sync (first call): {where}")
 
 
 def main(argv=None) -> int:
@@ -195,10 +196,9 @@ def main(argv=None) -> int:
     parser.add_argument("--heads", type=int, default=16)
     parser.add_argument("--dim", type=int, default=128, help="K = V")
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
-    parser.add_argument("--tiny", action="store_true", help="T = 200, H = 2, K = V = 64 (same counts, less memory)")
     parser.add_argument("--peer-path", help="folder holding the peer's fla/ (e.g. an unpacked fla-core wheel)")
     parser.add_argument("--python", default=sys.executable, help="interpreter for the peer's process")
-    parser.add_argument("--out", default="bench_host.csv", help="CSV of the rows (ours, and the peer's if measured)")
+    report.add_output_args(parser, NAME, "T = 200, H = 2, K = V = 64 (same counts, less memory)")
     parser.add_argument("--verbose", action="store_true", help="print where each sync of our first call comes from")
     parser.add_argument("--as-child", help=argparse.SUPPRESS)  # write the rows of this process's fla as JSON
     args = parser.parse_args(argv)
@@ -207,17 +207,15 @@ def main(argv=None) -> int:
     if args.as_child:
         Path(args.as_child).write_text(json.dumps(measure(args)))
         return 0
+    paths = report.output_paths(args, NAME)
     peer = run_peer(args) if args.peer_path or args.python != sys.executable else None
     ours = measure(args)
     print_table(ours, peer, args.verbose)
-    with open(args.out, "w", newline="") as f:
-        fields = ["library", "op", "mode", "launches", "ops_first", "ops_again", "syncs_first", "syncs_again"]
-        writer = csv.DictWriter(f, fields, extrasaction="ignore")
-        writer.writeheader()
-        for library, rows in (("ours", ours), ("peer", peer or [])):
-            for r in rows:
-                writer.writerow(dict(r, library=library))
-    print(f"wrote {args.out}")
+    rows = [dict(r, library=library) for library, part in (("ours", ours), ("peer", peer or [])) for r in part]
+    report.save(rows, paths, report.Plot(
+        x="op", series=("library", "mode"), kind="bar", title="host work per fwd+bwd call (repeated call)",
+        panels=[("kernel launches", ["launches"]), ("device->host syncs", ["syncs_again"])]),
+        fields=["library", "op", "mode", *COUNTS])
     return 0
 
 

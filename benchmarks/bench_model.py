@@ -8,13 +8,13 @@ a full step (forward, backward with FusedLinearCrossEntropy, AdamW), for each mo
 
 "varlen" packs random-length documents into each row and passes `cu_seqlens` (what the trainer does); "batch" is
 B full-length rows. Peak memory is `torch.cuda.max_memory_allocated` (not measured on a CPU). On a CPU the numbers
-say nothing about GPU speed: the tiny mode only proves the script runs.
+say nothing about GPU speed: the tiny mode only proves the script runs. Writes DIR/bench_model.csv and .png
+(`--out DIR`, default benchmarks/results/).
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
-import csv
 import json
 import sys
 import time
@@ -27,7 +27,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import fla.models  # noqa: E402,F401  (registers the families)
 from fla.ops.utils.dispatch import use_backend  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import report  # noqa: E402
+
 ROOT = Path(__file__).resolve().parent.parent
+NAME = "bench_model"
 FAMILIES = ("transformer", "gla", "retnet", "delta_net", "gated_deltanet")
 
 
@@ -104,16 +108,7 @@ def run_case(config_path: Path, args, varlen: bool, compiled: bool) -> dict:
     }
 
 
-def print_table(rows: list[dict]) -> None:
-    cols = list(rows[0])
-    widths = {c: max(len(c), *(len(str(r[c])) for r in rows)) for c in cols}
-    print(" | ".join(c.rjust(widths[c]) for c in cols))
-    print("-+-".join("-" * widths[c] for c in cols))
-    for r in rows:
-        print(" | ".join(str(r[c]).rjust(widths[c]) for c in cols))
-
-
-def main() -> None:
+def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--configs", nargs="*", type=Path, help="model JSONs (default: <family>_340M for each family)")
     parser.add_argument("--seq-len", type=int, default=2048)
@@ -126,9 +121,13 @@ def main() -> None:
     parser.add_argument("--no-autocast", dest="autocast", action="store_false",
                         help="cast the weights to --dtype instead of fp32 weights + bf16 autocast")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--tiny", action="store_true", help="CPU smoke run: debug configs, short sequences")
-    parser.add_argument("--csv", type=Path, default=ROOT / "benchmarks" / "results" / "bench_model.csv")
-    args = parser.parse_args()
+    report.add_output_args(parser, NAME, "CPU smoke run: debug configs, 2 x 128 tokens, 2 steps, compile off")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> list[dict]:
+    args = parse_args(argv)
+    paths = report.output_paths(args, NAME)
     if args.tiny:
         args.configs = args.configs or [ROOT / "configs" / "models" / f"{f}_debug.json" for f in FAMILIES]
         args.seq_len, args.batch_size, args.steps, args.warmup = 128, 2, 2, 1
@@ -150,16 +149,15 @@ def main() -> None:
                         print(f"{path.stem} varlen={varlen} compile={compiled}: out of memory", flush=True)
                         torch.cuda.empty_cache()
     if not rows:
-        return
+        print("no case ran: nothing to write")
+        return rows
     device = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
-    print(f"\ndevice: {device}, torch {torch.__version__}")
-    print_table(rows)
-    args.csv.parent.mkdir(parents=True, exist_ok=True)
-    with open(args.csv, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["device", *rows[0]])
-        writer.writeheader()
-        writer.writerows({"device": device, **r} for r in rows)
-    print(f"wrote {args.csv}")
+    report.print_table(rows, title=f"device: {device}, torch {torch.__version__}")
+    rows = [{"device": device, **r} for r in rows]
+    report.save(rows, paths, report.Plot(
+        x="config", series=("input", "compile"), kind="bar", title=f"training step, {device}",
+        panels=[("tokens/s", ["tokens_per_s"]), ("ms per step", ["ms_per_step"])]))
+    return rows
 
 
 if __name__ == "__main__":

@@ -7,15 +7,16 @@ The question that matters most: peak memory of FusedLinearCrossEntropyLoss again
 `F.cross_entropy(F.linear(h, W).float(), y)` at vocab 32k (goal <= 0.25x). Peak memory is counted above what the
 inputs already hold: on a GPU from `torch.cuda.max_memory_allocated`, on a CPU from the bytes of live tensors
 (a dispatch-mode tally; it ignores the allocator's caching, so compare the two columns, not absolute values).
-Prints a table and writes a CSV (default `bench_modules.csv`).
+Prints a table and writes DIR/bench_modules.csv and DIR/bench_modules.png (`--out DIR`, default benchmarks/results/).
 """
 from __future__ import annotations
 
 import argparse
-import csv
 import statistics
+import sys
 import time
 import weakref
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -34,6 +35,11 @@ from fla.modules import (
     swiglu,
 )
 from fla.ops.utils.dispatch import get_backend
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import report  # noqa: E402
+
+NAME = "bench_modules"
 
 
 class LiveTensorBytes(TorchDispatchMode):
@@ -171,15 +177,21 @@ def cases(tokens: int, hidden: int, vocab: int, dtype: torch.dtype, device: str)
     yield "gated_mlp", lambda: mlp(x), ref_mlp, [x] + list(mlp.parameters())
 
 
-def main() -> None:
+def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--tiny", action="store_true", help="CPU sizes and the torch paths")
+    report.add_output_args(parser, NAME, "CPU: 1024 tokens, hidden 256, float32, the torch paths")
     parser.add_argument("--tokens", type=int, default=None)
     parser.add_argument("--hidden", type=int, default=None)
     parser.add_argument("--vocab", type=int, default=32000)
     parser.add_argument("--reps", type=int, default=3, help="timed repetitions on CPU")
-    parser.add_argument("--csv", default="bench_modules.csv")
-    args = parser.parse_args()
+    parser.add_argument("--modules", nargs="+", default=None, metavar="MODULE",
+                        help="only these (names as in the table; default all)")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> list[dict]:
+    args = parse_args(argv)
+    paths = report.output_paths(args, NAME)
     device = "cpu" if args.tiny or not torch.cuda.is_available() else "cuda"
     if device == "cpu":
         torch.set_num_threads(1)  # the CPU box is shared: threads fighting over 2 cores make every timing noise
@@ -187,14 +199,14 @@ def main() -> None:
     tokens = args.tokens or (16384 if device == "cuda" else 1024)
     hidden = args.hidden or (2048 if device == "cuda" else 256)
     probe = torch.empty(0, device=device)
-    print(f"device {torch.cuda.get_device_name() if device == 'cuda' else 'cpu'}, {dtype}, tokens {tokens}, "
-          f"hidden {hidden}, vocab {args.vocab}, torch {torch.__version__}, fla path {get_backend(probe)}")
+    where = torch.cuda.get_device_name() if device == "cuda" else "cpu"
+    print(f"device {where}, {dtype}, tokens {tokens}, hidden {hidden}, vocab {args.vocab}, torch {torch.__version__}, "
+          f"fla path {get_backend(probe)}")
 
     rows = []
-    header = f"{'module':<22}{'ours ms':>10}{'ref ms':>10}{'speedup':>9}{'ours MB':>10}{'ref MB':>10}{'mem ratio':>11}"
-    print(header)
-    print("-" * len(header))
     for name, ours, ref, leaves in cases(tokens, hidden, args.vocab, dtype, device):
+        if args.modules and name not in args.modules:
+            continue
         step_ours, step_ref = fwd_bwd(ours, leaves), fwd_bwd(ref, leaves)
         t_ours, t_ref = milliseconds(step_ours, device, args.reps), milliseconds(step_ref, device, args.reps)
         m_ours, m_ref = peak_bytes(step_ours, device) / 2**20, peak_bytes(step_ref, device) / 2**20
@@ -203,16 +215,18 @@ def main() -> None:
                    speedup=round(t_ref / t_ours, 2), ours_mb=round(m_ours, 1), ref_mb=round(m_ref, 1),
                    mem_ratio=round(m_ours / m_ref, 3) if m_ref else float("nan"))
         rows.append(row)
-        print(f"{name:<22}{t_ours:>10.2f}{t_ref:>10.2f}{row['speedup']:>9.2f}{m_ours:>10.1f}{m_ref:>10.1f}"
-              f"{row['mem_ratio']:>11.3f}")
-    with open(args.csv, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    flce = next(r for r in rows if r["module"] == "linear_cross_entropy")
-    verdict = "meets" if flce["mem_ratio"] <= 0.25 else "misses"
-    print(f"\nlinear cross entropy peak memory {flce['mem_ratio']:.3f}x unfused at vocab {args.vocab} "
-          f"({verdict} the <= 0.25x goal); CSV: {args.csv}")
+        print(f"  {name:<22} ours {t_ours:9.2f} ms, reference {t_ref:9.2f} ms", flush=True)
+    report.print_table(rows, ["module", "path", "ours_ms", "ref_ms", "speedup", "ours_mb", "ref_mb", "mem_ratio"],
+                       title="forward+backward: ours vs the PyTorch reference (time and peak memory above the inputs)")
+    report.save(rows, paths, report.Plot(
+        x="module", kind="bar", logy=True, title=f"{where}, {str(dtype)[6:]}, {tokens} tokens, hidden {hidden}",
+        panels=[("forward+backward ms", ["ours_ms", "ref_ms"]), ("peak MB above the inputs", ["ours_mb", "ref_mb"])]))
+    flce = next((r for r in rows if r["module"] == "linear_cross_entropy"), None)
+    if flce:
+        verdict = "meets" if flce["mem_ratio"] <= 0.25 else "misses"
+        print(f"\nlinear cross entropy peak memory {flce['mem_ratio']:.3f}x unfused at vocab {args.vocab} "
+              f"({verdict} the <= 0.25x goal)")
+    return rows
 
 
 if __name__ == "__main__":

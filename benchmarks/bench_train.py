@@ -7,13 +7,12 @@ everything a real run pays for), read from the run's own metrics.jsonl.
 
 Goal (issue): >= 1.2x what the peer trainer reaches on one H100 (~87k tokens/s for GLA-340M at 4k). The embedded
 corpus and tokenizer are used, so no network is needed. The first `--warmup` logged steps (compilation, allocator
-growth) are left out of the figures. Results: a table on stdout and a CSV (`--out`); record GPU figures in
-benchmarks/RESULTS.md with device and date.
+growth) are left out of the figures. Results: a table on stdout, DIR/bench_train.csv and DIR/bench_train.png
+(`--out DIR`, default benchmarks/results/); record GPU figures in benchmarks/RESULTS.md with device and date.
 """
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import statistics
@@ -24,6 +23,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import report  # noqa: E402
+
+NAME = "bench_train"
 
 
 def run(model: str, *, steps: int, batch_size: int, seq_len: int, compile: bool, nproc: int, warmup: int,
@@ -56,7 +59,7 @@ def run(model: str, *, steps: int, batch_size: int, seq_len: int, compile: bool,
             "final_loss": round(recs[-1]["loss"], 4), "wall_s": round(time.time() - begin, 1)}
 
 
-def main() -> None:
+def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=["transformer_340M", "gla_340M"])
     parser.add_argument("--steps", type=int, default=30)
@@ -65,29 +68,29 @@ def main() -> None:
     parser.add_argument("--seq-len", type=int, default=4096)
     parser.add_argument("--no-compile", action="store_true")
     parser.add_argument("--nproc", type=int, default=1)
-    parser.add_argument("--tiny", action="store_true", help="CPU smoke mode: debug models, short sequences")
-    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "bench_train.csv"))
+    report.add_output_args(parser, NAME, "CPU smoke run: the debug models, 4 steps of 2 x 128 tokens, compile off")
     parser.add_argument("extra", nargs="*", help="more flame.train options, after --")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.tiny:
         args.models = [m.replace("_340M", "_debug").replace("_1.3B", "_debug") for m in args.models]
         args.steps, args.warmup, args.batch_size, args.seq_len, args.no_compile = 4, 1, 2, 128, True
+    return args
+
+
+def main(argv=None) -> list[dict]:
+    args = parse_args(argv)
+    paths = report.output_paths(args, NAME)
     rows = []
     for model in args.models:
         row = run(model, steps=args.steps, batch_size=args.batch_size, seq_len=args.seq_len,
                   compile=not args.no_compile, nproc=args.nproc, warmup=args.warmup, extra=args.extra)
         rows.append(row)
         print(json.dumps(row), flush=True)
-    header = list(rows[0])
-    print("\n| " + " | ".join(header) + " |\n|" + " --- |" * len(header))
-    for row in rows:
-        print("| " + " | ".join(str(row[h]) for h in header) + " |")
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    with open(args.out, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=header)
-        writer.writeheader()
-        writer.writerows(rows)
-    print(f"\nwrote {args.out}")
+    report.print_table(rows, title="flame.train throughput (median over the logged steps after the warm-up)")
+    report.save(rows, paths, report.Plot(
+        x="model", kind="bar", title=f"flame.train, {args.nproc} process(es), {args.batch_size} x {args.seq_len}",
+        panels=[("tokens/s per device", ["tokens_per_s_per_device"]), ("peak memory GiB", ["peak_memory_gib"])]))
+    return rows
 
 
 if __name__ == "__main__":

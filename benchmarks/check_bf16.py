@@ -1,7 +1,7 @@
 """bf16 and float16 correctness of every public op against its float32 reference: what only a GPU can show.
 
     python benchmarks/check_bf16.py                                 # GPU: compiled, autotuned kernels, bf16 + fp16
-    python benchmarks/check_bf16.py --ops chunk_gla rms_norm --dtypes bfloat16 --csv check.csv
+    python benchmarks/check_bf16.py --ops chunk_gla rms_norm --dtypes bfloat16 --out DIR
     python benchmarks/check_bf16.py --tiny                          # CPU: Triton interpreter, float16 + float32
 
 Why a GPU: the CPU tests run the kernels in the Triton interpreter, where a bf16 `tl.dot` is garbage (so bf16 is never
@@ -31,9 +31,10 @@ Bounds (values / gate gradients dg, dbeta):
 - float32 1e-3 / 5e-3 on a GPU (float32 dots may run as TF32, ~3e-4), 1e-4 / 1e-3 in the interpreter (the tests).
 A bug (wrong index, race, unwritten tile) is O(1), far above all of these.
 
-Prints one line per case, a summary, writes every tensor's error to a CSV (`--csv`, rows appended as cases finish, so
-a killed run keeps what it did), and exits 1 if any case failed. `--time-limit S` stops starting new cases after S
-seconds; those are written as `not run` (the run is then incomplete, not failed).
+Prints one line per case and a summary table, writes every tensor's error to DIR/check_bf16.csv (rows appended as
+cases finish, so a killed run keeps what it did; `--out DIR`, default benchmarks/results/), plots each op's worst
+error as a fraction of its bound to DIR/check_bf16.png, and exits 1 if any case failed. `--time-limit S` stops
+starting new cases after S seconds; those are written as `not run` (the run is then incomplete, not failed).
 """
 from __future__ import annotations
 
@@ -52,6 +53,10 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import report  # noqa: E402
+
+NAME = "check_bf16"
 GATE_GRADS = {"dg", "dbeta"}
 # (device type, dtype) -> (bound for values, bound for gate gradients); see the module docstring
 BOUNDS = {
@@ -530,6 +535,32 @@ def run_case(case: Case, fam: Family, ref_cache: dict, device: str) -> list[dict
     return rows
 
 
+def summarize(rows: list[dict]) -> list[dict]:
+    """One row per (op, dtype) from the CSV rows: cases by status, and the worst rel_err / bound."""
+    out: dict[tuple, dict] = {}
+    seen: dict[tuple, str] = {}
+    for r in rows:
+        line = out.setdefault((r["op"], r["dtype"]), dict(op=r["op"], dtype=r["dtype"], cases=0, passed=0, failed=0,
+                                                          not_run=0, worst_over_bound=None, worst=""))
+        case = (r["op"], r["dtype"], r["layout"], r["variant"])
+        status = {"pass": "passed", "FAIL": "failed", "error": "failed", "not run": "not_run"}[r["status"]]
+        if case not in seen:
+            line["cases"] += 1
+            line[status] += 1
+            seen[case] = status
+        elif status == "failed" and seen[case] == "passed":  # one failing tensor fails its case
+            line["passed"] -= 1
+            line["failed"] += 1
+            seen[case] = status
+        try:
+            ratio = float(r["rel_err"]) / float(r["bound"])
+        except (KeyError, TypeError, ValueError, ZeroDivisionError):
+            continue
+        if math.isfinite(ratio) and (line["worst_over_bound"] is None or ratio > line["worst_over_bound"]):
+            line["worst_over_bound"], line["worst"] = ratio, f"{r['tensor']} {r['layout']} {r['variant']}"
+    return list(out.values())
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ops", nargs="+", default=ALL_OPS, choices=ALL_OPS, metavar="OP",
@@ -537,14 +568,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dtypes", nargs="+", choices=["bfloat16", "float16", "float32"],
                         help="default: bfloat16 float16 on a GPU, float16 float32 on CPU")
     parser.add_argument("--layouts", nargs="+", default=["fixed", "varlen"], choices=["fixed", "varlen"])
-    parser.add_argument("--tiny", action="store_true", help="CPU, Triton interpreter, tiny sizes (the default "
-                                                            "without a GPU)")
+    report.add_output_args(parser, NAME, "CPU, Triton interpreter, tiny sizes, float16 and float32 (the default "
+                                         "without a GPU)")
     parser.add_argument("--seed", type=int, default=0, help="changes every case's inputs")
     parser.add_argument("--time-limit", type=float, default=None, metavar="S",
                         help="start no case after S seconds (the rest are written as `not run`)")
-    parser.add_argument("--csv", default="check_bf16.csv", help="one row per compared tensor")
     args = parser.parse_args(argv)
     begin = time.time()
+    csv_path, png_path = report.output_paths(args, NAME)
 
     device = "cuda" if torch.cuda.is_available() and not args.tiny else "cpu"
     if device == "cpu":
@@ -577,7 +608,7 @@ def main(argv: list[str] | None = None) -> int:
     counts = dict.fromkeys(["pass", "FAIL", "error", "not run"], 0)
     worst: dict[tuple, tuple[float, str]] = {}  # (dtype, "values" | "gates") -> (error, case)
     stop_reason = None
-    with open(args.csv, "w", newline="") as f:
+    with open(csv_path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=FIELDS)
         writer.writeheader()
         for case in todo:
@@ -623,8 +654,16 @@ def main(argv: list[str] | None = None) -> int:
           f"{counts['not run']} not run{f' ({stop_reason})' if stop_reason else ''}; {time.time() - begin:.0f} s")
     for (d, kind), (err, where_) in sorted(worst.items()):
         print(f"  worst {d} {kind}: {err:.2e} ({where_})")
+    summary = summarize(report.read_csv(csv_path))
+    report.print_table(summary, title="per op and dtype: cases, and the worst error as a fraction of its bound")
+    print(f"wrote {csv_path}")
+    if summary:
+        report.draw(summary, report.Plot(x="op", series=("dtype",), kind="bar", logy=True,
+                                         title=f"{where}: worst error / bound (fails above 1)",
+                                         panels=[("worst rel. error / bound", ["worst_over_bound"])],
+                                         hline=(1.0, "bound")), png_path)
     verdict = "FAIL" if counts["FAIL"] or counts["error"] else ("INCOMPLETE" if counts["not run"] else "PASS")
-    print(f"wrote {args.csv}\nRESULT: {verdict}")
+    print(f"RESULT: {verdict}")
     return 1 if verdict == "FAIL" else 0
 
 

@@ -1,6 +1,6 @@
 """One GPU session: everything only a GPU shows, in one command under a time budget, as rows for RESULTS.md.
 
-    python benchmarks/gpu_session.py --out OUT [--peer-path DIR] [--budget 480] [--append]
+    python benchmarks/gpu_session.py [--out OUT] [--peer-path DIR] [--budget 480] [--append]
     python benchmarks/gpu_session.py --dry-run [--peer-path DIR]   # the plan: steps, commands, limits; runs nothing
     python benchmarks/gpu_session.py --tiny --out /tmp/session     # CPU: every step at smoke sizes (plumbing only)
 
@@ -22,9 +22,11 @@ are the seconds shown, otherwise scaled to fill the budget); a step may run unti
 including it has elapsed, so time an early step leaves unused goes to the later ones, and the session never runs
 past the budget.
 
-Output, in `--out` (at most five files, rewritten after every step so that a session cut short still returns what it
-measured): RESULTS-rows.md (a block ready for benchmarks/RESULTS.md), session.log (plan, each step's status and the
-tail of its output), session.json, check_bf16.csv, steps.tar.gz (every step's full log and CSV). `--append` also
+Output, in `--out` (at most seven files, rewritten after every step so that a session cut short still returns what
+it measured): RESULTS-rows.md (a block ready for benchmarks/RESULTS.md), session.log (plan, each step's status and the
+tail of its output), session.json, session.csv and session.png (each step's status, seconds and limit),
+check_bf16.csv, steps.tar.gz (every step's full log, CSV and PNG: each step writes into its own folder, `--out
+WORK/<step>`). `--append` also
 appends the block to benchmarks/RESULTS.md. Exit status 1 if a step failed or ran out of time.
 """
 from __future__ import annotations
@@ -54,8 +56,10 @@ from typing import Callable
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
+sys.path.insert(0, str(HERE))
+import report  # noqa: E402
 
-GOAL_OPS = ["chunk_gla", "chunk_simple_gla", "chunk_gated_delta_rule"]
+GOAL_OPS = ["chunk_gla", "chunk_simple_gla", "chunk_gated_delta_rule", "chunk_kda"]  # an op not there is skipped
 OPS_LENGTHS = ["1024", "4096", "16384"]
 FLAME_WHEELS = ["torchtitan", "datasets", "torchdata", "tyro", "dill", "multiprocess"]  # imported by flame.train
 # goals from the issues (see RESULTS.md's status table)
@@ -68,6 +72,12 @@ GOAL_TRAIN = {"gla_340M": 1.2 * 87_000}  # tokens/s per device: 1.2x the peer fl
 # of steps known to be skipped (no --peer-path, --steps) go to the others in proportion
 PLAN = {"env": 20, "check_bf16": 100, "ops_ours": 40, "ops_peer": 70, "ops_compare": 5, "attn": 35, "modules": 25,
         "train_gla": 85, "train_transformer": 60, "host": 20}
+# step -> the CSV it writes, relative to the work folder (each step's script writes into WORK/<step>/)
+STEP_CSV = {"check_bf16": "check_bf16/check_bf16.csv", "ops_ours": "ops_ours/bench_ops.csv",
+            "ops_peer": "ops_peer/peer_ops.csv", "ops_compare": "ops_compare/peer_compare.csv",
+            "attn": "attn/bench_attn.csv", "modules": "modules/bench_modules.csv",
+            "train_gla": "train_gla/bench_train.csv", "train_transformer": "train_transformer/bench_train.csv",
+            "host": "host/bench_host.csv"}
 RESERVE_S = 20  # the session's own start-up, and packing its outputs
 MIN_STEP_S = 8  # a step with less time than this left is skipped, not started
 
@@ -110,31 +120,33 @@ def build_steps(args: argparse.Namespace, work: Path) -> list[Step]:
              lambda limit: [py, str(Path(__file__).resolve()), "--env-probe", w("env.json")]
              + (["--peer-path", str(args.peer_path)] if args.peer_path else []), ["env.json"]),
         Step("check_bf16", "bf16/fp16 correctness of every op vs its float32 reference",
-             lambda limit: [py, str(HERE / "check_bf16.py"), *tiny, *check_ops, "--csv", w("check_bf16.csv"),
-                            "--time-limit", f"{max(limit - 25, 5):.0f}"], ["check_bf16.csv"]),
+             lambda limit: [py, str(HERE / "check_bf16.py"), *tiny, *check_ops, "--out", w("check_bf16"),
+                            "--time-limit", f"{max(limit - 25, 5):.0f}"], [STEP_CSV["check_bf16"]]),
         Step("ops_ours", "op speed: ours and SDPA (bench_ops.py)",
-             lambda limit: [py, str(HERE / "bench_ops.py"), *tiny, *bench, "--out", w("ops_ours.csv")],
-             ["ops_ours.csv"]),
+             lambda limit: [py, str(HERE / "bench_ops.py"), *tiny, *bench, "--out", w("ops_ours")],
+             [STEP_CSV["ops_ours"]]),
         Step("ops_peer", "op speed: fla-core (peer_ops.py)",
-             lambda limit: [py, str(HERE / "peer_ops.py"), *peer, *tiny, *peer_bench, "--out", w("ops_peer.csv")],
-             ["ops_peer.csv"], skip=peer_skip),
+             lambda limit: [py, str(HERE / "peer_ops.py"), *peer, *tiny, *peer_bench, "--out", w("ops_peer")],
+             [STEP_CSV["ops_peer"]], skip=peer_skip),
         Step("ops_compare", "ours / fla-core (peer_ops.py --compare)",
-             lambda limit: [py, str(HERE / "peer_ops.py"), "--compare", w("ops_ours.csv"), w("ops_peer.csv")],
+             lambda limit: [py, str(HERE / "peer_ops.py"), "--compare", w(STEP_CSV["ops_ours"]),
+                            w(STEP_CSV["ops_peer"]), "--out", w("ops_compare")],
              skip=peer_skip, needs=["ops_ours", "ops_peer"]),
         Step("attn", "softmax attention vs length, crossover (bench_attn.py)",
              lambda limit: [py, str(HERE / "bench_attn.py"), *tiny, *([] if args.tiny else ["--dims", "128"]),
-                            "--csv", w("attn.csv")], ["attn.csv"]),
+                            "--out", w("attn")], [STEP_CSV["attn"]]),
         Step("modules", "module speed and peak memory (bench_modules.py)",
-             lambda limit: [py, str(HERE / "bench_modules.py"), *tiny, "--csv", w("modules.csv")], ["modules.csv"]),
+             lambda limit: [py, str(HERE / "bench_modules.py"), *tiny, "--out", w("modules")],
+             [STEP_CSV["modules"]]),
         Step("train_gla", "flame.train tokens/s, gla_340M (bench_train.py)",
              lambda limit: [py, str(HERE / "bench_train.py"), *tiny, "--models", "gla_340M", *train,
-                            "--out", w("train_gla.csv")], ["train_gla.csv"]),
+                            "--out", w("train_gla")], [STEP_CSV["train_gla"]]),
         Step("train_transformer", "flame.train tokens/s, transformer_340M (bench_train.py)",
              lambda limit: [py, str(HERE / "bench_train.py"), *tiny, "--models", "transformer_340M", *train,
-                            "--out", w("train_transformer.csv")], ["train_transformer.csv"]),
+                            "--out", w("train_transformer")], [STEP_CSV["train_transformer"]]),
         Step("host", "host work per call, ours and the peer's (bench_host.py)",
-             lambda limit: [py, str(host), "--tiny", "--out", w("host.csv")]
-             + (["--peer-path", str(args.peer_path)] if args.peer_path else []), ["host.csv"],
+             lambda limit: [py, str(host), "--tiny", "--out", w("host")]
+             + (["--peer-path", str(args.peer_path)] if args.peer_path else []), [STEP_CSV["host"]],
              skip=None if host.exists() else "benchmarks/bench_host.py not present"),
     ]
     if args.steps:
@@ -234,7 +246,7 @@ def verdict(ok: bool) -> str:
 
 
 def rows_check(step: Step, work: Path) -> list[list[str]]:
-    rows = read_csv(work / "check_bf16.csv")
+    rows = read_csv(work / STEP_CSV["check_bf16"])
     case = lambda r: (r["op"], r["dtype"], r["layout"], r["variant"])  # noqa: E731
     status: dict[tuple, str] = {}
     for r in rows:
@@ -263,8 +275,8 @@ def rows_check(step: Step, work: Path) -> list[list[str]]:
 
 
 def rows_ops(steps: dict[str, Step], work: Path) -> list[list[str]]:
-    ours = {(r["op"], int(r["T"])): r for r in read_csv(work / "ops_ours.csv")}
-    peer_file = work / "ops_peer.csv"
+    ours = {(r["op"], int(r["T"])): r for r in read_csv(work / STEP_CSV["ops_ours"])}
+    peer_file = work / STEP_CSV["ops_peer"]
     peer = {(r["op"], int(r["T"])): r for r in read_csv(peer_file)} if peer_file.exists() else {}
     sizes = next(iter(ours.values()), None)
     where = (f"{sizes['dtype']}, B*T = {int(sizes['B']) * int(sizes['T'])}, H = {sizes['H']}, K = V = {sizes['K']}"
@@ -315,7 +327,7 @@ def crossover(rows: list[dict], D: int, method: str, ref: str) -> int | None:
 
 
 def rows_attn(step: Step, work: Path) -> list[list[str]]:
-    rows = read_csv(work / "attn.csv")
+    rows = read_csv(work / STEP_CSV["attn"])
     out = []
     methods = list(dict.fromkeys(r["method"] for r in rows))
     ref = "sdpa_flash" if "sdpa_flash" in methods else "sdpa"
@@ -345,7 +357,7 @@ def rows_attn(step: Step, work: Path) -> list[list[str]]:
 
 
 def rows_modules(step: Step, work: Path) -> list[list[str]]:
-    rows = read_csv(work / "modules.csv")
+    rows = read_csv(work / STEP_CSV["modules"])
     out = []
     flce = next((r for r in rows if r["module"] == "linear_cross_entropy"), None)
     if flce:
@@ -365,7 +377,7 @@ def rows_modules(step: Step, work: Path) -> list[list[str]]:
 
 def rows_train(step: Step, work: Path) -> list[list[str]]:
     out = []
-    for r in read_csv(work / f"{step.name}.csv"):
+    for r in read_csv(work / STEP_CSV[step.name]):
         tps = float(r["tokens_per_s_per_device"])
         figure = (f"{tps:,.0f} tokens/s per device, MFU {r['mfu_percent'] or '-'}%, peak {r['peak_memory_gib']} GiB, "
                   f"final loss {r['final_loss']} after {r['steps']} steps, {r['wall_s']} s wall")
@@ -378,7 +390,7 @@ def rows_train(step: Step, work: Path) -> list[list[str]]:
 
 
 def rows_host(step: Step, work: Path) -> list[list[str]]:
-    rows = read_csv(work / "host.csv")
+    rows = read_csv(work / STEP_CSV["host"])
     by = {(r["library"], r["op"], r["mode"]): r for r in rows}
     cells = []
     for op in dict.fromkeys(r["op"] for r in rows):
@@ -501,8 +513,14 @@ def write_outputs(out: Path, work: Path, steps: list[Step], info: dict, args, wa
         {"env": info, "wall_s": round(wall, 1), "budget_s": args.budget,
          "steps": [dict(name=s.name, status=s.status, rc=s.rc, seconds=round(s.seconds, 1), limit=round(s.limit, 1),
                         skip=s.skip) for s in steps]}, indent=1))
-    if (work / "check_bf16.csv").exists():
-        shutil.copy(work / "check_bf16.csv", out / "check_bf16.csv")
+    if (work / STEP_CSV["check_bf16"]).exists():
+        shutil.copy(work / STEP_CSV["check_bf16"], out / "check_bf16.csv")
+    rows = [dict(step=s.name, status=s.status, seconds=round(s.seconds, 1), limit=round(s.limit, 1),
+                 skip=s.skip or "") for s in steps]
+    with contextlib.redirect_stdout(io.StringIO()):  # rewritten after every step: not worth a line each time
+        report.save(rows, (out / "session.csv", out / "session.png"), report.Plot(
+            x="step", kind="bar", title=f"gpu_session steps, budget {args.budget:.0f} s",
+            panels=[("seconds", ["seconds", "limit"])]))
     with tarfile.open(out / "steps.tar.gz", "w:gz") as tar:
         for path in sorted(work.iterdir()):
             tar.add(path, arcname=f"steps/{path.name}")
@@ -511,7 +529,8 @@ def write_outputs(out: Path, work: Path, steps: list[Step], info: dict, args, wa
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", help="folder for the results (created)")
+    parser.add_argument("--out", type=Path, default=report.RESULTS / "gpu_session", metavar="DIR",
+                        help="folder for the results (created; default benchmarks/results/gpu_session/)")
     parser.add_argument("--peer-path", type=Path, help="folder holding fla-core's fla/ (pip install --target DIR)")
     parser.add_argument("--budget", type=float, default=None,
                         help="seconds for the whole session (default 480; 1500 with --tiny: the CPU is slow)")
@@ -540,8 +559,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.dry_run:
         print_plan(steps, args.budget, work)
         return 0
-    if not args.out:
-        parser.error("--out is required (or --dry-run)")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     work.mkdir(parents=True, exist_ok=True)

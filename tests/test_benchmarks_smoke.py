@@ -1,11 +1,14 @@
-"""benchmarks/check_bf16.py and benchmarks/gpu_session.py on CPU: the checker passes right ops and fails wrong ones
-(interpreter, tiny sizes), the session's plan and its RESULTS.md rows (from CSVs in each script's format: the GPU
-columns, SDPA flash and the peer, exist only on a GPU)."""
+"""The benchmark scripts on CPU: one CLI (`--tiny`, `--out DIR`, `--csv` only as a deprecated alias), CSV + PNG
+through benchmarks/report.py (and the CSV alone, with one line, without matplotlib), bench_ops' ops skipped with a
+note when absent or failing, peer_ops without and with a (stand-in) peer; check_bf16 passes right ops and fails
+wrong ones (interpreter, tiny sizes); gpu_session's plan and its RESULTS.md rows (from CSVs in each script's format:
+the GPU columns, SDPA flash and the peer, exist only on a GPU)."""
 from __future__ import annotations
 
 import csv
 import dataclasses
 import importlib.util
+import os
 import subprocess
 import sys
 from argparse import Namespace
@@ -15,6 +18,8 @@ import pytest
 import torch
 
 BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
+sys.path.insert(0, str(BENCH))  # the scripts import report.py from their folder
+import report  # noqa: E402
 
 
 def load(name: str):
@@ -32,8 +37,8 @@ def read(path: Path) -> list[dict]:
 
 def test_check_bf16_passes_the_ops(tmp_path):
     check = load("check_bf16")
-    out = tmp_path / "check.csv"
-    assert check.main(["--tiny", "--ops", "l2_norm", "rotary", "--csv", str(out)]) == 0
+    assert check.main(["--tiny", "--ops", "l2_norm", "rotary", "--out", str(tmp_path)]) == 0
+    out = tmp_path / "check_bf16.csv"
     rows = read(out)
     # rotary: fixed and varlen; l2_norm fixed only; float16 and float32
     assert {(r["op"], r["layout"], r["dtype"]) for r in rows} == {
@@ -70,7 +75,7 @@ def _broken(check, how: str):
 def test_check_bf16_fails_a_wrong_op(tmp_path, monkeypatch, how, tensor, note):
     check = load("check_bf16")
     monkeypatch.setitem(check.FAMILIES, "l2_norm", _broken(check, how))
-    out = tmp_path / "check.csv"
+    out = tmp_path / "check.csv"  # the deprecated --csv FILE still works
     assert check.main(["--tiny", "--ops", "l2_norm", "--dtypes", "float16", "--csv", str(out)]) == 1
     row = next(r for r in read(out) if r["tensor"] == tensor)
     assert row["status"] == "FAIL" and note in row["note"]
@@ -78,9 +83,8 @@ def test_check_bf16_fails_a_wrong_op(tmp_path, monkeypatch, how, tensor, note):
 
 def test_check_bf16_time_limit_writes_not_run(tmp_path):
     check = load("check_bf16")
-    out = tmp_path / "check.csv"
-    assert check.main(["--tiny", "--ops", "l2_norm", "rms_norm", "--time-limit", "0", "--csv", str(out)]) == 0
-    rows = read(out)
+    assert check.main(["--tiny", "--ops", "l2_norm", "rms_norm", "--time-limit", "0", "--out", str(tmp_path)]) == 0
+    rows = read(tmp_path / "check_bf16.csv")
     assert len(rows) == 4 and all(r["status"] == "not run" for r in rows)
 
 
@@ -109,6 +113,7 @@ def test_gpu_session_dry_run_plans_every_step_within_the_budget(tmp_path):
 
 
 def _write(path: Path, rows: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
@@ -125,24 +130,24 @@ def test_gpu_session_rows_from_gpu_shaped_csvs(tmp_path):
     by["train_transformer"].status = "timed out after 60 s"
     by["host"].status, by["host"].skip = "skipped", "benchmarks/bench_host.py not present"
     check = dict(op="chunk_gla", dtype="bfloat16", layout="fixed", variant="plain", rerun="0", seconds="1", note="")
-    _write(tmp_path / "check_bf16.csv", [
+    _write(tmp_path / session.STEP_CSV["check_bf16"], [
         dict(check, tensor="o", rel_err="3e-3", bound="1e-2", status="pass"),
         dict(check, tensor="dg", rel_err="9e-3", bound="2e-2", status="pass"),
         dict(check, op="parallel_attn", tensor="o", rel_err="5e-2", bound="1e-2", status="FAIL")])
     op = dict(B="64", H="16", K="128", V="128", dtype="bfloat16", device="cuda", fwd_tflops="1", fwdbwd_tflops="1")
     ours = [dict(op, op=name, T=str(T), B=str(65536 // T), fwd_ms="1.0", fwdbwd_ms=str(ms))
             for name, ms in (("chunk_gla", 3.0), ("parallel_attn", 4.0), ("sdpa", 5.0)) for T in (1024, 4096)]
-    _write(tmp_path / "ops_ours.csv", ours)
-    _write(tmp_path / "ops_peer.csv", [dict(r, fwdbwd_ms="4.0") for r in ours if r["op"] == "chunk_gla"])
+    _write(tmp_path / session.STEP_CSV["ops_ours"], ours)
+    _write(tmp_path / session.STEP_CSV["ops_peer"], [dict(r, fwdbwd_ms="4.0") for r in ours if r["op"] == "chunk_gla"])
     attn = [dict(D="128", T=str(T), B="1", method=m, fwd_ms="1", fwdbwd_ms=str(ms), fwd_tflops="", fwdbwd_tflops="")
             for T, a, g in ((1024, 1.0, 2.0), (2048, 2.0, 1.5), (4096, 4.0, 2.5))
             for m, ms in (("parallel_attn", a), ("sdpa_flash", a * 1.1), ("chunk_gla", g))]
-    _write(tmp_path / "attn.csv", attn)
-    _write(tmp_path / "modules.csv", [dict(module="linear_cross_entropy", device="cuda", path="triton",
+    _write(tmp_path / session.STEP_CSV["attn"], attn)
+    _write(tmp_path / session.STEP_CSV["modules"], [dict(module="linear_cross_entropy", device="cuda", path="triton",
                                            dtype="bfloat16", tokens="16384", hidden="2048", vocab="32000",
                                            ours_ms="2", ref_ms="3", speedup="1.5", ours_mb="300", ref_mb="1500",
                                            mem_ratio="0.2")])
-    _write(tmp_path / "train_gla.csv", [dict(model="gla_340M", nproc="1", batch_size="8", seq_len="4096",
+    _write(tmp_path / session.STEP_CSV["train_gla"], [dict(model="gla_340M", nproc="1", batch_size="8", seq_len="4096",
                                              compile="True", steps="20", tokens_per_s_per_device="110000.0",
                                              mfu_percent="40.1", peak_memory_gib="30.2", final_loss="6.1",
                                              wall_s="80.0")])
@@ -162,3 +167,179 @@ def test_gpu_session_rows_from_gpu_shaped_csvs(tmp_path):
     assert "110,000 tokens/s per device" in block and "meets the >= 104k goal" in block
     assert "unmeasured: timed out after 60 s" in row["flame.train tokens/s, transformer_340M (bench_train.py)"]
     assert "unmeasured: benchmarks/bench_host.py not present" in block
+
+
+# --- one CLI, one output helper --------------------------------------------------------------------------------------
+
+SCRIPTS = ["bench_ops", "peer_ops", "bench_attn", "bench_modules", "bench_model", "bench_generation", "bench_data",
+           "bench_train", "bench_host", "bench_cp", "check_bf16", "gpu_session"]
+
+
+def test_every_script_takes_tiny_and_out_and_is_in_the_readme(capsys, monkeypatch):
+    on_disk = {p.stem for p in BENCH.glob("*.py")} - {"report"}
+    assert on_disk == set(SCRIPTS), "a new script: add it to SCRIPTS and to benchmarks/README.md"
+    readme = (BENCH / "README.md").read_text()
+    # what two scripts change at import (bench_host drops TRITON_INTERPRET, bench_data sets TOKENIZERS_PARALLELISM):
+    # put back at once (a kernel decorated without TRITON_INTERPRET would not run interpreted), and after the test
+    saved = {k: os.environ.get(k) for k in ("TRITON_INTERPRET", "TOKENIZERS_PARALLELISM")}
+    for name in SCRIPTS:
+        assert f"`{name}.py`" in readme, f"{name}.py is not listed in benchmarks/README.md"
+        module = load(name)
+        for key, value in saved.items():
+            monkeypatch.setenv(key, value) if value is not None else monkeypatch.delenv(key, raising=False)
+        with pytest.raises(SystemExit) as e:
+            module.main(["--help"])
+        assert e.value.code == 0
+        text = " ".join(capsys.readouterr().out.split())
+        assert "--tiny" in text and "--out DIR" in text, f"{name}.py --help: {text[:300]}"
+        if "--csv" in text:
+            assert "--csv FILE deprecated" in text, f"{name}.py: --csv is only a deprecated alias"
+
+
+@pytest.mark.parametrize("argv,expected,note", [
+    (["--out", "{d}"], "{d}/x.csv", None),
+    (["--out", "{d}/old.csv"], "{d}/old.csv", "--out FILE.csv is deprecated"),
+    (["--csv", "{d}/older.csv"], "{d}/older.csv", "--csv is deprecated"),
+])
+def test_output_paths_and_deprecated_aliases(tmp_path, capsys, argv, expected, note):
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    report.add_output_args(parser, "x")
+    args = parser.parse_args([a.format(d=tmp_path / "sub") for a in argv])
+    csv_path, png_path = report.output_paths(args, "x")
+    assert csv_path == Path(expected.format(d=tmp_path / "sub")) and png_path == csv_path.with_suffix(".png")
+    assert csv_path.parent.is_dir()
+    out = capsys.readouterr().out
+    assert (note in out) if note else out == ""
+    assert report.RESULTS == BENCH / "results"
+    assert parser.parse_args([]).out == str(BENCH / "results")
+
+
+ROWS = [dict(op=op, T=T, fwd_ms=float(T) * k, fwdbwd_ms=None if op == "b" and T == 128 else 3.0 * T * k, note="")
+        for op, k in (("a", 1.0), ("b", 2.0)) for T in (64, 128)]
+
+
+def test_report_plots_when_matplotlib_is_there(tmp_path):
+    pytest.importorskip("matplotlib")
+    for kind, split in (("line", None), ("bar", "T")):
+        png = tmp_path / f"{kind}.png"
+        spec = report.Plot(x="T" if kind == "line" else "op", panels=[("ms", ["fwd_ms", "fwdbwd_ms"])],
+                           series=("op",) if kind == "line" else (), kind=kind, split=split, logx=kind == "line",
+                           hline=(100.0, "goal"))
+        assert report.draw(ROWS, spec, png)
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_report_without_matplotlib_writes_the_csv_and_says_so_once(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # `import matplotlib` raises ImportError
+    paths = (tmp_path / "x.csv", tmp_path / "x.png")
+    report.save(ROWS, paths, report.Plot(x="T", panels=[("ms", ["fwd_ms"])], series=("op",)))
+    assert [r["fwdbwd_ms"] for r in read(paths[0])] == ["192.0", "384.0", "384.0", ""]
+    assert not paths[1].exists()
+    out = capsys.readouterr().out.splitlines()
+    assert out.count(report.MISSING_MATPLOTLIB) == 1 and "pip install" in report.MISSING_MATPLOTLIB
+
+
+def test_print_table_one_style(capsys):
+    report.print_table([dict(op="chunk_gla", T=16384, ms=1.23456, tokens=123456.7, none=None)], title="t")
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[:2] == ["", "t"] and lines[2:] == ["| op        |      T |    ms |  tokens | none |",
+                         "|-----------|-------:|------:|--------:|-----:|",
+                         "| chunk_gla | 16,384 | 1.235 | 123,457 |    - |"]
+
+
+# --- bench_ops and peer_ops --------------------------------------------------------------------------------------
+
+NEW_OPS = ["chunk_kda", "fused_recurrent_kda", "chunk_dplr_delta_rule", "chunk_rwkv7", "chunk_gated_delta_product",
+           "chunk_hgrn"]
+
+
+def test_bench_ops_tiny_every_new_op_runs_or_says_why(tmp_path, capsys):
+    ops = load("bench_ops")
+    assert set(NEW_OPS) <= set(ops.OPS)
+    rows = ops.main(["--tiny", "--ops", "chunk_simple_gla", *NEW_OPS, "sdpa", "--T", "64", "--tokens", "64",
+                     "--reps", "1", "--out", str(tmp_path)])
+    out = capsys.readouterr().out
+    measured = {r["op"] for r in rows}
+    for name in ["chunk_simple_gla", *NEW_OPS, "sdpa"]:
+        assert name in measured or f"skip {name}: " in out, f"{name}: neither measured nor skipped with a note"
+    assert {"chunk_simple_gla", "sdpa"} <= measured
+    written = read(tmp_path / "bench_ops.csv")
+    assert {r["op"] for r in written} == measured and all(float(r["fwd_ms"]) > 0 for r in written)
+    assert (tmp_path / "bench_ops.png").exists() == (importlib.util.find_spec("matplotlib") is not None)
+    assert "forward+backward: ms (TFLOP/s)" in out
+
+
+def test_bench_ops_skips_an_op_that_fails_and_goes_on(tmp_path, capsys, monkeypatch):
+    ops = load("bench_ops")
+
+    def refuse(f, x):
+        raise AssertionError("FakeFunction does not support float32. Please use bfloat16.")
+
+    monkeypatch.setitem(ops.OPS, "chunk_simple_gla", ops.Op("fla.ops.simple_gla", "chunk_simple_gla", refuse))
+    rows = ops.main(["--tiny", "--ops", "chunk_simple_gla", "sdpa", "--T", "32", "64", "--tokens", "64", "--reps",
+                     "1", "--out", str(tmp_path)])
+    out = capsys.readouterr().out
+    # said once, not once per length
+    assert out.count("skip chunk_simple_gla: AssertionError: FakeFunction does not support float32") == 1
+    assert [(r["op"], r["T"]) for r in rows] == [("sdpa", 32), ("sdpa", 64)]
+
+
+FAKE_PEER = '''
+import torch
+
+def chunk_delta_rule(q, k, v, beta, **kwargs):
+    assert q.dtype != torch.float32, "ChunkDeltaRuleFunction does not support float32. Please use bfloat16."
+'''
+
+
+def test_peer_ops_needs_a_peer_and_says_how(capsys):
+    peer = load("peer_ops")
+    with pytest.raises(SystemExit) as e:
+        peer.main(["--tiny"])
+    assert e.value.code == 2
+    assert "--peer-path DIR" in capsys.readouterr().err
+
+
+def test_peer_ops_tiny_runs_what_the_peer_can_and_says_what_it_cannot(tmp_path):
+    root = tmp_path / "peer"
+    (root / "fla" / "ops" / "delta_rule").mkdir(parents=True)
+    (root / "fla" / "__init__.py").write_text("")
+    (root / "fla" / "ops" / "__init__.py").write_text("")
+    (root / "fla" / "ops" / "delta_rule" / "__init__.py").write_text(FAKE_PEER)
+    out = subprocess.run([sys.executable, str(BENCH / "peer_ops.py"), "--peer-path", str(root), "--tiny", "--ops",
+                          "chunk_delta_rule", "chunk_kda", "sdpa", "--T", "64", "--tokens", "64", "--out",
+                          str(tmp_path / "res")], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert f"peer fla: {root / 'fla' / '__init__.py'}" in out.stdout
+    assert "skip chunk_delta_rule: AssertionError: ChunkDeltaRuleFunction does not support float32" in out.stdout
+    assert "skip chunk_kda: not in this fla" in out.stdout
+    rows = read(tmp_path / "res" / "peer_ops.csv")
+    assert [r["op"] for r in rows] == ["sdpa"]
+
+
+def test_peer_ops_compare_writes_ratios(tmp_path, capsys):
+    peer = load("peer_ops")
+    fields = dict(B="1", H="2", K="32", V="32", dtype="float32", device="cpu", fwd_tflops="", fwdbwd_tflops="", note="")
+    _write(tmp_path / "ours.csv", [dict(fields, op="chunk_gla", T="64", fwd_ms="1", fwdbwd_ms="3"),
+                                   dict(fields, op="fused_recurrent_kda", T="64", fwd_ms="2", fwdbwd_ms="")])
+    _write(tmp_path / "theirs.csv", [dict(fields, op="chunk_gla", T="64", fwd_ms="2", fwdbwd_ms="4"),
+                                     dict(fields, op="fused_recurrent_kda", T="64", fwd_ms="4", fwdbwd_ms="")])
+    assert peer.main(["--compare", str(tmp_path / "ours.csv"), str(tmp_path / "theirs.csv"), "--out",
+                      str(tmp_path)]) == 0
+    rows = read(tmp_path / "peer_compare.csv")
+    assert [(r["op"], r["fwd_ratio"], r["fwdbwd_ratio"]) for r in rows] == [
+        ("chunk_gla", "0.5", "0.75"), ("fused_recurrent_kda", "0.5", "")]
+    assert "chunk_gla" in capsys.readouterr().out
+
+
+# --- the other scripts' --tiny -------------------------------------------------------------------------------------
+
+def test_bench_data_tiny(tmp_path, monkeypatch):
+    monkeypatch.setenv("TOKENIZERS_PARALLELISM", "false")  # restored after: the script sets it at import
+    data = load("bench_data")
+    rows = data.main(["--tiny", "--seconds", "0.05", "--out", str(tmp_path)])
+    assert [r["case"] for r in rows] == ["bare tokenizer (encode_batch_fast)", "loader, random access",
+                                         "loader, streaming"]
+    assert all(r["tokens_per_s"] > 0 for r in rows) and len(read(tmp_path / "bench_data.csv")) == 3
