@@ -158,7 +158,29 @@ class ShortConvFunction(torch.autograd.Function):
                                     **flags)
         dw = dw_partial.sum(0).to(weight.dtype)
         db = db_partial.sum(0).to(bias.dtype) if bias is not None else None
-        return dx, dw, db, None, None, None
+        dcache = cache_grad(dz, weight, cu_seqlens).to(cache.dtype) if cache is not None and ctx.needs_input_grad[3] \
+            else None
+        return dx, dw, db, dcache, None, None
+
+
+def cache_grad(dz: torch.Tensor, weight: torch.Tensor, cu_seqlens: torch.Tensor | None) -> torch.Tensor:
+    """d cache [N, D, W] from dz [B, T, D] (the pre-activation gradient): cache slot j (input position j - W before
+    the sequence) feeds output t < j through weight j - 1 - t; slot 0 feeds nothing. Only the first W - 1 outputs
+    of each sequence read the cache, so this is a few [N, D] products in PyTorch."""
+    B, T, D = dz.shape
+    W = weight.shape[1]
+    if cu_seqlens is None:
+        bos, lengths = torch.arange(B, device=dz.device) * T, torch.full((B,), T, device=dz.device)
+    else:
+        bos, lengths = cu_seqlens[:-1].long(), (cu_seqlens[1:] - cu_seqlens[:-1]).long()
+    t = torch.arange(W - 1, device=dz.device)
+    idx = (bos[:, None] + t[None, :]).clamp(max=max(B * T - 1, 0))
+    first = dz.reshape(-1, D)[idx].float() * (t[None, :] < lengths[:, None])[..., None]  # [N, W - 1, D]
+    wf = weight.float()
+    dcache = dz.new_zeros(len(bos), D, W, dtype=torch.float32)
+    for j in range(1, W):
+        dcache[:, :, j] = sum(first[:, u] * wf[:, j - 1 - u] for u in range(j))
+    return dcache
 
 
 def _short_conv_triton(x, weight, bias, cache, cu_seqlens, activation):
@@ -265,7 +287,8 @@ class ShortConvolution(nn.Conv1d):
     `forward(x [B, T, D], cache=None, output_final_state=False, cu_seqlens=None) -> (y [B, T, D], cache or None)`.
     `cache` [N, D, W] holds the last W inputs per sequence: with T == 1 (and no gradient needed) it takes the
     one-step decode path (`step`) and is updated in place; otherwise it is the prefix before x, and the returned
-    final cache is a new tensor. Gradients flow to x, weight and bias (not into the cache). Left padding: zero the
+    final cache is a new tensor. Gradients flow to x, weight, bias and a given cache, also through the returned final
+    cache (as in the peer library). Left padding: zero the
     padded positions of x first (`x * attention_mask[..., None]`), the module cannot see the mask.
     """
 
@@ -326,7 +349,7 @@ class ShortConvolution(nn.Conv1d):
             return self.step(x, residual, cache, output_final_state, cu_seqlens)
         x = x.contiguous()
         y = short_conv(x, self.weight.view(self.hidden_size, W), self.bias, cache, cu_seqlens, self.activation)
-        final = final_conv_state(x.detach(), cache, cu_seqlens, W) if output_final_state else None
+        final = final_conv_state(x, cache, cu_seqlens, W) if output_final_state else None
         return (y if residual is None else y + residual), final
 
     def step(self, x: torch.Tensor, residual: torch.Tensor | None, cache: torch.Tensor | None,
@@ -414,7 +437,7 @@ def causal_conv1d(
 
     Args:
         x: [B, T, D]; weight: [D, W]; bias: [D] or None; residual: [B, T, D] or None (added after the activation)
-        initial_state: [N, D, W] the W inputs before each sequence (zeros if None); gradients do not flow into it
+        initial_state: [N, D, W] the W inputs before each sequence (zeros if None); differentiable
         output_final_state: also return the last W inputs of every sequence [N, D, W]
         activation: None, "silu" or "swish"
         backend: the peer's kernel choice ("triton", "cuda", "mix"); here the device picks the kernel, so all three
@@ -446,9 +469,9 @@ def causal_conv1d(
     if residual is not None and (not isinstance(residual, torch.Tensor) or residual.shape != x.shape):
         raise ValueError(f"residual must be like x, {list(x.shape)} (got {getattr(residual, 'shape', residual)})")
     x = x.contiguous()
-    cache = initial_state.detach().contiguous() if initial_state is not None else None
+    cache = initial_state.contiguous() if initial_state is not None else None
     y = short_conv(x, weight.contiguous(), bias, cache, cu_seqlens, activation)
-    final = final_conv_state(x.detach(), cache, cu_seqlens, W) if output_final_state else None
+    final = final_conv_state(x, cache, cu_seqlens, W) if output_final_state else None
     return (y if residual is None else y + residual), final
 
 

@@ -120,3 +120,32 @@ def test_peer_keywords_through_kwargs():
             fused_recurrent_simple_gla(q, k, v, g, state_v_first=True, transpose_state_layout=True)
         with pytest.raises(TypeError, match="chunk_size"):  # the peer's chunk_gla takes no **kwargs either
             chunk_gla(q, k, v, F.logsigmoid(torch.randn(1, 40, 2, 8)), chunk_size=16)
+
+
+@pytest.mark.parametrize("backend", ["triton", "torch"])
+@pytest.mark.parametrize("varlen", [False, True])
+def test_conv_gradients_reach_the_initial_state_and_flow_from_the_final_state(backend, varlen):
+    from fla.modules.convolution import causal_conv1d
+    seed("conv-state-grad", backend, varlen)
+    D, W = 12, 4
+    if varlen:  # lengths 2 (shorter than the window), 1 and 30
+        B, T, cu = 1, 33, torch.tensor([0, 2, 3, 33], dtype=torch.int32)
+        spans = [(0, 0, 2), (0, 2, 3), (0, 3, 33)]
+    else:
+        B, T, cu = 2, 29, None
+        spans = [(0, 0, T), (1, 0, T)]
+    x = torch.randn(B, T, D, requires_grad=True)
+    weight, h0 = torch.randn(D, W, requires_grad=True), torch.randn(len(spans), D, W, requires_grad=True)
+    dy, dfinal = torch.randn(B, T, D), torch.randn(len(spans), D, W)
+    with use_backend(backend), poisoned_empty():
+        y, final = causal_conv1d(x, weight, None, None, h0, True, "silu", cu_seqlens=cu)
+        got = torch.autograd.grad((y * dy).sum() + (final * dfinal).sum(), (x, weight, h0))
+    loss = 0
+    for n, (b, bos, eos) in enumerate(spans):
+        seq = x[b:b + 1, bos:eos]
+        loss = loss + (conv_reference(seq, weight, None, h0[n:n + 1], True) * dy[b:b + 1, bos:eos].double()).sum()
+        full = torch.cat([h0[n].t(), seq[0]], 0)[-W:].t()  # the last W inputs, the prefix included
+        loss = loss + (full.double() * dfinal[n].double()).sum()
+    want = torch.autograd.grad(loss, (x, weight, h0))
+    for name, a, b in zip(("dx", "dw", "dh0"), got, want):
+        assert_close(name, a, b, 1e-5)
