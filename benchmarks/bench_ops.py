@@ -237,14 +237,22 @@ def _out_of_memory(e: BaseException) -> bool:
 
 
 def run(ops: list[str], lengths: list[int], tokens: int, H: int, K: int, V: int, dtype: torch.dtype, device: str,
-        reps: int, on_length: Callable[[list[dict]], None] | None = None) -> list[dict]:
+        reps: int, on_length: Callable[[list[dict]], None] | None = None,
+        skipped: dict[str, str] | None = None) -> list[dict]:
+    """Rows of the ops measured; `skipped` (if given) receives op -> why it was not (or not at every length)."""
     rows = []
     loaded = {}
+    skipped = {} if skipped is None else skipped
+
+    def skip(name: str, why: str, at: str = "") -> None:
+        print(f"skip {name}{at}: {why}")
+        skipped[name] = why + at
+
     for name in ops:
         try:
             loaded[name] = load_op(name)
         except (ImportError, AttributeError) as e:
-            print(f"skip {name}: not in this fla ({_reason(e)})")
+            skip(name, f"not in this fla ({_reason(e)})")
     for T in lengths:
         B = max(1, tokens // T)
         x = make_inputs(B, T, H, K, V, dtype, device)
@@ -258,9 +266,9 @@ def run(ops: list[str], lengths: list[int], tokens: int, H: int, K: int, V: int,
                 if device == "cuda":
                     torch.cuda.empty_cache()
                 if _out_of_memory(e):
-                    print(f"skip {name} at T={T}: out of memory")
+                    skip(name, "out of memory", f" at T={T}")
                 else:  # the same failure at every length: say it once
-                    print(f"skip {name}: {_reason(e)}")
+                    skip(name, _reason(e))
                     del loaded[name]
                 continue
             finally:
@@ -356,10 +364,15 @@ def main(argv=None) -> list[dict]:
     if device == "cpu" and not ours and not interpreted:
         print("note: this fla has no PyTorch paths and TRITON_INTERPRET is not 1: its Triton ops cannot run on a CPU")
     title = f"{args.name}: {where}, {str(dtype)[6:]}, B*T = {tokens}, H = {H}, K = V = {D}"
+    skipped: dict[str, str] = {}
     rows = run(args.ops, lengths, tokens, H, D, D, dtype, device, args.reps,
-               on_length=lambda rows: report.write_csv(rows, paths[0], FIELDS, quiet=True))
+               on_length=lambda rows: report.write_csv(rows, paths[0], FIELDS, quiet=True), skipped=skipped)
     print_tables(rows)
-    report.save(rows, paths, plot_spec(title), FIELDS)
+    if skipped:
+        report.print_table([dict(op=k, why=v) for k, v in skipped.items()], title="not measured")
+    spec = plot_spec(title)
+    spec.notes = [f"not measured: {', '.join(skipped)}"] if skipped else []
+    report.save(rows, paths, spec, FIELDS)
     return rows
 
 
