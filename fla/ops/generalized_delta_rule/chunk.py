@@ -98,7 +98,8 @@ def dplr_backward(ctx, do, dht):
 # ------------------------------------------------------------------------------------------------------------------
 
 def _one_sequence_torch(q, k, v, a, b, gk, S, chunk_size):
-    """q..gk: [H, L, *] float32 (q scaled); S: [H, K, V] float32. Returns (o [H, L, V], final S)."""
+    """q..gk: [H, L, *] float32 (q scaled); S: [H, K, V] float32. Returns (o [H, L, V], final S).
+    Everything inside a chunk is computed for all chunks at once; only the state pass walks the chunks."""
     H, L, K = q.shape
     BT = chunk_size
     pad = (-L) % BT
@@ -110,30 +111,39 @@ def _one_sequence_torch(q, k, v, a, b, gk, S, chunk_size):
     q, k, v, a, b, gk = (chunks(x) for x in (q, k, v, a, b, gk))
     incl = torch.ones(BT, BT, dtype=torch.bool, device=q.device).tril()
     strict = incl.tril(-1)
-    eye = torch.eye(BT, device=q.device)
-    outs = []
+    gi = gk.cumsum(2)
+    ge = gi - gk
+    gl = gi[:, :, -1:]  # [H, NT, 1, K]
+    # [H, NT, t, s, K] decays, -inf off the causal part before the exp (see dplr.py)
+    ei = torch.where(incl[:, :, None], gi[:, :, :, None] - gi[:, :, None], float("-inf")).exp()
+    ee = torch.where(strict[:, :, None], ge[:, :, :, None] - gi[:, :, None], float("-inf")).exp()
+    # element-wise products and a sum, not einsum: einsum lowers these to a bmm per (t, s) pair, ~20x slower
+    qe, ae = q[:, :, :, None] * ei, a[:, :, :, None] * ee
+    Aqk, Aqb = (qe * k[:, :, None]).sum(-1), (qe * b[:, :, None]).sum(-1)
+    Aak, Aab = (ae * k[:, :, None]).sum(-1), (ae * b[:, :, None]).sum(-1)
+    system = torch.eye(BT, device=q.device) - Aab
+    u0 = torch.linalg.solve_triangular(system, Aak @ v, upper=False, unitriangular=True)
+    w = torch.linalg.solve_triangular(system, a * ge.exp(), upper=False, unitriangular=True)
+    qg, dl = q * gi.exp(), (gl - gi).exp()
+    kd, bd, decay = (k * dl).transpose(-1, -2), (b * dl).transpose(-1, -2), gl.exp().transpose(-1, -2)
+    states, us = [], []
     for c in range(q.shape[1]):
-        qc, kc, vc, ac, bc = q[:, c], k[:, c], v[:, c], a[:, c], b[:, c]
-        gi = gk[:, c].cumsum(1)
-        ge = gi - gk[:, c]
-        gl = gi[:, -1]
-        # [H, t, s, K] decays, -inf off the causal part before the exp (see dplr.py)
-        ei = torch.where(incl[:, :, None], gi[:, :, None] - gi[:, None], float("-inf")).exp()
-        ee = torch.where(strict[:, :, None], ge[:, :, None] - gi[:, None], float("-inf")).exp()
-        Aqk = torch.einsum("htk,hsk,htsk->hts", qc, kc, ei)
-        Aqb = torch.einsum("htk,hsk,htsk->hts", qc, bc, ei)
-        Aak = torch.einsum("htk,hsk,htsk->hts", ac, kc, ee)
-        Aab = torch.einsum("htk,hsk,htsk->hts", ac, bc, ee)
-        rhs = Aak @ vc + (ac * ge.exp()) @ S
-        u = torch.linalg.solve_triangular(eye - Aab, rhs, upper=False, unitriangular=True)
-        outs.append((qc * gi.exp()) @ S + Aqk @ vc + Aqb @ u)
-        dl = (gl[:, None] - gi).exp()
-        S = gl.exp()[..., None] * S + (kc * dl).transpose(1, 2) @ vc + (bc * dl).transpose(1, 2) @ u
-    return torch.cat(outs, 1)[:, :L], S
+        states.append(S)
+        u = u0[:, c] + w[:, c] @ S
+        us.append(u)
+        S = decay[:, c] * S + kd[:, c] @ v[:, c] + bd[:, c] @ u
+    u, h = torch.stack(us, 1), torch.stack(states, 1)
+    o = qg @ h + Aqk @ v + Aqb @ u
+    return o.reshape(H, -1, o.shape[-1])[:, :L], S
+
+
+# the PyTorch form's chunk: its state pass is a Python loop over chunks, so longer chunks than the kernels' 16 pay
+# off (the [BT, BT, K] decay tensors per chunk stay small)
+TORCH_CHUNK_SIZE = 32
 
 
 def _chunk_dplr_torch(q, k, v, a, b, gk, scale, initial_state, output_final_state, cu_seqlens,
-                      chunk_size=CHUNK_SIZE):
+                      chunk_size=TORCH_CHUNK_SIZE):
     B, T, H, K = q.shape
     V = v.shape[-1]
     qs = q.float() * scale
