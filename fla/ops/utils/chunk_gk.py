@@ -268,16 +268,21 @@ def chunk_gk_bwd_dA_kernel(
     tl.store(dA + (bos + rows)[:, None] * (H * BT) + i_h * BT + o_s[None, :], b_dA, mask=m_r[:, None])
 
 
-@triton.heuristics({"IS_VARLEN": lambda args: args["cu_seqlens"] is not None})
-@autotune(_CONFIGS, key=["H", "K", "BT", "BK"])
+@triton.heuristics({
+    "FUSE_KK": lambda args: args["dg"] is not None,
+    "IS_VARLEN": lambda args: args["cu_seqlens"] is not None,
+})
+@autotune(_CONFIGS, key=["H", "K", "BT", "BK", "FUSE_KK"])
 @triton.jit
 def chunk_gk_bwd_dqk_intra_kernel(
-    q, k, g, dA, dq, dk, cu_seqlens, chunk_indices, T,
+    q, k, g, dA, dq, dk, dg, cu_seqlens, chunk_indices, T,
     H: tl.constexpr, K: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
-    PREC: tl.constexpr, IS_VARLEN: tl.constexpr,
+    PREC: tl.constexpr, FUSE_KK: tl.constexpr, IS_VARLEN: tl.constexpr,
 ):
     # grid: (chunks * sub-chunks, K blocks, B * H); the intra-chunk parts of dq and dk (float32) for BC rows, from the
     # scaled dA: dq_i = sum_{j <= i} dA_ij (gated k_j),  dk_i = sum_{j >= i} dA_ji^T (gated q_j)
+    # FUSE_KK (q is k, a K K^T product): dk += dq_i + dk_i and dg += k (dq_i - dk_i) in place, on the caller's
+    # other parts of the two gradients (dq unused)
     i_tc, i_k, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_b, i_h = i_bh // H, i_bh % H
     NC: tl.constexpr = BT // BC
@@ -341,8 +346,13 @@ def chunk_gk_bwd_dqk_intra_kernel(
     b_d = b_dA[:, :, None] * tl.exp(tl.where(m_tri[:, :, None], b_g[:, None, :] - b_g[None, :, :], float("-inf")))
     b_dq += tl.sum(b_d * b_k[None, :, :], axis=1)
     b_dk += tl.sum(b_d * b_q[:, None, :], axis=0)
-    tl.store(dq + offs, b_dq, mask=m_rk)
-    tl.store(dk + offs, b_dk, mask=m_rk)
+    if FUSE_KK:
+        b_dg = tl.load(dg + offs, mask=m_rk, other=0.) + b_k * (b_dq - b_dk)
+        tl.store(dk + offs, tl.load(dk + offs, mask=m_rk, other=0.) + b_dq + b_dk, mask=m_rk)
+        tl.store(dg + offs, b_dg, mask=m_rk)
+    else:
+        tl.store(dq + offs, b_dq, mask=m_rk)
+        tl.store(dk + offs, b_dk, mask=m_rk)
 
 
 @triton.heuristics({
@@ -468,7 +478,7 @@ def _bwd_dqkg_triton(q, k, v, g, h, do, dh, scale, cu_seqlens=None, chunk_size=6
     dk_intra = torch.empty_like(k, dtype=torch.float32)
     # the intra kernel holds [BC, BC, BK] blocks on the diagonal: a narrower K block keeps them in registers
     chunk_gk_bwd_dqk_intra_kernel[(NT * (chunk_size // BC), triton.cdiv(K, BK), B * H)](
-        q, k, g, dA, dq_intra, dk_intra, cu_seqlens, chunk_indices, T, H=H, K=K, BT=chunk_size, BC=BC, BK=BK,
+        q, k, g, dA, dq_intra, dk_intra, None, cu_seqlens, chunk_indices, T, H=H, K=K, BT=chunk_size, BC=BC, BK=BK,
         PREC=_precision(q))
     BK = _block(K)
     chunk_gk_bwd_dqkg_inter_kernel[(NT, triton.cdiv(K, BK), B * H)](
@@ -477,21 +487,21 @@ def _bwd_dqkg_triton(q, k, v, g, h, do, dh, scale, cu_seqlens=None, chunk_size=6
     return (dq, dk, dg) if dv is None else (dq, dk, dg, dw)
 
 
-def _dqk_intra_triton(q, k, g, dA, cu_seqlens=None, chunk_size=64):
+def _dqk_intra_triton(q, k, g, dA, cu_seqlens=None, chunk_size=64, dk_add=None, dg_add=None):
     B, T, H, K = q.shape
-    dq = torch.empty_like(q, dtype=torch.float32)
-    dk = torch.empty_like(k, dtype=torch.float32)
+    fuse = dk_add is not None
+    dq = None if fuse else torch.empty_like(q, dtype=torch.float32)
+    dk = dk_add if fuse else torch.empty_like(k, dtype=torch.float32)
     chunk_indices, NT = _chunks(cu_seqlens, T, chunk_size)
-    if NT == 0:
-        return dq, dk
-    BK = _block(K, 32)
-    chunk_gk_bwd_dqk_intra_kernel[(NT * (chunk_size // BC), triton.cdiv(K, BK), B * H)](
-        q, k, g, dA, dq, dk, cu_seqlens, chunk_indices, T, H=H, K=K, BT=chunk_size, BC=BC, BK=BK,
-        PREC=_precision(q))
-    return dq, dk
+    if NT:
+        BK = _block(K, 32)
+        chunk_gk_bwd_dqk_intra_kernel[(NT * (chunk_size // BC), triton.cdiv(K, BK), B * H)](
+            q, k, g, dA, dq, dk, dg_add, cu_seqlens, chunk_indices, T, H=H, K=K, BT=chunk_size, BC=BC, BK=BK,
+            PREC=_precision(q))
+    return (dk, dg_add) if fuse else (dq, dk)
 
 
-def _dqk_intra_torch(q, k, g, dA, cu_seqlens=None, chunk_size=64):
+def _dqk_intra_torch(q, k, g, dA, cu_seqlens=None, chunk_size=64, dk_add=None, dg_add=None):
     dq = torch.empty_like(q, dtype=torch.float32)
     dk = torch.empty_like(k, dtype=torch.float32)
     for b, start, end, _ in _torch_chunks(q, cu_seqlens, chunk_size):
@@ -500,6 +510,10 @@ def _dqk_intra_torch(q, k, g, dA, cu_seqlens=None, chunk_size=64):
         dAc = dA[b, start:end, :, :end - start].float()  # [t, H, s]
         dq[b, start:end] = torch.einsum("ths,shk,tshk->thk", dAc, kc, D)
         dk[b, start:end] = torch.einsum("ths,thk,tshk->shk", dAc, qc, D)
+    if dk_add is not None:
+        dg_add += k.float() * (dq - dk)
+        dk_add += dq + dk
+        return dk_add, dg_add
     return dq, dk
 
 
@@ -651,6 +665,8 @@ def chunk_gk_bwd_dqk_intra(
     dA: torch.Tensor,
     cu_seqlens: torch.Tensor | None = None,
     chunk_size: int = 64,
+    dk_add: torch.Tensor | None = None,
+    dg_add: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Gradients of A_ts = sum_c q_tc k_sc exp(G_tc - G_sc) (s <= t within a chunk) given dA, computed stably
     (the same kernel as the intra part of `chunk_gk_bwd_dqkg`):
@@ -659,7 +675,11 @@ def chunk_gk_bwd_dqk_intra(
     Args:
         q, k: [B, T, H, K]; g: [B, T, H, K] chunk-local cumsum (float32)
         dA: [B, T, H, BT] float32, row layout, ZERO above the diagonal (and on it when A is strictly lower)
+        dk_add, dg_add: [B, T, H, K] float32, both or neither, only with q is k (a K K^T product): then they are
+            updated in place, dk_add += dq + dk and dg_add += k (dq - dk) (the gradient w.r.t. G), and returned
     Returns:
-        dq, dk: [B, T, H, K] float32
+        dq, dk: [B, T, H, K] float32; or (dk_add, dg_add)
     """
-    return _chunk_gk_bwd_dqk_intra(q, k, g, dA.contiguous(), cu_seqlens, chunk_size)
+    if (dk_add is None) != (dg_add is None):
+        raise ValueError("dk_add and dg_add go together (the fused K K^T form updates both)")
+    return _chunk_gk_bwd_dqk_intra(q, k, g, dA.contiguous(), cu_seqlens, chunk_size, dk_add, dg_add)

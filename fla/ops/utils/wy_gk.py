@@ -425,5 +425,6 @@ def prepare_wy_repr_gk_bwd(k, v, beta, A, g, dw, du, M=None, cu_seqlens=None, ch
     if M is None:
         M = chunk_kkt_gk_fwd(k, g, cu_seqlens=cu_seqlens, chunk_size=chunk_size)
     dk, dv, dbeta, dg, dM = _wy_gk_bwd_parts(k, v, beta, A, g, M, dw, du, cu_seqlens, chunk_size)
-    dk_M, _, dg_M = chunk_kkt_gk_bwd(k, g, dM, cu_seqlens=cu_seqlens, chunk_size=chunk_size)
-    return dk + dk_M, dv, dbeta, dg + dg_M
+    # M's part of dk and dg, added in place by the intra-chunk kernel (no extra passes over [B, T, H, K])
+    dk, dg = chunk_gk_bwd_dqk_intra(k, k, g, dM, cu_seqlens, chunk_size, dk_add=dk, dg_add=dg)
+    return dk, dv, dbeta, dg
