@@ -27,6 +27,21 @@ def _gather_time(x: torch.Tensor, context: FLACPContext) -> torch.Tensor:
     return pieces.transpose(0, 1).reshape(x.shape[0], -1, *x.shape[2:])
 
 
+def _positions(Tg: int, device, context: FLACPContext):
+    """Global positions [Tg], their document index and their document's start, built once per context and device."""
+    key = ("attn_positions", Tg, device)
+    if key not in context._memo:
+        pos = torch.arange(Tg)
+        if context.is_varlen:
+            bounds = context.cu_seqlens_global_cpu.long()
+            doc = torch.bucketize(pos, bounds[1:], right=True)  # document index of every global position
+            doc_start = bounds[doc]
+        else:
+            doc, doc_start = torch.zeros_like(pos), torch.zeros_like(pos)
+        context._memo[key] = tuple(x.to(device, non_blocking=True) for x in (pos, doc, doc_start))
+    return context._memo[key]
+
+
 def parallel_attn_cp(q, k, v, g, scale: float, window_size: int | None, cu_seqlens, context: FLACPContext,
                      sink_bias=None):
     """This rank's output of `parallel_attn` (q [B, T_local, HQ, K], k/v [B, T_local, H, *], g [B, T_local, HQ]
@@ -39,20 +54,14 @@ def parallel_attn_cp(q, k, v, g, scale: float, window_size: int | None, cu_seqle
     B, T = q.shape[:2]
     start = context.rank * T
     kf, vf = _gather_time(k.float(), context), _gather_time(v.float(), context)
-    Tg = kf.shape[1]
-    pos = torch.arange(Tg, device=q.device)
-    if context.is_varlen:
-        bounds = context.cu_seqlens_global_cpu.to(device=q.device, dtype=torch.long)
-        doc = torch.bucketize(pos, bounds[1:], right=True)  # document index of every global position
-        doc_start = bounds[doc]
-    else:
-        doc, doc_start = torch.zeros_like(pos), torch.zeros_like(pos)
+    pos, doc, doc_start = _positions(kf.shape[1], q.device, context)
     G = None
     if g is not None:  # G_t = sum of g over the document up to t, on the whole sequence
         c = torch.cat([g.new_zeros(B, 1, g.shape[2], dtype=torch.float64),
                        _gather_time(g, context).double().cumsum(1)], 1)
         G = (c[:, 1:] - c[:, doc_start]).float()  # [B, Tg, HQ]
-    first = int(doc_start[start])  # keys before the piece's first document are never seen
+    # keys before the piece's first document are never seen (a host value: no device read)
+    first = start - context.pre_num_conv_tokens if context.is_varlen else 0
     qf = q.float()
     pieces = []
     for i0 in range(0, T, QUERY_BLOCK):
