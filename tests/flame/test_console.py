@@ -161,3 +161,48 @@ def test_a_resume_with_more_steps_continues_the_lr_without_a_jump(schedule):
     if schedule == "wsd":  # stable at the LR reached until the last 10 steps (decay_ratio 0.25 of 40)
         assert lrs[:19] == pytest.approx([lr_then] * 19) and lrs[19] < lr_then
     assert abs(planned(12) - lr_then) > 0.05 or schedule == "wsd"  # recomputing would have jumped
+
+
+@pytest.mark.parametrize("mode", ["continue", "recompute"])
+def test_resumed_schedule_compares_the_saved_config_and_says_what_the_lr_does(mode, tmp_path, capsys):
+    """flame.train's resume step on its own: the saved config.toml against this one, one line per change, and the
+    LR of the next step (a skipped step left the schedule one behind the training step)."""
+    import types
+
+    from flame.config import load_config, to_toml
+    from flame.schedule import build_optimizers
+    from flame.train import resumed_schedule
+    args = ["--lr_scheduler.warmup_steps", "2", "--optimizer.lr", "1.0", "--lr_scheduler.min_lr_factor", "0.0"]
+    first = load_config(args + ["--training.steps", "10"])
+    (tmp_path / "config.toml").write_text(to_toml(first))
+    model = torch.nn.Linear(2, 2)
+    optimizers, schedulers = build_optimizers(model, first, torch.device("cpu"))
+    for _ in range(5):  # 6 training steps, one of them skipped: the schedule stepped 5 times
+        optimizers.step()
+        schedulers.step()
+    lr_then, state = optimizers.optimizers[0].param_groups[0]["lr"], schedulers.state_dict()
+
+    longer = load_config(args + ["--training.steps", "20", "--lr_scheduler.resume_schedule", mode])
+    optimizers, schedulers = build_optimizers(model, longer, torch.device("cpu"))
+    optimizers.optimizers[0].param_groups[0]["lr"] = lr_then
+    schedulers.load_state_dict(state)
+    resumed_schedule(longer, types.SimpleNamespace(is_main=True), str(tmp_path), 6, optimizers, schedulers)
+    out = capsys.readouterr().out
+    changed = ["  training.steps: 10 -> 20"] + (["  lr_scheduler.resume_schedule: 'continue' -> 'recompute'"]
+                                                 if mode == "recompute" else [])
+    assert f"[resume] {len(changed)} setting{'s' if len(changed) > 1 else ''} changed since {tmp_path} was " \
+           f"saved:" in out, out
+    assert all(line in out for line in changed), out
+    lrs = []
+    for _ in range(14):  # steps 7..20
+        lrs.append(schedulers.schedulers[0].get_last_lr()[0])
+        optimizers.step()
+        schedulers.step()
+    if mode == "continue":
+        assert f"the LR goes on from {lr_then:.3g} at step 7 without a jump" in out, out
+        assert lrs[0] == pytest.approx(lr_then) and all(a > b for a, b in zip(lrs, lrs[1:]))
+        assert lrs[-1] == pytest.approx(lr_then * (1 + math.cos(math.pi * 13 / 14)) / 2)
+    else:
+        assert "as if they had held from step 0" in out
+        planned = schedulers.schedulers[0].lr_lambdas[0]
+        assert lrs[0] == pytest.approx(planned(5)) and abs(lrs[0] - lr_then) > 0.1  # recomputed: it jumps
