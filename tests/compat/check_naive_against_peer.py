@@ -91,6 +91,10 @@ def calls() -> list[tuple[str, tuple, dict]]:
     out += [
         ("fla.ops.gated_delta_rule.naive.naive_recurrent_gated_delta_rule", (q, kn, v, beta, gate, 0.4, h0, True), {}),
         ("fla.ops.gated_delta_rule.naive.naive_recurrent_gated_delta_rule", (q, kn, v, beta, gate), {}),
+        ("fla.ops.gated_delta_rule.naive.naive_recurrent_gated_delta_rule",  # one [H, K, V] state, the peer's varlen
+         (q[:1, 3:20], kn[:1, 3:20], v[:1, 3:20], beta[:1, 3:20], gate[:1, 3:20], None, h0[1], True), {}),
+        ("fla.ops.gated_delta_rule.naive.naive_chunk_gated_delta_rule",
+         (q[:1, 3:20], kn[:1, 3:20], v[:1, 3:20], gate[:1, 3:20], beta[:1, 3:20], 16, None, h0[1], True), {}),
         ("fla.ops.gated_delta_rule.naive.naive_chunk_gated_delta_rule", (q, kn, v, gate, beta, 16, 0.4, h0, True), {}),
         ("fla.ops.gated_delta_rule.naive.naive_chunk_gated_delta_rule", (q, kn, v, gate, beta), {}),
         ("fla.ops.gated_delta_rule.gate.naive_gdn_gate", (r(B, T, H), r(H), r(H)), {}),
@@ -128,6 +132,7 @@ def calls() -> list[tuple[str, tuple, dict]]:
     out += [
         ("fla.ops.linear_attn.naive.naive_recurrent_linear_attn", (qp, kp, v, 0.5, h0, True), {}),
         ("fla.ops.linear_attn.naive.naive_recurrent_linear_attn", (qp, kp, v), dict(normalize=True)),
+        ("fla.ops.linear_attn.naive.naive_recurrent_linear_attn", (qp[:1], kp[:1], v[:1], None, h0[0], True), {}),
         ("fla.ops.linear_attn.naive.naive_chunk_linear_attn", (q6, k6, v6), {}),
         ("fla.ops.linear_attn.naive.naive_chunk_linear_attn", (q6, k6, v6, 0.5, True), {}),
         ("fla.ops.retention.naive.naive_retention", (hf(q), hf(k), hf(v)), {}),
@@ -145,6 +150,19 @@ def calls() -> list[tuple[str, tuple, dict]]:
         ("fla.ops.hgrn.naive.naive_recurrent_hgrn", (xh, gh, hh, True), {}),
         ("fla.ops.hgrn.naive.naive_recurrent_hgrn", (xh, gh), {}),
         ("fla.ops.hgrn.naive.naive_chunk_hgrn", (r(B, 64, 24), F.logsigmoid(r(B, 64, 24)), hh, True), {}),
+    ]
+    # dplr (head-first, the peer's layout), with RWKV-7's low-rank terms: a batched state; the chunkwise form on
+    # whole chunks, with and without a state
+    kk = F.normalize(r(B, T, H, K), dim=-1)
+    a7, b7 = hf(-kk), hf(kk * torch.rand(B, T, H, K, generator=g))
+    k8 = F.normalize(r(B, 64, H, K), dim=-1)
+    q8, v8, a8, b8, g8 = hf(r(B, 64, H, K)), hf(r(B, 64, H, V)), hf(-k8), hf(k8 * 0.7), hf(F.logsigmoid(r(B, 64, H, K)))
+    out += [
+        ("fla.ops.generalized_delta_rule.dplr.naive.dplr_recurrence", (hf(q), hf(kn), hf(v), a7, b7, hf(gk), h0), {}),
+        ("fla.ops.generalized_delta_rule.dplr.naive.dplr_recurrence", (hf(q), hf(kn), hf(v), a7, b7, hf(gk)),
+         dict(output_final_state=False)),
+        ("fla.ops.generalized_delta_rule.dplr.naive.dplr_chunkwise", (q8, q8, v8, a8, b8, g8, h0), {}),
+        ("fla.ops.generalized_delta_rule.dplr.naive.dplr_chunkwise", (q8, q8, v8, a8, b8, g8, None, True, 16), {}),
     ]
     return out
 

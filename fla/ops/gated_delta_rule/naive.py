@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 
+from fla.ops.utils.checks import broadcast_initial_state
 from fla.ops.utils.index import sequence_spans
 
 
@@ -36,12 +37,14 @@ def naive_recurrent_gated_delta_rule(
         q, k: [B, T, H, K]; v: [B, T, HV, V]
         g: [B, T, HV] log decays, or None (the plain delta rule)
         beta: [B, T, HV] or [B, T, HV, V] (one strength per value channel)
-        initial_state: [N, HV, K, V]; cu_seqlens: [N + 1] packed sequences (B == 1)
+        initial_state: [N, HV, K, V], or [HV, K, V] for every sequence; cu_seqlens: [N + 1] packed sequences (B == 1)
     Returns:
         o: [B, T, HV, V] in v's dtype; final_state: [N, HV, K, V] float32 or None
     """
     B, T, H, K = q.shape
     HV, V = v.shape[2], v.shape[3]
+    # a 3-D [H, K, V] state is every sequence's, as the peer's references take it
+    initial_state = broadcast_initial_state(initial_state, B if cu_seqlens is None else len(cu_seqlens) - 1)
     scale = K ** -0.5 if scale is None else scale
     dtype = v.dtype
     q, k, v, beta = q.float(), k.float(), v.float(), beta.float()

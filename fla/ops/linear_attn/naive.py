@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import torch
 
+from fla.ops.utils.checks import broadcast_initial_state
 from fla.ops.utils.index import sequence_spans
 
 NORMALIZE_EPS = 1e-10
@@ -29,7 +30,8 @@ def naive_recurrent_linear_attn(
     """
     Args:
         q, k: [B, T, H, K]; v: [B, T, H, V]
-        initial_state: [N, H, K, V] ([N, H, K, V + 1] with normalize); cu_seqlens: [N + 1] (B == 1)
+        initial_state: [N, H, K, V] ([N, H, K, V + 1] with normalize), or one [H, K, V(+1)] for every sequence;
+            cu_seqlens: [N + 1] (B == 1)
     Returns:
         o: [B, T, H, V] in v's dtype; final_state: [N, H, K, V] ([N, H, K, V + 1]) float32 or None. Differentiable.
     """
@@ -39,6 +41,8 @@ def naive_recurrent_linear_attn(
     dtype = v.dtype
     q, k, v = q.float(), k.float(), v.float()
     outs, finals = [], []
+    # a 3-D [H, K, V] state is every sequence's, as the peer's references take it
+    initial_state = broadcast_initial_state(initial_state, B if cu_seqlens is None else len(cu_seqlens) - 1)
     for i, (b, bos, eos) in enumerate(sequence_spans(cu_seqlens, B, T)):
         h0 = initial_state[i].float() if initial_state is not None else None
         S = h0[..., :V] if h0 is not None else q.new_zeros(H, K, V)

@@ -11,6 +11,7 @@ import math
 
 import torch
 
+from fla.ops.utils.checks import broadcast_initial_state
 from fla.ops.utils.index import sequence_spans
 
 
@@ -40,6 +41,7 @@ def naive_recurrent_retention(
         o: [B, T, H, V] in v's dtype; final_state: [N, H, K, V] float32 or None. Differentiable.
     """
     B, T, H, K = q.shape
+    initial_state = broadcast_initial_state(initial_state, B if cu_seqlens is None else len(cu_seqlens) - 1)
     V = v.shape[-1]
     scale = K ** -0.5 if scale is None else scale
     gamma = 1 - torch.pow(2.0, -5.0 - torch.arange(H, dtype=torch.float32, device=q.device))
