@@ -75,7 +75,7 @@ def banner(*, world_size: int, device: str, backend: str, model_type: str, model
 def summary(*, first_step: int, last_step: int, total: int, seconds: float, tokens_this_run: int,
             tokens_seen: int, train_loss: float, validation: dict[str, float] | None,
             best: tuple[int, float, str | None] | None, last_checkpoint: str | None, dump_folder: str,
-            skipped_steps: int) -> str:
+            skipped_steps: int, source_tokens: dict[str, int] | None = None) -> str:
     from flame.metrics import format_duration
     ran = f"steps {first_step}-{last_step}" if last_step > first_step else f"step {last_step}"
     lines = [f"[flame] done: {ran} of {total} in {format_duration(seconds)} ({tokens_this_run:,} tokens this run, "
@@ -83,6 +83,10 @@ def summary(*, first_step: int, last_step: int, total: int, seconds: float, toke
              f"  final train loss {train_loss:.4f}"
              + (f", validation loss {validation['val_loss']:.4f} ({validation['val_bits_per_byte']:.3f} bits per "
                 f"byte)" if validation else "")]
+    total_read = sum((source_tokens or {}).values())
+    if total_read:
+        lines.append("  data read   " + "; ".join(f"{label} {n:,} tokens ({100 * n / total_read:.0f}%)"
+                                                  for label, n in source_tokens.items()))
     if best is not None:
         lines.append(f"  best validation loss {best[1]:.4f} at step {best[0]}"
                      + (f" (checkpoint {best[2]})" if best[2] else " (not checkpointed)"))

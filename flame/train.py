@@ -510,7 +510,7 @@ def train(config: JobConfig, world) -> dict[str, Any]:
                              tokens_this_run=state.tokens_seen - tokens_at_start, tokens_seen=state.tokens_seen,
                              train_loss=last_loss, validation=validations.get(state.step), best=best,
                              last_checkpoint=checkpointer.step_dir(kept[-1]) if kept else None, dump_folder=dump,
-                             skipped_steps=state.skipped_steps), flush=True)
+                             skipped_steps=state.skipped_steps, source_tokens=state.source_tokens), flush=True)
     return {"step": state.step, "loss": last_loss, "skipped_steps": state.skipped_steps}
 
 

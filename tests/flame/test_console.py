@@ -79,6 +79,7 @@ def test_validation_follows_the_training_data_unless_named(tmp_path, capsys):
     assert f"  data        mine.jsonl (40 documents, weight 1 = 100%)" in out
     assert "start       fresh start (checkpoints off)" in out
     assert "[flame] done: steps 1-2 of 2" in out and "validation loss" in out
+    assert "  data read   mine.jsonl 64 tokens (100%)" in out  # 2 steps x 1 x 32, all from the one source
     assert "no checkpoint saved" in out
 
 
