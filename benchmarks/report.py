@@ -152,7 +152,9 @@ def draw(rows: Sequence[dict], spec: Plot, path: Path) -> bool:
     groups = list(dict.fromkeys(r.get(spec.split) for r in rows)) if spec.split else [None]
     fig, axes = plt.subplots(len(groups), len(spec.panels), squeeze=False,
                              figsize=(5.5 * len(spec.panels) + 1.5, 3.8 * len(groups)))
-    colors, markers = plt.get_cmap("tab20").colors, "osD^v<>ph*"
+    # ten strong colours, then their light twins: neighbours in a legend never look alike
+    colors = list(plt.get_cmap("tab10").colors) + list(plt.get_cmap("tab20").colors[1::2])
+    markers = "osD^v<>ph*"
     styles: dict[str, dict] = {}  # one colour and marker per label, the same in every panel
 
     def style(name: str) -> dict:
