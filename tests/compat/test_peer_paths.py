@@ -149,3 +149,17 @@ def test_conv_gradients_reach_the_initial_state_and_flow_from_the_final_state(ba
     want = torch.autograd.grad(loss, (x, weight, h0))
     for name, a, b in zip(("dx", "dw", "dh0"), got, want):
         assert_close(name, a, b, 1e-5)
+
+
+def test_varlen_ops_run_under_inference_mode():
+    """cu_seqlens made under torch.inference_mode has no version counter; the varlen index memo must not need one."""
+    from fla.ops.gated_delta_rule import chunk_gated_delta_rule, naive_recurrent_gated_delta_rule
+    seed("inference-mode")
+    with torch.inference_mode(), use_backend("torch"):
+        q, v = torch.randn(1, 20, 2, 8), torch.randn(1, 20, 2, 4)
+        k, g, beta = F.normalize(torch.randn(1, 20, 2, 8), dim=-1), F.logsigmoid(torch.randn(1, 20, 2)), \
+            torch.rand(1, 20, 2)
+        cu = torch.tensor([0, 5, 20])
+        o, _ = chunk_gated_delta_rule(q, k, v, g, beta, cu_seqlens=cu)
+        want, _ = naive_recurrent_gated_delta_rule(q, k, v, beta, g, cu_seqlens=cu)
+    assert_close("o", o, want, 1e-5)

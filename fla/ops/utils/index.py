@@ -12,6 +12,12 @@ import triton
 import triton.language as tl
 
 
+def _version(t: torch.Tensor) -> int:
+    """The in-place write counter of t; -1 for a tensor made under torch.inference_mode, which has none: the memo then
+    trusts it unchanged (one written in place inside inference mode after its first use would not be noticed)."""
+    return -1 if t.is_inference() else t._version
+
+
 class VarlenIndex:
     """Everything the kernels need to know about one packed batch, read from the host once.
 
@@ -28,7 +34,7 @@ class VarlenIndex:
     def __init__(self, cu_seqlens: torch.Tensor, bounds: list[int]):
         self.cu_seqlens = cu_seqlens
         self.bounds = bounds  # the boundaries as host ints, [N + 1]
-        self.version = cu_seqlens._version
+        self.version = _version(cu_seqlens)
         self._chunks: dict[int, tuple[int, torch.Tensor, torch.Tensor, list[int]]] = {}
         self._tokens: torch.Tensor | None = None
 
@@ -90,7 +96,7 @@ def varlen_index(cu_seqlens: torch.Tensor, cu_seqlens_cpu: torch.Tensor | None =
     them would cost the sync it spares) or, without it, from one read of `cu_seqlens`. The entry keeps the tensor
     alive, so its identity cannot be reused by another tensor while cached."""
     for entry in _cache:
-        if entry.cu_seqlens is cu_seqlens and entry.version == cu_seqlens._version:
+        if entry.cu_seqlens is cu_seqlens and entry.version == _version(cu_seqlens):
             return entry
     bounds = (cu_seqlens_cpu if cu_seqlens_cpu is not None else cu_seqlens).tolist()
     entry = VarlenIndex(cu_seqlens, bounds)
