@@ -53,10 +53,11 @@ def chunk_kda_bwd(q, k, v, g, beta, A_log, dt_bias, A, scale, initial_state, do,
                                                      cu_seqlens, chunk_size, gk=G)
     dq, dk, dgate, dw = chunk_gk_bwd_dqkg(q, k, v_new, G, h, do, dh, scale, cu_seqlens, chunk_size,
                                           g_dtype=torch.float32, dv=dv_new)
-    dk_wy, dv, dbeta, dG_wy = prepare_wy_repr_gk_bwd(k, v, beta, A, G, dw, dv_new, cu_seqlens=cu_seqlens,
-                                                     chunk_size=chunk_size)
+    # dk through the output and the state goes in as dk0: the WY backward adds its parts to it in place
+    dk, dv, dbeta, dG_wy = prepare_wy_repr_gk_bwd(k, v, beta, A, G, dw, dv_new, cu_seqlens=cu_seqlens,
+                                                  chunk_size=chunk_size, dk0=dk)
     dg, dA_log, ddt_bias = kda_gate_chunk_cumsum_bwd(g, A_log, dt_bias, dG_wy, dgate, chunk_size, cu_seqlens)
-    return dq, dk.float() + dk_wy, dv, dg, dbeta, dA_log, ddt_bias, dh0
+    return dq, dk, dv, dg, dbeta, dA_log, ddt_bias, dh0
 
 
 class ChunkKDAFunction(torch.autograd.Function):

@@ -165,16 +165,20 @@ def recompute_w_u_gk_kernel(
         tl.store(w + p, b_w.to(w.dtype.element_ty), mask=m)
 
 
-@triton.heuristics({"IS_VARLEN": lambda args: args["cu_seqlens"] is not None})
-@autotune(_WIDE_CONFIGS, key=["H", "K", "V", "BT", "BK", "BV", "A_IS_FP32"])
+@triton.heuristics({
+    "HAS_DK0": lambda args: args["dk0"] is not None,
+    "IS_VARLEN": lambda args: args["cu_seqlens"] is not None,
+})
+@autotune(_WIDE_CONFIGS, key=["H", "K", "V", "BT", "BK", "BV", "A_IS_FP32", "HAS_DK0"])
 @triton.jit
 def wy_gk_bwd_kernel(
-    k, v, beta, A, g, M, dw, du, dk, dv, dbeta, dg, dM, cu_seqlens, chunk_indices, T,
+    k, v, beta, A, g, M, dw, du, dk0, dk, dv, dbeta, dg, dM, cu_seqlens, chunk_indices, T,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-    A_IS_FP32: tl.constexpr, IS_VARLEN: tl.constexpr,
+    A_IS_FP32: tl.constexpr, HAS_DK0: tl.constexpr, IS_VARLEN: tl.constexpr,
 ):
-    # grid: (chunks, B * H); see the module docstring. dk, dg here are the direct parts (through x); dM is the
-    # gradient of the un-scaled M, for the intra-chunk block that turns it into the rest of dk and dg.
+    # grid: (chunks, B * H); see the module docstring. dk, dg here are the direct parts (through x), plus dk0 (the
+    # caller's other part of dk) when given; dM is the gradient of the un-scaled M, for the intra-chunk block that
+    # turns it into the rest of dk and dg.
     i_t, i_bh = tl.program_id(0), tl.program_id(1)
     i_b, i_h = i_bh // H, i_bh % H
     bos, T, i_t = _chunk_of(i_t, i_b, cu_seqlens, chunk_indices, T, IS_VARLEN)
@@ -210,7 +214,10 @@ def wy_gk_bwd_kernel(
         b_dA += tl.dot(b_dw.to(b_k.dtype), tl.trans(b_x.to(b_k.dtype)))
         b_dx = tl.dot(tl.trans(b_A).to(b_dw.dtype), b_dw)
         b_dbeta += tl.reduce(b_dx * b_ke, 1, _sum_combine)
-        tl.store(dk + p, b_dx * b_eg * b_beta[:, None], mask=m)
+        b_dk = b_dx * b_eg * b_beta[:, None]
+        if HAS_DK0:
+            b_dk += tl.load(dk0 + p, mask=m, other=0.).to(tl.float32)
+        tl.store(dk + p, b_dk, mask=m)
         tl.store(dg + p, b_dx * b_x, mask=m)
     m_A = (o_i[:, None] > o_i[None, :]) & m_t[:, None] & m_t[None, :]
     if A_IS_FP32:
@@ -298,7 +305,7 @@ def _w_u_gk_torch(k, v, beta, A, g, cu_seqlens=None, chunk_size=64):
     return w, u
 
 
-def _wy_gk_bwd_parts_triton(k, v, beta, A, g, M, dw, du, cu_seqlens=None, chunk_size=64):
+def _wy_gk_bwd_parts_triton(k, v, beta, A, g, M, dw, du, cu_seqlens=None, chunk_size=64, dk0=None):
     B, T, H, K = k.shape
     V = v.shape[-1]
     f32 = dict(device=k.device, dtype=torch.float32)
@@ -309,13 +316,13 @@ def _wy_gk_bwd_parts_triton(k, v, beta, A, g, M, dw, du, cu_seqlens=None, chunk_
     k, v, A, dw, du = _tc(k, v, A, dw.contiguous(), du.contiguous())
     chunk_indices, NT = _grid(k, cu_seqlens, chunk_size)
     if NT:
-        wy_gk_bwd_kernel[(NT, B * H)](k, v, beta, A, g, M, dw, du, dk, dv, dbeta, dg, dM, cu_seqlens, chunk_indices, T,
-                                      H=H, K=K, V=V, BT=chunk_size, BK=_tiles(K), BV=_tiles(V),
+        wy_gk_bwd_kernel[(NT, B * H)](k, v, beta, A, g, M, dw, du, dk0, dk, dv, dbeta, dg, dM, cu_seqlens,
+                                      chunk_indices, T, H=H, K=K, V=V, BT=chunk_size, BK=_tiles(K), BV=_tiles(V),
                                       A_IS_FP32=A.dtype == torch.float32)
     return dk, dv, dbeta, dg, dM
 
 
-def _wy_gk_bwd_parts_torch(k, v, beta, A, g, M, dw, du, cu_seqlens=None, chunk_size=64):
+def _wy_gk_bwd_parts_torch(k, v, beta, A, g, M, dw, du, cu_seqlens=None, chunk_size=64, dk0=None):
     B, T, H, K = k.shape
     f32 = dict(device=k.device, dtype=torch.float32)
     dk, dg = torch.empty(B, T, H, K, **f32), torch.empty(B, T, H, K, **f32)
@@ -336,7 +343,7 @@ def _wy_gk_bwd_parts_torch(k, v, beta, A, g, M, dw, du, cu_seqlens=None, chunk_s
         dAc = torch.einsum("thk,shk->hts", dwc, x) + torch.einsum("thv,shv->hts", duc, y)
         At = Ac.transpose(-1, -2)
         dL = -(At @ dAc @ At) * torch.ones(L, L, device=k.device).tril(-1)
-        dk[b, sl] = dx * eg * bc[..., None]
+        dk[b, sl] = dx * eg * bc[..., None] + (dk0[b, sl].float() if dk0 is not None else 0.)
         dg[b, sl] = dx * x
         dv[b, sl] = (dy * bc[..., None]).to(dv.dtype)
         dbeta[b, sl] = (dx * kc * eg).sum(-1) + (dy * vc).sum(-1) + (dL * Mc).sum(-1).transpose(0, 1)
@@ -412,19 +419,20 @@ def recompute_w_u_gk_fwd(k, v, beta, A, g, cu_seqlens=None, chunk_size=64) -> tu
     return _w_u_gk(k, v, beta, A, g, cu_seqlens, chunk_size)
 
 
-def prepare_wy_repr_gk_bwd(k, v, beta, A, g, dw, du, M=None, cu_seqlens=None, chunk_size=64):
+def prepare_wy_repr_gk_bwd(k, v, beta, A, g, dw, du, M=None, cu_seqlens=None, chunk_size=64, dk0=None):
     """Gradients of w = A (beta k exp(G)) and u = A (beta v) through A = (I + diag(beta) M)^{-1} as well.
 
     Args:
         k, v, beta, A, g as in `recompute_w_u_gk_fwd`; dw: [B, T, H, K]; du: [B, T, H, V]
         M: [B, T, H, BT] `chunk_kkt_gk_fwd(k, g)` without beta (recomputed when None)
+        dk0: [B, T, H, K] the caller's other part of dk (e.g. through the output and the state), added in the kernel
     Returns:
-        dk [B, T, H, K] float32, dv [B, T, H, V] (v's dtype), dbeta [B, T, H] float32,
+        dk [B, T, H, K] float32 (dk0 included), dv [B, T, H, V] (v's dtype), dbeta [B, T, H] float32,
         dg [B, T, H, K] float32 w.r.t. the cumsum G
     """
     if M is None:
         M = chunk_kkt_gk_fwd(k, g, cu_seqlens=cu_seqlens, chunk_size=chunk_size)
-    dk, dv, dbeta, dg, dM = _wy_gk_bwd_parts(k, v, beta, A, g, M, dw, du, cu_seqlens, chunk_size)
+    dk, dv, dbeta, dg, dM = _wy_gk_bwd_parts(k, v, beta, A, g, M, dw, du, cu_seqlens, chunk_size, dk0)
     # M's part of dk and dg, added in place by the intra-chunk kernel (no extra passes over [B, T, H, K])
     dk, dg = chunk_gk_bwd_dqk_intra(k, k, g, dM, cu_seqlens, chunk_size, dk_add=dk, dg_add=dg)
     return dk, dv, dbeta, dg
