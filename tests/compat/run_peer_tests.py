@@ -29,7 +29,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 MIRROR = "/work/.mirror/fla-org+flash-linear-attention/repo"
 SHIM = os.path.join(ROOT, "benchmarks", "peer_shim")
 OPS = ["test_attn.py", "test_delta.py", "test_gdn.py", "test_gla.py", "test_linear_attn.py", "test_retention.py",
-       "test_simple_gla.py"]
+       "test_simple_gla.py", "test_hgrn.py", "test_delta_product.py"]
 MODULES = ["test_conv.py", "test_cross_entropy.py", "test_l2norm.py", "test_layernorm.py",
            "test_layernorm_gated.py", "test_rotary.py", "test_activation.py"]
 
