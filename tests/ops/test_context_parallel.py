@@ -71,6 +71,10 @@ def _cases():
         "delta_rule": (lambda B: qkv(B, beta=torch.rand(B, T, H)),
                        lambda x, **w: chunk_delta_rule(x["q"], x["k"], x["v"], x["beta"],
                                                        use_qk_l2norm_in_kernel=True, **w)[0], None),
+        # with more value columns than one call takes, M comes from a second run of the op (V + K > 256)
+        "delta_rule_two_runs": (lambda B: qkv(B, beta=torch.rand(B, T, H)),
+                                lambda x, **w: _two_runs(lambda: chunk_delta_rule(
+                                    x["q"], x["k"], x["v"], x["beta"], use_qk_l2norm_in_kernel=True, **w)[0]), None),
         "gated_delta_rule": (lambda B: _gdn_inputs(B, H, 2 * H, K, V),
                              lambda x, **w: chunk_gated_delta_rule(x["q"], x["k"], x["v"], x["g"], x["beta"],
                                                                    use_qk_l2norm_in_kernel=True, **w)[0], None),
@@ -93,6 +97,15 @@ def _cases():
                           lambda x, **w: _conv_gdn(convs, x, H, K, V, **w), torch.nn.ModuleList(convs)),
     }
     return cases
+
+
+def _two_runs(call):
+    import fla.ops.cp.chunk as cp_chunk
+    limit, cp_chunk.MAX_AUGMENTED_DIM = cp_chunk.MAX_AUGMENTED_DIM, 0
+    try:
+        return call()
+    finally:
+        cp_chunk.MAX_AUGMENTED_DIM = limit
 
 
 def _conv_gdn(convs, x, H, K, V, cu_seqlens=None, cp_context=None):
