@@ -131,8 +131,8 @@ def shrink(params):
         elif name == "H" and value > 2:
             G = params.get("G")  # k gets H // G heads: keep it whole
             p[name] = min(value, 2 * G) if isinstance(G, int) and G > 0 and value % G == 0 else 2
-        elif name == "HQ" and isinstance(H0, int) and H0 > 0:
-            p[name] = min(H0, 2) * min(value // H0, 2)
+        elif name in ("HQ", "HV") and isinstance(H0, int) and H0 > 0:  # grouped heads: a multiple of the new H
+            p[name] = shrink({"H": H0, **{k: v for k, v in params.items() if k == "G"}})["H"] * min(value // H0, 2)
         elif name in DIMS and value > 64:
             p[name] = 32 + 2 * (value % 33 // 2)  # even: a rotary dim must be
     if isinstance(p.get("rotary_dim"), int) and isinstance(p.get("D"), int) and p["rotary_dim"] >= p["D"] > 0:

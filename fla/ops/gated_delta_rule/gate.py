@@ -16,7 +16,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from fla.ops.utils.dispatch import dispatch
+from fla.ops.utils.dispatch import dispatch as by_device  # not `dispatch`: the peer has its own name there
 
 
 def naive_gdn_gate(
@@ -118,7 +118,7 @@ def _fused_gdn_gate_torch(g, A_log, dt_bias, output_dtype):
     return naive_gdn_gate(g, A_log, dt_bias, output_dtype)
 
 
-_fused_gdn_gate = dispatch(GDNGateFunction.apply, _fused_gdn_gate_torch)
+_fused_gdn_gate = by_device(GDNGateFunction.apply, _fused_gdn_gate_torch)
 
 
 def fused_gdn_gate(
