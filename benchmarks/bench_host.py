@@ -62,6 +62,15 @@ OPS = {
     "chunk_gated_delta_rule": ("fla.ops.gated_delta_rule", "chunk_gated_delta_rule",
                                lambda f, x, kw: f(x["q"], x["k"], x["v"], x["g"], x["beta"],
                                                   use_qk_l2norm_in_kernel=True, **kw)),
+    "chunk_kda": ("fla.ops.kda", "chunk_kda", lambda f, x, kw: f(x["q"], x["k"], x["v"], x["gk"], x["beta"],
+                                                                 use_qk_l2norm_in_kernel=True, **kw)),
+    "chunk_dplr_delta_rule": ("fla.ops.generalized_delta_rule", "chunk_dplr_delta_rule",
+                              lambda f, x, kw: f(x["q"], x["k"], x["v"], x["a"], x["b"], x["gk"], **kw)),
+    "chunk_rwkv7": ("fla.ops.rwkv7", "chunk_rwkv7",
+                    lambda f, x, kw: f(x["q"], x["gk"], x["k"], x["v"], x["a"], x["b"], **kw)),
+    "chunk_gated_delta_product": ("fla.ops.gated_delta_product", "chunk_gated_delta_product",
+                                  lambda f, x, kw: f(x["q"], x["k2"], x["v2"], x["g"], x["beta2"], 2,
+                                                     use_qk_l2norm_in_kernel=True, **kw)),
     "parallel_attn": ("fla.ops.attn", "parallel_attn", lambda f, x, kw: f(x["q"], x["k"], x["v"], **kw)),
 }
 
@@ -75,9 +84,14 @@ def make_inputs(ht, B, T, H, K, V, dtype):
     def leaf(t):
         return ht.on_device(t.to(dtype).requires_grad_())
 
+    unit = F.normalize(torch.randn(B, T, H, K), dim=-1)
     return dict(q=leaf(torch.randn(B, T, H, K)), k=leaf(torch.randn(B, T, H, K)), v=leaf(torch.randn(B, T, H, V)),
                 g=leaf(F.logsigmoid(torch.randn(B, T, H))), gk=leaf(F.logsigmoid(torch.randn(B, T, H, K)) / 16),
-                beta=leaf(torch.rand(B, T, H)))
+                beta=leaf(torch.rand(B, T, H)),
+                a=leaf(-unit), b=leaf(unit * torch.rand(B, T, H, 1)),  # dplr / rwkv7 low-rank terms
+                # gated DeltaProduct, 2 Householder steps per token: [B, 2T, H, *]
+                k2=leaf(torch.randn(B, 2 * T, H, K)), v2=leaf(torch.randn(B, 2 * T, H, V)),
+                beta2=leaf(torch.rand(B, 2 * T, H)))
 
 
 def measure(args) -> list[dict]:
@@ -91,9 +105,17 @@ def measure(args) -> list[dict]:
     ht.stand_in_torch_cuda()
     try:  # ours: send every op to the Triton launchers although the tensors are on the CPU
         import fla.ops.utils.dispatch as dispatch
-        dispatch.get_backend = lambda x: "triton"
+        original = dispatch.get_backend
     except ImportError:
-        pass
+        original = None
+
+    def triton_everywhere() -> None:
+        """Also where a module bound `get_backend` by name (`from ... import get_backend`)."""
+        if original is not None:
+            for module in list(sys.modules.values()):
+                if getattr(module, "get_backend", None) is original:
+                    module.get_backend = lambda x: "triton"
+
     dtype = getattr(torch, args.dtype)
     seqs, T, H, D = args.seqs, args.T, args.heads, args.dim
     rows = []
@@ -104,6 +126,7 @@ def measure(args) -> list[dict]:
         except (ImportError, AttributeError) as e:
             print(f"# {name}: not in this fla ({e})", file=sys.stderr)
             continue
+        triton_everywhere()
         takes_cpu = "cu_seqlens_cpu" in inspect.signature(fn).parameters
         for mode in ("fixed", "varlen", "varlen+cpu"):
             if mode == "varlen+cpu" and not takes_cpu:
