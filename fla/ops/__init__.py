@@ -3,6 +3,7 @@ from fla.ops.attn import parallel_attn
 from fla.ops.delta_rule import chunk_delta_rule, fused_recurrent_delta_rule
 from fla.ops.gated_delta_rule import chunk_gated_delta_rule, fused_recurrent_gated_delta_rule
 from fla.ops.gla import chunk_gla, fused_recurrent_gla
+from fla.ops.hgrn import chunk_hgrn, fused_recurrent_hgrn
 from fla.ops.kda import chunk_kda, fused_recurrent_kda
 from fla.ops.linear_attn import chunk_linear_attn, fused_recurrent_linear_attn
 from fla.ops.retention import chunk_retention, fused_recurrent_retention
@@ -13,4 +14,5 @@ __all__ = [
     "chunk_simple_gla", "fused_recurrent_delta_rule", "fused_recurrent_gated_delta_rule", "fused_recurrent_gla",
     "fused_recurrent_linear_attn", "fused_recurrent_retention", "fused_recurrent_simple_gla", "parallel_attn",
     "chunk_kda", "fused_recurrent_kda",
+    "chunk_hgrn", "fused_recurrent_hgrn",
 ]
