@@ -28,8 +28,8 @@ MODULES += [f"fla.ops.{f}{sub}" for f in FAMILIES for sub in ("", ".naive")] + [
 # the files the peer's own tests and layers import the public ops from (added later; the table only grows): only
 # the names their family package exports are recorded there, not the files' internal helpers
 SUBMODULES = {"fla.ops.attn.parallel": "fla.ops.attn"}
-SUBMODULES.update({f"fla.ops.{f}.{sub}": f"fla.ops.{f}" for f in FAMILIES for sub in ("chunk", "fused_recurrent")
-                   if f != "attn"})
+SUBMODULES.update({f"fla.ops.{f}.{sub}": f"fla.ops.{f}" for f in FAMILIES
+                   for sub in ("chunk", "fused_recurrent", "fused_chunk", "parallel") if f != "attn"})
 MODULES += ["fla.modules.activations"] + list(SUBMODULES)
 
 
