@@ -9,7 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fla.ops.generalized_delta_rule import chunk_dplr_delta_rule, dplr_recurrence, fused_recurrent_dplr_delta_rule
+from fla.ops.generalized_delta_rule import (chunk_dplr_delta_rule, fused_recurrent_dplr_delta_rule,
+                                          naive_recurrent_dplr_delta_rule)
 from fla.ops.utils.dispatch import use_backend
 from tests.helpers import assert_close, poisoned_empty, seed
 
@@ -40,7 +41,7 @@ def run(fn, xs, do, dht, output_final_state, cu_seqlens, **kw):
 
 
 def naive(q, k, v, a, b, gk, initial_state, output_final_state, cu_seqlens):
-    return dplr_recurrence(q, k, v, a, b, gk, initial_state, output_final_state, cu_seqlens=cu_seqlens)
+    return naive_recurrent_dplr_delta_rule(q, k, v, a, b, gk, None, initial_state, output_final_state, cu_seqlens)
 
 
 CASES = [
@@ -156,3 +157,21 @@ def test_chunk_refuses_context_parallelism():
     kw = _bad("none")
     with pytest.raises(ValueError, match="cp_context"):
         chunk_dplr_delta_rule(**kw, cp_context=object())
+
+
+def test_peer_references_are_head_first():
+    """dplr_recurrence / dplr_chunkwise keep the peer's layout ([B, H, T, *]) and defaults (scale K ** -0.5, the
+    final state returned), at its import path too; the chunkwise one refuses a T its chunks do not divide."""
+    from fla.ops.generalized_delta_rule.dplr.naive import dplr_chunkwise, dplr_recurrence
+
+    seed("dplr-peer-refs")
+    q, k, v, a, b, gk, h0 = (x.detach() for x in make_inputs(2, 32, 2, 16, 8, 2, True, torch.float32))
+    want, want_ht = naive_recurrent_dplr_delta_rule(q, k, v, a, b, gk, None, h0, True)
+    hf = [x.transpose(1, 2) for x in (q, k, v, a, b, gk)]
+    for fn in (dplr_recurrence, dplr_chunkwise):
+        o, ht = fn(*hf, h0)
+        assert_close(fn.__name__, o.transpose(1, 2), want, 1e-6)
+        assert_close(fn.__name__ + " ht", ht, want_ht, 1e-6)
+    assert dplr_recurrence(*hf, output_final_state=False)[1] is None
+    with pytest.raises(ValueError, match="chunk_size"):
+        dplr_chunkwise(*[x[:, :, :30] for x in hf])

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fla.ops.generalized_delta_rule import dplr_recurrence
+from fla.ops.generalized_delta_rule import naive_recurrent_dplr_delta_rule
 from fla.ops.rwkv7 import chunk_rwkv7, fused_mul_recurrent_rwkv7, fused_recurrent_rwkv7
 from fla.ops.utils.dispatch import use_backend
 from tests.helpers import assert_close, poisoned_empty, seed
@@ -29,7 +29,7 @@ def grads(o, ht, do, dht, xs):
 
 def reference(xs, do, dht, scale, cu_seqlens):
     r, w, k, v, kk, iclr, h0 = xs
-    o, ht = dplr_recurrence(r, k, v, -kk, kk * iclr, w, h0, True, scale=scale, cu_seqlens=cu_seqlens)
+    o, ht = naive_recurrent_dplr_delta_rule(r, k, v, -kk, kk * iclr, w, scale, h0, True, cu_seqlens)
     return grads(o, ht, do, dht, xs)
 
 
@@ -68,10 +68,10 @@ def test_defaults_follow_the_peer():
     with use_backend("torch"):
         o, ht = chunk_rwkv7(r, w, k, v, -kk, kk * iclr)
         assert ht is None
-        assert_close("chunk", o, dplr_recurrence(r, k, v, -kk, kk * iclr, w, scale=1.0)[0], 1e-5)
+        assert_close("chunk", o, naive_recurrent_dplr_delta_rule(r, k, v, -kk, kk * iclr, w, 1.0)[0], 1e-5)
         o, ht = fused_recurrent_rwkv7(r, w, k, v, -kk, kk * iclr)
         assert ht is not None
-        assert_close("recurrent", o, dplr_recurrence(r, k, v, -kk, kk * iclr, w)[0], 1e-5)
+        assert_close("recurrent", o, naive_recurrent_dplr_delta_rule(r, k, v, -kk, kk * iclr, w)[0], 1e-5)
 
 
 def test_rejects_bad_input():

@@ -258,7 +258,8 @@ def dplr_fwd_intra(q, k, a, b, gi, gk, cu_seqlens=None, chunk_size=16):
     """The chunk matrices and gated rows.
 
     Args:
-        q (already scaled, float32), k, a, b: [B, T, H, K] (k's dtype picks the dot precision); gi: float32 chunk-local cumsum of gk; gk: float32 log decays
+        q (already scaled, float32), k, a, b: [B, T, H, K] (k's dtype picks the dot precision)
+        gi: float32 chunk-local cumsum of gk; gk: float32 log decays
     Returns:
         Aqk, Aqb, Aak, Tm, Au: float32 [B, T, H, BT]; w, qg, kd, bd, ag: float32 [B, T, H, K]
     """
