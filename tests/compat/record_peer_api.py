@@ -21,7 +21,8 @@ import warnings
 
 TABLE_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "peer_api_fla_core_0.6.0.json")
 
-FAMILIES = ["attn", "delta_rule", "gated_delta_rule", "gla", "linear_attn", "retention", "simple_gla", "kda"]
+FAMILIES = ["attn", "delta_rule", "gated_delta_rule", "gla", "linear_attn", "retention", "simple_gla", "kda",
+            "generalized_delta_rule", "generalized_delta_rule.dplr", "rwkv7"]
 MODULES = ["fla.modules"] + [f"fla.modules.{m}" for m in (
     "convolution", "fused_cross_entropy", "fused_linear_cross_entropy", "l2norm", "layernorm", "mlp", "rotary")]
 MODULES += [f"fla.ops.{f}{sub}" for f in FAMILIES for sub in ("", ".naive")] + ["fla.ops.gated_delta_rule.gate"]
