@@ -480,7 +480,8 @@ def _bwd_dqkg_triton(q, k, v, g, h, do, dh, scale, cu_seqlens=None, chunk_size=6
     chunk_gk_bwd_dqk_intra_kernel[(NT * (chunk_size // BC), triton.cdiv(K, BK), B * H)](
         q, k, g, dA, dq_intra, dk_intra, None, cu_seqlens, chunk_indices, T, H=H, K=K, BT=chunk_size, BC=BC, BK=BK,
         PREC=_precision(q))
-    BK = _block(K)
+    # float32 with dw: four [BT, BK] float32 tiles next to non-tensor-core dots spilled 2.8 KB at BK = 64 (sm_90)
+    BK = _block(K, 32 if dv is not None and q.dtype == torch.float32 else 64)
     chunk_gk_bwd_dqkg_inter_kernel[(NT, triton.cdiv(K, BK), B * H)](
         q, k, v, g, h, do, dh, dq_intra, dk_intra, dq, dk, dg, dv, dw, cu_seqlens, chunk_indices, scale, T, H=H, K=K,
         V=V, BT=chunk_size, BK=BK, BV=BV, PREC=_precision(q))
