@@ -29,6 +29,7 @@ def test_model_config_builds(path):
 
 def test_there_is_a_config_per_family_and_size():
     names = {p.stem for p in CONFIGS}
-    for family in ("transformer", "gla", "retnet", "delta_net", "gated_deltanet", "mamba2", "forgetting_transformer"):
+    for family in ("transformer", "gla", "retnet", "delta_net", "gated_deltanet", "mamba2", "forgetting_transformer",
+                   "kda"):
         assert {f"{family}_debug", f"{family}_340M", f"{family}_1.3B"} <= names
-    assert "gla_hybrid_debug" in names
+    assert "gla_hybrid_debug" in names and "kda_hybrid_debug" in names
