@@ -158,3 +158,6 @@ def chunk_gated_delta_rule(
     o, ht = chunk_delta_rule_family(q, k, v, g, beta, scale, initial_state, output_final_state,
                                     use_qk_l2norm_in_kernel, cu_seqlens, cp_context)
     return o, (ht if output_final_state else None)
+
+
+chunk_gdn = chunk_gated_delta_rule  # the peer library's short name

@@ -415,3 +415,6 @@ def fused_recurrent_gated_delta_rule(
                             beta.contiguous(), scale,
                             initial_state.contiguous() if initial_state is not None else None, output_final_state,
                             use_qk_l2norm_in_kernel, cu_seqlens)
+
+
+fused_recurrent_gdn = fused_recurrent_gated_delta_rule  # the peer library's short name
