@@ -286,6 +286,7 @@ def train(config: JobConfig, world) -> dict[str, Any]:
                                 keep_latest_k=config.checkpoint.keep_latest_k, enable=config.checkpoint.enable)
     resume_step = checkpointer.resolve_step(config.checkpoint.load_step) if config.checkpoint.enable else None
     if resume_step is not None and resume_step >= t.steps:
+        checkpointer.check(resume_step)  # marker and sizes (nothing read): a broken last checkpoint is still said
         _log(world, report.nothing_to_do(resume_step, t.steps, checkpointer.step_dir(resume_step), dump))
         return {"step": resume_step, "loss": float("nan"), "skipped_steps": 0, "nothing_to_do": True}
 

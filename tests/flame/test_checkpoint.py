@@ -38,12 +38,15 @@ class Tiny(nn.Module):
 
 def optimizers_for(model):
     from torchtitan.components.optimizer import LRSchedulersContainer, default_adamw
+
+    from flame.schedule import LRSchedules
     config = default_adamw(lr=1e-2)
     config.implementation = "foreach"
     opt = config.build(model_parts=[model])
-    sched = LRSchedulersContainer.Config(warmup_steps=2, decay_type="cosine").build(optimizers=opt,
+    built = LRSchedulersContainer.Config(warmup_steps=2, decay_type="cosine").build(optimizers=opt,
                                                                                     training_steps=10)
-    return opt, sched
+    # flame's container: torchtitan's restores its step through get_lr(), which warns (UserWarning) every time
+    return opt, LRSchedules(opt, built.schedulers[0].lr_lambdas[0])
 
 
 def train_steps(model, opt, sched, n, seed):

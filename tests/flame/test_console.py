@@ -35,11 +35,16 @@ def test_help_and_config_errors_come_before_any_heavy_import():
 
 
 def test_a_finished_run_says_it_has_nothing_to_do(tmp_path, capsys):
-    """At step 6 of 6: one message with the way to train longer; nothing is built (no [model] line)."""
+    """At step 6 of 6: one message with the way to train longer; nothing is built (no [model] line) and nothing is
+    read but the checkpoint's manifest (its marker and sizes), so a broken last checkpoint is still said."""
     from flame.checkpoint import Checkpointer
     from flame.train import main
     step = tmp_path / "checkpoint" / "step-6"
-    step.mkdir(parents=True)  # resolved from the folder name alone: nothing is loaded when nothing is to be done
+    step.mkdir(parents=True)
+    rc = main(COMMON + ["--model.config", MODEL, "--job.dump_folder", str(tmp_path)])
+    captured = capsys.readouterr()
+    assert rc == 2 and "step-6 is incomplete or corrupt: its COMPLETE marker is missing" in captured.err
+    (step / "COMPLETE").write_text(json.dumps({"files": {}}))  # a manifest listing no files: complete by size
     rc = main(COMMON + ["--model.config", MODEL, "--job.dump_folder", str(tmp_path)])
     out = capsys.readouterr().out
     assert rc == 0
@@ -76,7 +81,7 @@ def test_validation_follows_the_training_data_unless_named(tmp_path, capsys):
     out = capsys.readouterr().out
     assert rc == 0
     assert f"  validation  {data} split 'validation', following data.dataset (local files" in out, out
-    assert f"  data        mine.jsonl (40 documents, weight 1 = 100%)" in out
+    assert "  data        mine.jsonl (40 documents, weight 1 = 100%)" in out
     assert "start       fresh start (checkpoints off)" in out
     assert "[flame] done: steps 1-2 of 2" in out and "validation loss" in out
     assert "  data read   mine.jsonl 64 tokens (100%)" in out  # 2 steps x 1 x 32, all from the one source

@@ -78,6 +78,10 @@ def committed(dump: str) -> list[str]:
     return sorted(os.listdir(os.path.join(dump, "checkpoint")))
 
 
+# The chain's runs end at step 6 of 6: resuming them as they are has nothing to do (and loads nothing).
+LONGER = ["--training.steps", "8"]
+
+
 def _result(proc: subprocess.CompletedProcess) -> dict:
     return {"returncode": proc.returncode, "stdout": proc.stdout, "stderr": proc.stderr}
 
@@ -144,7 +148,7 @@ def test_a_run_says_what_it_does(runs):
     a = runs["a"]
     for line in ["[flame] 2 ranks on cpu (gloo)", "  model       transformer from " + runs["model"],
                  "  data        default (", "documents, weight 1 = 100%)", "  validation  off",
-                 f"  steps       6 x 512 tokens = 3,072 tokens",
+                 "  steps       6 x 512 tokens = 3,072 tokens",
                  f"  dump folder {a} (metrics.jsonl, checkpoints in {a}/checkpoint)",
                  f"  start       fresh start (no checkpoint in {a}/checkpoint)",
                  "[train] step 1: the first step is the slowest",
@@ -355,19 +359,19 @@ def test_corrupt_or_incompatible_checkpoint_is_a_clear_error_and_nothing_is_dele
     shard = sorted(f for f in os.listdir(step6) if f.endswith(".distcp"))[0]
     before = sorted(os.listdir(step6))
     flip_bytes(os.path.join(step6, shard))  # 4096 bytes inverted, the size kept
-    rc, err = main_in_process(runs["common"] + ["--job.dump_folder", dump], capsys)
+    rc, err = main_in_process(runs["common"] + ["--job.dump_folder", dump] + LONGER, capsys)
     assert rc == 2 and f"step-6 is corrupt: {shard} does not match the crc32" in err, err
     assert "Intact: step 4 (contents verified" in err and "--checkpoint.load_step 4" in err
     assert sorted(os.listdir(step6)) == before
 
     with open(os.path.join(step6, shard), "r+b") as f:
         f.truncate(100)
-    rc, err = main_in_process(runs["common"] + ["--job.dump_folder", dump], capsys)
+    rc, err = main_in_process(runs["common"] + ["--job.dump_folder", dump] + LONGER, capsys)
     assert rc == 2 and "is corrupt" in err and shard in err, err
     assert sorted(os.listdir(step6)) == before
 
     os.remove(os.path.join(step6, "COMPLETE"))
-    rc, err = main_in_process(runs["common"] + ["--job.dump_folder", dump], capsys)
+    rc, err = main_in_process(runs["common"] + ["--job.dump_folder", dump] + LONGER, capsys)
     assert rc == 2 and "marker is missing" in err and "--checkpoint.load_step" in err, err
 
     other_model = os.path.join(ROOT, "configs", "models", "gla_debug.json")
@@ -386,7 +390,7 @@ def test_a_planted_metadata_is_refused_by_resume_and_by_the_converter(runs, tmp_
     shutil.copytree(runs["a"], dump)
     step6 = os.path.join(dump, "checkpoint", "step-6")
     plant_metadata(step6, marker)
-    rc, err = main_in_process(runs["common"] + ["--job.dump_folder", dump], capsys)
+    rc, err = main_in_process(runs["common"] + ["--job.dump_folder", dump] + LONGER, capsys)
     assert rc == 2 and ".metadata asks to import io.open" in err and "refusing to unpickle" in err, err
     assert convert_dcp_to_hf.main(["--checkpoint", step6, "--output", str(tmp_path / "hf")]) == 2
     assert ".metadata asks to import io.open" in capsys.readouterr().err
@@ -408,7 +412,7 @@ def test_a_planted_trainer_state_is_refused_on_every_rank(runs, tmp_path):
     dump, marker = str(tmp_path / "q"), str(tmp_path / "MARKER")
     shutil.copytree(runs["a"], dump)
     plant_trainer_state(os.path.join(dump, "checkpoint", "step-6"), marker)
-    run = launch(runs["common"] + ["--job.dump_folder", dump], 2)
+    run = launch(runs["common"] + ["--job.dump_folder", dump] + LONGER, 2)
     assert run.returncode != 0
     assert on_every_rank(run.stderr, "trainer_state.pt asks to import io.open, which a flame checkpoint never "
                                      "holds: refusing to unpickle it"), run.stderr
