@@ -114,13 +114,21 @@ def _one_sequence_torch(q, k, v, a, b, gk, S, chunk_size):
     gi = gk.cumsum(2)
     ge = gi - gk
     gl = gi[:, :, -1:]  # [H, NT, 1, K]
-    # [H, NT, t, s, K] decays, -inf off the causal part before the exp (see dplr.py)
-    ei = torch.where(incl[:, :, None], gi[:, :, :, None] - gi[:, :, None], float("-inf")).exp()
-    ee = torch.where(strict[:, :, None], ge[:, :, :, None] - gi[:, :, None], float("-inf")).exp()
-    # element-wise products and a sum, not einsum: einsum lowers these to a bmm per (t, s) pair, ~20x slower
-    qe, ae = q[:, :, :, None] * ei, a[:, :, :, None] * ee
-    Aqk, Aqb = (qe * k[:, :, None]).sum(-1), (qe * b[:, :, None]).sum(-1)
-    Aak, Aab = (ae * k[:, :, None]).sum(-1), (ae * b[:, :, None]).sum(-1)
+    if bool(gl.min() > -SPLIT_DECAY_LIMIT):
+        # exp(Gi_t - Gi_s) = exp(Gi_t) exp(-Gi_s): both factors within exp(+-60) when no chunk decays further, so
+        # the matrices are matmuls (the non-causal half, possibly large but finite, is masked after)
+        qf, af = q * gi.exp(), a * ge.exp()
+        kf, bf = (k * (-gi).exp()).transpose(-1, -2), (b * (-gi).exp()).transpose(-1, -2)
+        Aqk, Aqb = (qf @ kf).masked_fill(~incl, 0), (qf @ bf).masked_fill(~incl, 0)
+        Aak, Aab = (af @ kf).masked_fill(~strict, 0), (af @ bf).masked_fill(~strict, 0)
+    else:
+        # [H, NT, t, s, K] decays, -inf off the causal part before the exp (see dplr.py); element-wise products and
+        # a sum, not einsum, which lowers these to a bmm per (t, s) pair
+        ei = torch.where(incl[:, :, None], gi[:, :, :, None] - gi[:, :, None], float("-inf")).exp()
+        ee = torch.where(strict[:, :, None], ge[:, :, :, None] - gi[:, :, None], float("-inf")).exp()
+        qe, ae = q[:, :, :, None] * ei, a[:, :, :, None] * ee
+        Aqk, Aqb = (qe * k[:, :, None]).sum(-1), (qe * b[:, :, None]).sum(-1)
+        Aak, Aab = (ae * k[:, :, None]).sum(-1), (ae * b[:, :, None]).sum(-1)
     system = torch.eye(BT, device=q.device) - Aab
     u0 = torch.linalg.solve_triangular(system, Aak @ v, upper=False, unitriangular=True)
     w = torch.linalg.solve_triangular(system, a * ge.exp(), upper=False, unitriangular=True)
@@ -138,8 +146,10 @@ def _one_sequence_torch(q, k, v, a, b, gk, S, chunk_size):
 
 
 # the PyTorch form's chunk: its state pass is a Python loop over chunks, so longer chunks than the kernels' 16 pay
-# off (the [BT, BT, K] decay tensors per chunk stay small)
+# off
 TORCH_CHUNK_SIZE = 32
+# the largest chunk decay |Gi_last| for which the PyTorch form splits exp(Gi_t - Gi_s) into two factors
+SPLIT_DECAY_LIMIT = 60.0
 
 
 def _chunk_dplr_torch(q, k, v, a, b, gk, scale, initial_state, output_final_state, cu_seqlens,
