@@ -115,3 +115,26 @@ def continued_lambda(config, resume_index: int, factor_now: float, planned: Call
         return floor + (factor_now - floor) * _shape(kind, (i - decay_from) / max(end - decay_from, 1))
 
     return factor
+
+
+def replan_after_resume(config, step: int, optimizers, lr_schedulers: LRSchedules) -> str:
+    """After loading a checkpoint whose LR settings differ: follow `lr_scheduler.resume_schedule` from training step
+    `step` on, and return the line that says what the LR does."""
+    schedulers = lr_schedulers.schedulers
+    lr_now = float(optimizers.optimizers[0].param_groups[0]["lr"])  # restored with the optimizer: the old curve's
+    base = float(schedulers[0].base_lrs[0])
+    planned = schedulers[0].lr_lambdas[0]
+    index = schedulers[0].last_epoch  # the schedule's own step count: a skipped step did not advance it
+    steps_left = config.training.steps - step
+    last = index + steps_left - 1  # the index of the last step's LR
+    if config.lr_scheduler.resume_schedule == "recompute":
+        lr_schedulers.replace_lambda(planned, apply_now=True)
+        return (f"[lr] the schedule follows the new settings as if they had held from step 0: "
+                f"{base * planned(index):.3g} at step {step + 1} (it was {lr_now:.3g}), "
+                f"{base * planned(last):.3g} at step {config.training.steps}")
+    fn = continued_lambda(config, index, lr_now / base, planned, steps_left)
+    lr_schedulers.replace_lambda(fn, apply_now=True)
+    return (f"[lr] the schedule changed: the LR goes on from {lr_now:.3g} at step {step + 1} without a jump "
+            f"to {base * fn(last):.3g} at step {config.training.steps} ({config.lr_scheduler.schedule}; "
+            f"lr_scheduler.resume_schedule \"recompute\" would follow the new settings as if they had held "
+            f"from step 0: {base * planned(index):.3g} at step {step + 1})")

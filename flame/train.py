@@ -519,7 +519,7 @@ def resumed_schedule(config: JobConfig, world, step_dir: str, step: int, optimiz
     """Compare the checkpoint's config with this one; print what changed. When the LR curve's settings changed,
     plan it from the LR the run reached (or recompute it, per lr_scheduler.resume_schedule) and say so."""
     from flame import report
-    from flame.schedule import SCHEDULE_KEYS, continued_lambda
+    from flame.schedule import SCHEDULE_KEYS, replan_after_resume
     path = os.path.join(step_dir, "config.toml")
     if not os.path.isfile(path):
         return
@@ -531,25 +531,7 @@ def resumed_schedule(config: JobConfig, world, step_dir: str, step: int, optimiz
     _log(world, report.describe_changes(step_dir, changes))
     if not any(key in SCHEDULE_KEYS for key, _, _ in changes):
         return
-    schedulers = lr_schedulers.schedulers
-    lr_now = float(optimizers.optimizers[0].param_groups[0]["lr"])  # restored with the optimizer: the old curve's
-    base = float(schedulers[0].base_lrs[0])
-    planned = schedulers[0].lr_lambdas[0]
-    index = schedulers[0].last_epoch  # the schedule's own step count: a skipped step did not advance it
-    steps_left = config.training.steps - step
-    last = index + steps_left - 1  # the index of the last step's LR
-    if config.lr_scheduler.resume_schedule == "recompute":
-        lr_schedulers.replace_lambda(planned, apply_now=True)
-        _log(world, f"[lr] the schedule follows the new settings as if they had held from step 0: "
-                    f"{base * planned(index):.3g} at step {step + 1} (it was {lr_now:.3g}), "
-                    f"{base * planned(last):.3g} at step {config.training.steps}")
-        return
-    fn = continued_lambda(config, index, lr_now / base, planned, steps_left)
-    lr_schedulers.replace_lambda(fn, apply_now=True)
-    _log(world, f"[lr] the schedule changed: the LR goes on from {lr_now:.3g} at step {step + 1} without a jump "
-                f"to {base * fn(last):.3g} at step {config.training.steps} ({config.lr_scheduler.schedule}; "
-                f"lr_scheduler.resume_schedule \"recompute\" would follow the new settings as if they had held "
-                f"from step 0: {base * planned(index):.3g} at step {step + 1})")
+    _log(world, replan_after_resume(config, step, optimizers, lr_schedulers))
 
 
 def validate(model, config: JobConfig, world, tokenizer, token_bytes: torch.Tensor) -> dict[str, float]:
