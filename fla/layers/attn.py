@@ -5,7 +5,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from fla.layers.utils import current_token_mask, pad, rotary_offsets, unpad
+from fla.layers.utils import (check_cp_layer_call, cp_rotary_args, current_token_mask, pad, rotary_offsets,
+                              unpad)
 from fla.modules import RMSNorm, RotaryEmbedding
 from fla.ops.attn import parallel_attn
 
@@ -27,6 +28,8 @@ class Attention(nn.Module):
         window_size: attend to at most this many most recent tokens (itself included); None = unlimited
         rope_theta: rotary base
     """
+
+    supports_cp = True  # cp_context reaches its op, its short convolutions and its rotary positions
 
     def __init__(
         self,
@@ -72,9 +75,11 @@ class Attention(nn.Module):
         past_key_values=None,
         use_cache: bool = False,
         cu_seqlens: torch.Tensor | None = None,
+        cp_context=None,
         **kwargs,
     ) -> tuple[torch.Tensor, None, object]:
         B, T, _ = hidden_states.shape
+        check_cp_layer_call(self, cp_context, attention_mask, past_key_values, use_cache, cu_seqlens)
         q = self.q_proj(hidden_states).view(B, T, self.num_heads, self.head_dim)
         k = self.k_proj(hidden_states).view(B, T, self.num_kv_heads, self.head_dim)
         v = self.v_proj(hidden_states).view(B, T, self.num_kv_heads, self.head_dim)
@@ -82,7 +87,12 @@ class Attention(nn.Module):
             q, k = self.q_norm(q), self.k_norm(k)
 
         state = past_key_values.layer_state(self.layer_idx) if past_key_values is not None else None
-        if state is None or state.attn_state is None:
+        if cp_context is not None:  # this rank's queries against the keys of the whole sequence (all-gathered)
+            offset, rotary_cu = cp_rotary_args(cp_context, T, q.device)
+            q, k = self.rotary(q, k, seqlen_offset=offset, cu_seqlens=rotary_cu)
+            o = parallel_attn(q, k, v, window_size=self.window_size, cp_context=cp_context)
+            new_kv = (k, v)
+        elif state is None or state.attn_state is None:
             mask = current_token_mask(attention_mask, T)
             q, cu, indices = unpad(q, mask, cu_seqlens)
             k, _, _ = unpad(k, mask, cu_seqlens)

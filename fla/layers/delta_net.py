@@ -34,6 +34,8 @@ class DeltaNet(nn.Module):
         qk_norm: "l2" (in the kernel) or "sum" (q / sum |q|, k likewise)
     """
 
+    supports_cp = True  # cp_context reaches its op, its short convolutions and its rotary positions
+
     def __init__(
         self,
         hidden_size: int = 1024,
@@ -96,9 +98,10 @@ class DeltaNet(nn.Module):
         past_key_values=None,
         use_cache: bool = False,
         cu_seqlens: torch.Tensor | None = None,
+        cp_context=None,
         **kwargs,
     ) -> tuple[torch.Tensor, None, object]:
-        step = RecurrentStep(self, hidden_states, attention_mask, past_key_values, use_cache, cu_seqlens)
+        step = RecurrentStep(self, hidden_states, attention_mask, past_key_values, use_cache, cu_seqlens, cp_context)
         x = step.x
         q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
         if self.use_short_conv:
@@ -119,7 +122,7 @@ class DeltaNet(nn.Module):
 
         op = fused_recurrent_delta_rule if step.mode == "fused_recurrent" else chunk_delta_rule
         o, final_state = op(q, k, v, beta, initial_state=step.initial_state, output_final_state=step.use_cache,
-                            cu_seqlens=step.cu_seqlens, use_qk_l2norm_in_kernel=self.qk_norm == "l2")
+                            cu_seqlens=step.cu_seqlens, **step.cp_kwargs, use_qk_l2norm_in_kernel=self.qk_norm == "l2")
         if self.use_gate:
             o = self.o_norm(o, split_heads(self.g_proj(x), H, V))
         else:

@@ -34,6 +34,8 @@ class GatedDeltaNet(nn.Module):
     The cached recurrent state is [B, HV, V, K] (the peer library's layout).
     """
 
+    supports_cp = True  # cp_context reaches its op, its short convolutions and its rotary positions
+
     # A_log and dt_bias are gate parameters that should not be decayed (trainers look for this attribute).
     _no_weight_decay = ("A_log", "dt_bias")
 
@@ -103,9 +105,10 @@ class GatedDeltaNet(nn.Module):
         past_key_values=None,
         use_cache: bool = False,
         cu_seqlens: torch.Tensor | None = None,
+        cp_context=None,
         **kwargs,
     ) -> tuple[torch.Tensor, None, object]:
-        step = RecurrentStep(self, hidden_states, attention_mask, past_key_values, use_cache, cu_seqlens)
+        step = RecurrentStep(self, hidden_states, attention_mask, past_key_values, use_cache, cu_seqlens, cp_context)
         x = step.x
         q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
         if self.use_short_conv:
@@ -121,7 +124,7 @@ class GatedDeltaNet(nn.Module):
 
         op = fused_recurrent_gated_delta_rule if step.mode == "fused_recurrent" else chunk_gated_delta_rule
         o, final_state = op(q, k, v, g=g, beta=beta, initial_state=step.initial_state,  # keywords: the peer's order
-                            output_final_state=step.use_cache, state_v_first=True, cu_seqlens=step.cu_seqlens,
+                            output_final_state=step.use_cache, state_v_first=True, cu_seqlens=step.cu_seqlens, **step.cp_kwargs,
                             use_qk_l2norm_in_kernel=True)
         if self.use_gate:
             o = self.o_norm(o, split_heads(self.g_proj(x), HV, V))

@@ -35,6 +35,8 @@ class GatedLinearAttention(nn.Module):
     The cached recurrent state is [B, H, V, K] (the peer library's layout).
     """
 
+    supports_cp = True  # cp_context reaches its op, its short convolutions and its rotary positions
+
     def __init__(
         self,
         hidden_size: int = 1024,
@@ -103,9 +105,10 @@ class GatedLinearAttention(nn.Module):
         past_key_values=None,
         use_cache: bool = False,
         cu_seqlens: torch.Tensor | None = None,
+        cp_context=None,
         **kwargs,
     ) -> tuple[torch.Tensor, None, object]:
-        step = RecurrentStep(self, hidden_states, attention_mask, past_key_values, use_cache, cu_seqlens)
+        step = RecurrentStep(self, hidden_states, attention_mask, past_key_values, use_cache, cu_seqlens, cp_context)
         x = step.x
         q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
         if self.use_short_conv:
@@ -121,7 +124,7 @@ class GatedLinearAttention(nn.Module):
             q, k = self.feature_map(q), self.feature_map(k)
         op = fused_recurrent_gla if step.mode == "fused_recurrent" else chunk_gla
         o, final_state = op(q, k, v, gk, initial_state=step.initial_state, output_final_state=step.use_cache,
-                            state_v_first=True, cu_seqlens=step.cu_seqlens)
+                            state_v_first=True, cu_seqlens=step.cu_seqlens, **step.cp_kwargs)
         norm = getattr(self, self.g_norm_name)
         o = norm(o, split_heads(self.g_proj(x), H, V)) if self.use_output_gate else norm(o)
         o = self.o_proj(o.reshape(*o.shape[:2], self.value_dim))

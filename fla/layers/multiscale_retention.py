@@ -10,8 +10,8 @@ import torch
 import torch.nn as nn
 
 from fla.layers.feature_maps import ACTIVATIONS
-from fla.layers.utils import (RecurrentStep, output_norm, output_norm_name, recurrent_flops_per_token, repeat_kv,
-                              rotary_offsets, split_heads)
+from fla.layers.utils import (RecurrentStep, cp_rotary_args, output_norm, output_norm_name, recurrent_flops_per_token,
+                              repeat_kv, rotary_offsets, split_heads)
 from fla.modules import RotaryEmbedding
 from fla.ops.retention import chunk_retention, fused_recurrent_retention
 
@@ -28,6 +28,8 @@ class MultiScaleRetention(nn.Module):
         fuse_norm: names the norm as the peer library does (see `fla.layers.utils.output_norm_name`)
         rope_theta: rotary base
     """
+
+    supports_cp = True  # cp_context reaches its op, its short convolutions and its rotary positions
 
     def __init__(
         self,
@@ -83,9 +85,10 @@ class MultiScaleRetention(nn.Module):
         past_key_values=None,
         use_cache: bool = False,
         cu_seqlens: torch.Tensor | None = None,
+        cp_context=None,
         **kwargs,
     ) -> tuple[torch.Tensor, None, object]:
-        step = RecurrentStep(self, hidden_states, attention_mask, past_key_values, use_cache, cu_seqlens)
+        step = RecurrentStep(self, hidden_states, attention_mask, past_key_values, use_cache, cu_seqlens, cp_context)
         x = step.x
         H, H_kv, K, V = self.num_heads, self.num_kv_heads, self.head_k_dim, self.head_v_dim
         q, k = split_heads(self.q_proj(x), H, K), split_heads(self.k_proj(x), H_kv, K)
@@ -93,13 +96,15 @@ class MultiScaleRetention(nn.Module):
         if self.feature_map is not None:
             q, k = self.feature_map(q), self.feature_map(k)
         past_len = past_key_values.get_seq_length(self.layer_idx) if step.initial_state is not None else 0
-        offset = rotary_offsets(attention_mask, past_len, step.batch_size)
-        q, k = self.rotary(q, k, seqlen_offset=offset, cu_seqlens=step.cu_seqlens)
+        offset, rotary_cu = rotary_offsets(attention_mask, past_len, step.batch_size), step.cu_seqlens
+        if cp_context is not None:  # positions continue from the earlier ranks
+            offset, rotary_cu = cp_rotary_args(cp_context, step.seq_len, x.device)
+        q, k = self.rotary(q, k, seqlen_offset=offset, cu_seqlens=rotary_cu)
         k, v = repeat_kv(k, self.num_kv_groups), repeat_kv(v, self.num_kv_groups)
 
         op = fused_recurrent_retention if step.mode == "fused_recurrent" else chunk_retention
         o, final_state = op(q, k, v, initial_state=step.initial_state, output_final_state=step.use_cache,
-                            cu_seqlens=step.cu_seqlens)
+                            cu_seqlens=step.cu_seqlens, **step.cp_kwargs)
         norm = getattr(self, self.g_norm_name)
         o = norm(o, split_heads(self.g_proj(x), H, V)) if self.use_output_gate else norm(o)
         o = self.o_proj(o.reshape(*o.shape[:2], self.value_dim))

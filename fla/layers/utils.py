@@ -94,7 +94,13 @@ class RecurrentStep:
         return step.finish(self.o_proj(o), final_state), None, past_key_values
     """
 
-    def __init__(self, mixer, hidden_states, attention_mask, past_key_values, use_cache, cu_seqlens):
+    def __init__(self, mixer, hidden_states, attention_mask, past_key_values, use_cache, cu_seqlens,
+                 cp_context=None):
+        check_cp_layer_call(mixer, cp_context, attention_mask, past_key_values, use_cache, cu_seqlens)
+        self.cp_context = cp_context
+        # what the chunked op and the short convolutions take under context parallelism (nothing otherwise, so
+        # the fused recurrent ops, which have no cp_context, are called as before)
+        self.cp_kwargs = {} if cp_context is None else {"cp_context": cp_context}
         self.batch_size, self.seq_len = hidden_states.shape[:2]
         self.layer_idx = mixer.layer_idx
         self.use_cache = use_cache and past_key_values is not None
@@ -103,14 +109,15 @@ class RecurrentStep:
         self.initial_state = state.recurrent_state if state is not None else None
         self._conv_in = state.conv_state if state is not None and state.conv_state is not None else ()
         self._conv_out: list[torch.Tensor | None] = []
-        self.mode = choose_mode(mixer.training, self.seq_len)
+        self.mode = "chunk" if cp_context is not None else choose_mode(mixer.training, self.seq_len)
         mask = current_token_mask(attention_mask, self.seq_len)
         self.x, self.cu_seqlens, self.indices = unpad(hidden_states, mask, cu_seqlens)
 
     def conv(self, idx: int, conv: nn.Module, x: torch.Tensor) -> torch.Tensor:
         """Short convolution number `idx` of this mixer, continuing from its cached window."""
         cache = self._conv_in[idx] if idx < len(self._conv_in) else None
-        y, window = conv(x, cache=cache, output_final_state=self.use_cache, cu_seqlens=self.cu_seqlens)
+        y, window = conv(x, cache=cache, output_final_state=self.use_cache, cu_seqlens=self.cu_seqlens,
+                         **self.cp_kwargs)
         while len(self._conv_out) <= idx:
             self._conv_out.append(None)
         self._conv_out[idx] = window
@@ -123,6 +130,34 @@ class RecurrentStep:
             self.cache.update(recurrent_state=final_state, conv_state=conv_state, layer_idx=self.layer_idx,
                               offset=self.seq_len)
         return pad(o, self.indices, self.batch_size, self.seq_len)
+
+
+def check_cp_layer_call(mixer, cp_context, attention_mask, past_key_values, use_cache, cu_seqlens) -> None:
+    """What a mixer refuses under context parallelism: a mixer without CP support (its class sets
+    `supports_cp = True` once its ops and convolutions take `cp_context`), padding, a cache, or cu_seqlens (the
+    piece's boundaries come from the context)."""
+    if cp_context is None:
+        return
+    if not getattr(mixer, "supports_cp", False):
+        raise ValueError(f"{type(mixer).__name__} (layer {getattr(mixer, 'layer_idx', '?')}) does not support "
+                         f"context parallelism yet (cp_context): train it without CP (context_parallel_degree = 1)")
+    if attention_mask is not None or past_key_values is not None or use_cache or cu_seqlens is not None:
+        raise ValueError("with cp_context pass neither attention_mask, a cache (use_cache) nor cu_seqlens: the "
+                         "piece's document boundaries come from the context (build_cp_context takes the global "
+                         "cu_seqlens); pack the documents instead of padding them")
+
+
+def cp_rotary_args(cp_context, seq_len: int, device) -> tuple[int | torch.Tensor, torch.Tensor | None]:
+    """(seqlen_offset, cu_seqlens) for RotaryEmbedding on this rank's piece: positions continue from the earlier
+    ranks (varlen: the first document's tokens on them; every later document of the piece starts at 0)."""
+    if not cp_context.is_varlen:
+        return cp_context.rank * seq_len, None
+    key = ("rotary_offsets", device)
+    if key not in cp_context._memo:  # host data: no device read
+        offsets = torch.zeros(cp_context.num_seqs, dtype=torch.long)
+        offsets[0] = cp_context.conv_prefix_tokens(seq_len)
+        cp_context._memo[key] = offsets.to(device, non_blocking=True)
+    return cp_context._memo[key], cp_context.cu_seqlens
 
 
 def recurrent_flops_per_token(num_heads: int, head_k_dim: int, head_v_dim: int, chunk_size: int = 64,

@@ -149,6 +149,23 @@ class FLAModel(FLAPreTrainedModel):
     def get_input_embeddings(self) -> nn.Embedding:
         return self.embeddings
 
+    def check_cp(self, cp_context, cu_seqlens, attention_mask, cache) -> None:
+        """Refuse what context parallelism cannot run, before any layer (and any collective) runs: a layer whose
+        class does not set `supports_cp` (it would silently ignore the context), a block other than FLABlock,
+        cu_seqlens (the context holds this piece's), a padding mask or a cache."""
+        from fla.ops.cp import FLACPContext
+        if not isinstance(cp_context, FLACPContext):
+            raise ValueError(f"cp_context must be an fla.ops.cp.FLACPContext (got {type(cp_context).__name__})")
+        unsupported = sorted({type(layer.attn).__name__ for layer in self.layers
+                              if not isinstance(layer, FLABlock) or not getattr(layer.attn, "supports_cp", False)})
+        if unsupported:
+            raise ValueError(f"context parallelism (cp_context) is not supported by {', '.join(unsupported)} in "
+                             f"{type(self).__name__} yet: run this model without it (context_parallel_degree = 1)")
+        padded = attention_mask is not None and not bool(attention_mask.all())
+        if cu_seqlens is not None or cache is not None or padded:
+            raise ValueError("with cp_context pass neither cu_seqlens, a cache nor padding: build the context from "
+                             "the global cu_seqlens (fla.ops.cp.build_cp_context) and pass this rank's tokens")
+
     def set_input_embeddings(self, value: nn.Embedding) -> None:
         self.embeddings = value
 
@@ -166,6 +183,7 @@ class FLAModel(FLAPreTrainedModel):
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
         cu_seqlens_cpu: torch.Tensor | None = None,
+        cp_context=None,
         **kwargs,
     ) -> FLAModelOutput | tuple:
         """`cache` is the generation cache (`past_key_values`, its name before transformers 5.24, works too; a
@@ -173,8 +191,16 @@ class FLAModel(FLAPreTrainedModel):
         rotary positions follow from cu_seqlens (restart at every document), the attention mask (padding is not a
         position) and the cache (tokens already seen). No attention weights are returned (output_attentions is
         ignored, as in the peer library). return_dict=False gives the tuple (last_hidden_state, cache,
-        hidden_states) without its None entries."""
+        hidden_states) without its None entries.
+
+        cp_context: context parallelism (`fla.ops.cp.build_cp_context` from the global cu_seqlens, or None for
+        [B, T] rows split along T): the input is this rank's piece of the sequence, every layer runs on it with
+        the context (state, convolution halo and keys from the other ranks; rotary positions continue from them);
+        pass no cu_seqlens, mask or cache then. A layer without CP support raises ValueError."""
         cache = resolve_cache(cache, past_key_values)
+        if cp_context is not None:
+            self.check_cp(cp_context, cu_seqlens, attention_mask, cache)
+            use_cache = False
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids and inputs_embeds")
         if use_cache is None:  # cache only for inference on unpacked input
@@ -213,6 +239,7 @@ class FLAModel(FLAPreTrainedModel):
             hidden_states = layer(
                 hidden_states, attention_mask=attention_mask, past_key_values=cache if use_cache else None,
                 use_cache=use_cache, cu_seqlens=cu_seqlens, **(extra[i] if extra else {}),
+                **({} if cp_context is None else {"cp_context": cp_context}),
             )
         hidden_states = self.norm(hidden_states)
         if output_hidden_states:
@@ -266,6 +293,7 @@ class FLAForCausalLM(FLAPreTrainedModel, GenerationMixin):
         num_items_in_batch: int | torch.Tensor | None = None,
         num_logits_to_keep: int | None = None,
         cu_seqlens_cpu: torch.Tensor | None = None,
+        cp_context=None,
         **kwargs,
     ) -> FLACausalLMOutput | tuple:
         """Args:
@@ -283,6 +311,10 @@ class FLAForCausalLM(FLAPreTrainedModel, GenerationMixin):
             return_dict: False gives the tuple (loss, logits, cache, hidden_states) without its None entries
             cu_seqlens_cpu: the same boundaries as cu_seqlens on the host (optional): then the varlen index is
                 built without reading the device, and a packed step does no device->host sync in any layer
+            cp_context: context parallelism (see FLAModel.forward): input_ids and labels are this rank's piece of
+                the global ones; the last target of the piece is the next rank's first label (one all-gather of a
+                label per row), so the targets are the global ones. The loss is this rank's share: pass
+                num_items_in_batch = the global target count, and the sum over the ranks is the global loss
         Returns:
             loss (with labels); logits [B, T or n, V] (None when labels are given and
             config.fuse_linear_cross_entropy, which never materializes them); the cache (with use_cache), as
@@ -298,7 +330,7 @@ class FLAForCausalLM(FLAPreTrainedModel, GenerationMixin):
             input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
             cache=resolve_cache(cache, past_key_values), inputs_embeds=inputs_embeds, use_cache=use_cache,
             cu_seqlens=cu_seqlens, output_hidden_states=output_hidden_states, return_dict=True,
-            cu_seqlens_cpu=cu_seqlens_cpu,
+            cu_seqlens_cpu=cu_seqlens_cpu, **({} if cp_context is None else {"cp_context": cp_context}),
         )
         hidden_states = outputs.last_hidden_state
         loss = logits = None
@@ -306,7 +338,8 @@ class FLAForCausalLM(FLAPreTrainedModel, GenerationMixin):
             logits = self.lm_head(hidden_states if labels is not None else keep_positions(hidden_states,
                                                                                            logits_to_keep))
         if labels is not None:
-            loss = self.compute_loss(hidden_states, logits, shift_labels(labels, cu_seqlens), num_items_in_batch)
+            targets = shift_labels(labels, cu_seqlens) if cp_context is None else shift_labels_cp(labels, cp_context)
+            loss = self.compute_loss(hidden_states, logits, targets, num_items_in_batch)
         if not (self.config.return_dict if return_dict is None else return_dict):
             return tuple(v for v in (loss, logits, outputs.cache, outputs.hidden_states) if v is not None)
         return model_output(FLACausalLMOutput, outputs.cache, loss=loss, logits=logits,
@@ -394,6 +427,25 @@ def shift_labels(
     if cu_seqlens is not None:
         targets = targets.clone()
         targets[:, cu_seqlens[1:].long() - 1] = ignore_index
+    return targets
+
+
+def shift_labels_cp(labels: torch.Tensor, cp_context, ignore_index: int = -100) -> torch.Tensor:
+    """`shift_labels` of the global labels, on this rank's piece [B, T_local] of them (cp_context: its
+    FLACPContext): the piece's last target is the next rank's first label (ignore_index on the last rank), and
+    every global document's last token is ignored (the global boundaries are in the context)."""
+    import torch.distributed as dist
+    B, T = labels.shape
+    rank, world = cp_context.rank, cp_context.world_size
+    firsts = [torch.empty_like(labels[:, :1]) for _ in range(world)]
+    dist.all_gather(firsts, labels[:, :1].contiguous(), group=cp_context.group)
+    after = firsts[rank + 1] if rank + 1 < world else torch.full_like(labels[:, :1], ignore_index)
+    targets = torch.cat([labels[:, 1:], after], 1)
+    if cp_context.is_varlen:
+        ends = cp_context.cu_seqlens_global_cpu.long()[1:] - 1 - rank * T  # every document's last token, local
+        ends = ends[(ends >= 0) & (ends < T)]
+        if len(ends):
+            targets[:, ends.to(targets.device)] = ignore_index
     return targets
 
 
