@@ -33,8 +33,8 @@ def reference(xs, do, dht, scale, cu_seqlens):
     return grads(o, ht, do, dht, xs)
 
 
-@pytest.mark.parametrize("op,backend", [("chunk", "triton"), ("chunk", "torch"), ("mul_recurrent", "triton"),
-                                        ("recurrent", "torch")])
+# the kernels themselves are covered by tests/ops/test_dplr.py: here the names, defaults and the kk / a form
+@pytest.mark.parametrize("op,backend", [("chunk", "torch"), ("mul_recurrent", "triton"), ("recurrent", "torch")])
 def test_matches_naive(op, backend):
     seed("rwkv7", op, backend)
     cu = [0, 1, 20, 37]
