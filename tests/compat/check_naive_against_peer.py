@@ -133,6 +133,8 @@ def calls() -> list[tuple[str, tuple, dict]]:
         ("fla.ops.linear_attn.naive.naive_recurrent_linear_attn", (qp, kp, v, 0.5, h0, True), {}),
         ("fla.ops.linear_attn.naive.naive_recurrent_linear_attn", (qp, kp, v), dict(normalize=True)),
         ("fla.ops.linear_attn.naive.naive_recurrent_linear_attn", (qp[:1], kp[:1], v[:1], None, h0[0], True), {}),
+        ("fla.ops.linear_attn.naive.naive_recurrent_linear_attn",  # the peer's (S, z) state with normalize: outputs
+         (qp, kp, v, None, (h0, r(B, 1, H, K).abs())), dict(normalize=True)),
         ("fla.ops.linear_attn.naive.naive_chunk_linear_attn", (q6, k6, v6), {}),
         ("fla.ops.linear_attn.naive.naive_chunk_linear_attn", (q6, k6, v6, 0.5, True), {}),
         ("fla.ops.retention.naive.naive_retention", (hf(q), hf(k), hf(v)), {}),

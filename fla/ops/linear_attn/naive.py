@@ -30,7 +30,8 @@ def naive_recurrent_linear_attn(
     """
     Args:
         q, k: [B, T, H, K]; v: [B, T, H, V]
-        initial_state: [N, H, K, V] ([N, H, K, V + 1] with normalize), or one [H, K, V(+1)] for every sequence;
+        initial_state: [N, H, K, V] ([N, H, K, V + 1] with normalize, or the peer's (S, z [N, 1, H, K]) tuple), or
+            one [H, K, V(+1)] for every sequence;
             cu_seqlens: [N + 1] (B == 1)
     Returns:
         o: [B, T, H, V] in v's dtype; final_state: [N, H, K, V] ([N, H, K, V + 1]) float32 or None. Differentiable.
@@ -41,6 +42,11 @@ def naive_recurrent_linear_attn(
     dtype = v.dtype
     q, k, v = q.float(), k.float(), v.float()
     outs, finals = [], []
+    if isinstance(initial_state, tuple):  # the peer's form with normalize: (S [N, H, K, V], z [N, 1, H, K])
+        if not normalize or len(initial_state) != 2:
+            raise ValueError("a tuple initial_state is (S [N, H, K, V], z [N, 1, H, K]) and needs normalize=True")
+        S0, z0 = initial_state
+        initial_state = torch.cat([S0.float(), z0.float().reshape(S0.shape[0], H, K, 1)], -1)
     # a 3-D [H, K, V] state is every sequence's, as the peer's references take it
     initial_state = broadcast_initial_state(initial_state, B if cu_seqlens is None else len(cu_seqlens) - 1)
     for i, (b, bos, eos) in enumerate(sequence_spans(cu_seqlens, B, T)):
