@@ -49,9 +49,11 @@ def token_shift(x: torch.Tensor, cu_seqlens: torch.Tensor | None, cache: torch.T
         rows = torch.tensor([i for i, (_, bos, eos) in enumerate(spans) if eos > bos], dtype=torch.long,
                             device=x.device)
         shifted = shifted.index_add(1, starts, cache.to(x.dtype)[rows][None])
-    lasts = [x[0, eos - 1] if eos > bos else (cache[i].to(x.dtype) if cache is not None else x.new_zeros(D))
-             for i, (_, bos, eos) in enumerate(spans)]
-    return shifted - x, torch.stack(lasts)
+    ends = torch.tensor([max(eos - 1, 0) for _, _, eos in spans], dtype=torch.long, device=x.device)
+    empty = torch.tensor([eos == bos for _, bos, eos in spans], device=x.device)[:, None]
+    before = cache.to(x.dtype) if cache is not None else x.new_zeros(len(spans), D)
+    lasts = torch.where(empty, before, x[0].index_select(0, ends)) if T > 0 else before
+    return shifted - x, lasts
 
 
 class LoRA(nn.Module):

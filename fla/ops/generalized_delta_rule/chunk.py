@@ -97,23 +97,24 @@ def dplr_backward(ctx, do, dht):
 # PyTorch path (plain CPU): the same chunk equations on padded chunks, one sequence at a time, autograd backward
 # ------------------------------------------------------------------------------------------------------------------
 
-def _one_sequence_torch(q, k, v, a, b, gk, S, chunk_size):
-    """q..gk: [H, L, *] float32 (q scaled); S: [H, K, V] float32. Returns (o [H, L, V], final S).
-    Everything inside a chunk is computed for all chunks at once; only the state pass walks the chunks."""
-    H, L, K = q.shape
+def _sequences_torch(q, k, v, a, b, gk, S, chunk_size):
+    """q..gk: [N, H, L, *] float32 (q scaled; rows past a sequence's end all zero); S: [N, H, K, V] float32.
+    Returns (o [N, H, L, V], final S). Everything inside a chunk is computed for all chunks at once; only the state
+    pass walks the chunks. Zero rows neither write, read nor decay, so padding never touches a state."""
+    L = q.shape[-2]
     BT = chunk_size
     pad = (-L) % BT
 
     def chunks(x):
-        x = torch.nn.functional.pad(x, (0, 0, 0, pad))  # zero rows: no write, no read, no decay
-        return x.view(H, -1, BT, x.shape[-1])
+        x = torch.nn.functional.pad(x, (0, 0, 0, pad))
+        return x.view(*x.shape[:-2], -1, BT, x.shape[-1])  # [N, H, NT, BT, *]
 
     q, k, v, a, b, gk = (chunks(x) for x in (q, k, v, a, b, gk))
     incl = torch.ones(BT, BT, dtype=torch.bool, device=q.device).tril()
     strict = incl.tril(-1)
-    gi = gk.cumsum(2)
+    gi = gk.cumsum(-2)
     ge = gi - gk
-    gl = gi[:, :, -1:]  # [H, NT, 1, K]
+    gl = gi[..., -1:, :]  # [N, H, NT, 1, K]
     if bool(gl.min() > -SPLIT_DECAY_LIMIT):
         # exp(Gi_t - Gi_s) = exp(Gi_t) exp(-Gi_s): both factors within exp(+-60) when no chunk decays further, so
         # the matrices are matmuls (the non-causal half, possibly large but finite, is masked after)
@@ -122,27 +123,27 @@ def _one_sequence_torch(q, k, v, a, b, gk, S, chunk_size):
         Aqk, Aqb = (qf @ kf).masked_fill(~incl, 0), (qf @ bf).masked_fill(~incl, 0)
         Aak, Aab = (af @ kf).masked_fill(~strict, 0), (af @ bf).masked_fill(~strict, 0)
     else:
-        # [H, NT, t, s, K] decays, -inf off the causal part before the exp (see dplr.py); element-wise products and
-        # a sum, not einsum, which lowers these to a bmm per (t, s) pair
-        ei = torch.where(incl[:, :, None], gi[:, :, :, None] - gi[:, :, None], float("-inf")).exp()
-        ee = torch.where(strict[:, :, None], ge[:, :, :, None] - gi[:, :, None], float("-inf")).exp()
-        qe, ae = q[:, :, :, None] * ei, a[:, :, :, None] * ee
-        Aqk, Aqb = (qe * k[:, :, None]).sum(-1), (qe * b[:, :, None]).sum(-1)
-        Aak, Aab = (ae * k[:, :, None]).sum(-1), (ae * b[:, :, None]).sum(-1)
+        # [..., t, s, K] decays, -inf off the causal part before the exp (see dplr.py); element-wise products and a
+        # sum, not einsum, which lowers these to a bmm per (t, s) pair
+        ei = torch.where(incl[:, :, None], gi[..., :, None, :] - gi[..., None, :, :], float("-inf")).exp()
+        ee = torch.where(strict[:, :, None], ge[..., :, None, :] - gi[..., None, :, :], float("-inf")).exp()
+        qe, ae = q[..., :, None, :] * ei, a[..., :, None, :] * ee
+        Aqk, Aqb = (qe * k[..., None, :, :]).sum(-1), (qe * b[..., None, :, :]).sum(-1)
+        Aak, Aab = (ae * k[..., None, :, :]).sum(-1), (ae * b[..., None, :, :]).sum(-1)
     system = torch.eye(BT, device=q.device) - Aab
     u0 = torch.linalg.solve_triangular(system, Aak @ v, upper=False, unitriangular=True)
     w = torch.linalg.solve_triangular(system, a * ge.exp(), upper=False, unitriangular=True)
     qg, dl = q * gi.exp(), (gl - gi).exp()
     kd, bd, decay = (k * dl).transpose(-1, -2), (b * dl).transpose(-1, -2), gl.exp().transpose(-1, -2)
     states, us = [], []
-    for c in range(q.shape[1]):
+    for c in range(q.shape[-3]):
         states.append(S)
-        u = u0[:, c] + w[:, c] @ S
+        u = u0[..., c, :, :] + w[..., c, :, :] @ S
         us.append(u)
-        S = decay[:, c] * S + kd[:, c] @ v[:, c] + bd[:, c] @ u
-    u, h = torch.stack(us, 1), torch.stack(states, 1)
+        S = decay[..., c, :, :] * S + kd[..., c, :, :] @ v[..., c, :, :] + bd[..., c, :, :] @ u
+    u, h = torch.stack(us, -3), torch.stack(states, -3)
     o = qg @ h + Aqk @ v + Aqb @ u
-    return o.reshape(H, -1, o.shape[-1])[:, :L], S
+    return o.reshape(*o.shape[:-3], -1, o.shape[-1])[..., :L, :], S
 
 
 # the PyTorch form's chunk: its state pass is a Python loop over chunks, so longer chunks than the kernels' 16 pay
@@ -152,24 +153,54 @@ TORCH_CHUNK_SIZE = 32
 SPLIT_DECAY_LIMIT = 60.0
 
 
+def _length_groups(spans: list[tuple[int, int, int]], chunk_size: int) -> list[list[int]]:
+    """Packed sequences in groups padded to their longest together: longest first, a group closes when padding
+    would more than double its tokens (many short documents and a few long ones stay cheap)."""
+    order = sorted((i for i, (_, bos, eos) in enumerate(spans) if eos > bos),
+                   key=lambda i: spans[i][1] - spans[i][2])
+    groups, tokens = [], 0
+    for i in order:
+        n = spans[i][2] - spans[i][1]
+        if groups:
+            longest = -(-(spans[groups[-1][0]][2] - spans[groups[-1][0]][1]) // chunk_size) * chunk_size
+            if longest * (len(groups[-1]) + 1) <= 2 * (tokens + n):
+                groups[-1].append(i)
+                tokens += n
+                continue
+        groups.append([i])
+        tokens = n
+    return groups
+
+
 def _chunk_dplr_torch(q, k, v, a, b, gk, scale, initial_state, output_final_state, cu_seqlens,
                       chunk_size=TORCH_CHUNK_SIZE):
     B, T, H, K = q.shape
     V = v.shape[-1]
-    qs = q.float() * scale
-    xs = [x.float().transpose(1, 2) for x in (qs, k, v, a, b, gk)]  # [B, H, T, *]
-    outs, finals = [], []
-    for i, (n, bos, eos) in enumerate(sequence_spans(cu_seqlens, B, T)):
-        S = initial_state[i].float() if initial_state is not None else q.new_zeros(H, K, V, dtype=torch.float32)
-        if eos > bos:
-            o, S = _one_sequence_torch(*(x[n, :, bos:eos] for x in xs), S, chunk_size)
-            outs.append((n, o))
-        finals.append(S)
+    xs = [x.float().transpose(1, 2) for x in (q.float() * scale, k, v, a, b, gk)]  # [B, H, T, *]
+    N = B if cu_seqlens is None else len(cu_seqlens) - 1
+    h0 = initial_state.float() if initial_state is not None else q.new_zeros(N, H, K, V, dtype=torch.float32)
     if cu_seqlens is None:
-        o = torch.stack([o for _, o in outs])
-    else:
-        o = torch.cat([o for _, o in outs], 1)[None] if outs else q.new_zeros(1, H, 0, V, dtype=torch.float32)
-    o = o.transpose(1, 2).to(v.dtype)
+        o, ht = _sequences_torch(*xs, h0, chunk_size)
+        return o.transpose(1, 2).to(v.dtype), (ht if output_final_state else None)
+    spans = sequence_spans(cu_seqlens, 1, T)
+    pieces, rows = [], []
+    finals = list(h0.unbind(0))
+    for group in _length_groups(spans, chunk_size):
+        L = max(spans[i][2] - spans[i][1] for i in group)
+        # [N_group, H, L, *], each sequence's rows first and zeros after them
+        padded = [torch.stack([torch.nn.functional.pad(x[0, :, spans[i][1]:spans[i][2]],
+                                                       (0, 0, 0, L - spans[i][2] + spans[i][1])) for i in group])
+                  for x in xs]
+        og, hg = _sequences_torch(*padded, torch.stack([finals[i] for i in group]), chunk_size)
+        for j, i in enumerate(group):
+            bos, eos = spans[i][1], spans[i][2]
+            pieces.append(og[j, :, :eos - bos])
+            rows.append(torch.arange(bos, eos, device=q.device))
+            finals[i] = hg[j]
+    o = q.new_zeros(H, T, V, dtype=torch.float32)
+    if pieces:  # one scatter of every sequence's rows (all rows are some sequence's)
+        o = o.index_copy(1, torch.cat(rows), torch.cat(pieces, 1))
+    o = o[None].transpose(1, 2).to(v.dtype)
     return o, (torch.stack(finals) if output_final_state else None)
 
 
