@@ -156,6 +156,8 @@ class Parallelism:
                                               "data_parallel_replicate_degree)")
     data_parallel_replicate_degree: int = opt(1, "HSDP: replicas of the sharded model (ranks = replicate x shard; "
                                                  "gradients averaged over all); 1 = plain FSDP")
+    context_parallel_degree: int = opt(1, "CP: ranks each packed sample is split across (ranks = data parallel x "
+                                          "CP; training.seq_len must be divisible by it); 1 = off")
     fsdp_reshard_after_forward: Literal["default", "always", "never"] = opt("default", "free gathered weights "
                                                                                        "after forward (default: "
                                                                                        "all but the root)")
@@ -464,6 +466,16 @@ def validate(config: JobConfig) -> None:
         raise ConfigError("data.prefetch_factor needs data.num_workers > 0")
     if config.data.num_workers < 0:
         raise ConfigError(f"data.num_workers must be >= 0, got {config.data.num_workers}")
+    cp = config.parallelism.context_parallel_degree
+    if cp < 1:
+        raise ConfigError(f"parallelism.context_parallel_degree must be >= 1 (1 = off), got {cp}")
+    if cp > 1 and t.seq_len % cp:
+        raise ConfigError(f"parallelism.context_parallel_degree={cp} splits every sample into {cp} equal pieces: "
+                          f"training.seq_len ({t.seq_len}) must be a multiple of it (e.g. "
+                          f"{-(-t.seq_len // cp) * cp})")
+    if cp > 1 and config.parallelism.data_parallel_replicate_degree > 1:
+        raise ConfigError("parallelism.context_parallel_degree > 1 with data_parallel_replicate_degree > 1 (HSDP) "
+                          "is not supported yet: use one of them (CP shards the model over all ranks with FSDP)")
 
 
 def help_text() -> str:

@@ -156,3 +156,50 @@ def build_fsdp_mesh(world: World, replicate_degree: int = 1, shard_degree: int =
     if replicate_degree == 1:
         return world.mesh
     return init_device_mesh(world.device.type, (replicate_degree, shard), mesh_dim_names=("dp_replicate", "dp_shard"))
+
+
+@dataclass
+class ContextParallel:
+    """The (dp, cp) layout of context parallelism: `degree` consecutive ranks split every sample (global rank
+    = dp_rank * degree + cp rank), each data-parallel group of them reads one batch. FSDP shards over dp x cp
+    flattened, which is every rank in order: the world's own 1-D mesh, so checkpoints are laid out as without CP."""
+    degree: int = 1
+    group: Any = None  # the CP process group (None when degree == 1)
+    rank: int = 0  # this rank's piece of the sample
+    dp_rank: int = 0
+    dp_size: int = 1
+    mesh: DeviceMesh | None = None  # (dp, cp)
+
+
+def build_context_parallel(world: World, degree: int = 1) -> ContextParallel:
+    """`parallelism.context_parallel_degree` -> the (dp, cp) mesh and this rank's place in it."""
+    from flame.config import ConfigError
+    if not isinstance(degree, int) or degree < 1 or world.world_size % degree:
+        raise ConfigError(f"parallelism.context_parallel_degree={degree} must be a positive divisor of the "
+                          f"{world.world_size} ranks (ranks = data parallel x context parallel)")
+    if degree == 1:
+        return ContextParallel(dp_rank=world.rank, dp_size=world.world_size)
+    mesh = init_device_mesh(world.device.type, (world.world_size // degree, degree), mesh_dim_names=("dp", "cp"))
+    return ContextParallel(degree=degree, group=mesh.get_group("cp"), rank=mesh.get_local_rank("cp"),
+                           dp_rank=mesh.get_local_rank("dp"), dp_size=world.world_size // degree, mesh=mesh)
+
+
+def split_for_cp(inputs: dict, n_targets: int, cp: ContextParallel | None) -> tuple[dict, int]:
+    """Model inputs of a whole sample (input_ids / labels [B, T], packed: [1, T] with the global cu_seqlens) ->
+    this rank's piece of them with its `cp_context`, and the number of targets the piece scores (the global
+    next-token targets in it: the model takes the piece's last target from the next rank). The loss is then the
+    piece's sum over `num_items_in_batch` = its own target count (0 targets: loss 0, not NaN), which the trainer
+    weights by that count over the global one, as for a microbatch. Unchanged without CP."""
+    if cp is None or cp.degree == 1:
+        return inputs, n_targets
+    from fla.models.modeling_base import shift_labels
+    from fla.ops.cp import build_cp_context
+    labels, cu_seqlens = inputs["labels"], inputs.get("cu_seqlens")
+    T = labels.shape[1]
+    piece = slice(cp.rank * (T // cp.degree), (cp.rank + 1) * (T // cp.degree))
+    targets = shift_labels(labels, inputs.get("cu_seqlens_cpu"))[:, piece]
+    n_local = int((targets != -100).sum())
+    context = build_cp_context(cu_seqlens, cp.group, cu_seqlens_cpu=inputs.get("cu_seqlens_cpu"))
+    local = {"input_ids": inputs["input_ids"][:, piece].contiguous(), "labels": labels[:, piece].contiguous(),
+             "cp_context": context, "num_items_in_batch": max(n_local, 1)}
+    return local, n_local

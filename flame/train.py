@@ -156,7 +156,7 @@ def check_every_shard_has_documents(dataloader, *, world_size: int, num_workers:
             f"a smaller data.num_workers")
 
 
-def next_microbatches(data_iter: Iterator, n: int, world, step: int, device: torch.device, varlen: bool):
+def next_microbatches(data_iter: Iterator, n: int, world, step: int, device: torch.device, varlen: bool, cp=None):
     """This step's `n` loader batches, their model inputs with target counts, and the number of targets on all
     ranks together. Collective: a rank without data makes every rank raise DataSourceError (one all-reduce carries
     the targets and every rank's flag)."""
@@ -170,7 +170,7 @@ def next_microbatches(data_iter: Iterator, n: int, world, step: int, device: tor
         except StopIteration:
             empty = True
             break
-    microbatches = [] if empty else [to_model_inputs(b, device, varlen) for b in batches]
+    microbatches = [] if empty else [fdist.split_for_cp(*to_model_inputs(b, device, varlen), cp) for b in batches]
     counts = torch.zeros(1 + world.world_size, dtype=torch.float64)
     counts[0] = float(sum(k for _, k in microbatches))
     counts[1 + world.rank] = float(empty)
@@ -302,12 +302,14 @@ def train(config: JobConfig, world) -> dict[str, Any]:
         raise ModelConfigError(f"model.config {config.model.config!r} has vocab_size {model_config.vocab_size} but "
                                f"the tokenizer has {len(tokenizer)} tokens")
     context_len = t.context_len or t.seq_len
+    # context parallelism: the ranks of one CP group read the same batch and split each sample between them
+    cp = fdist.build_context_parallel(world, config.parallelism.context_parallel_degree)
     _log(world, f"[data] opening {config.data.dataset}")
     dataloader = build_dataloader(
         sources=data_sources(config.data), tokenizer=tokenizer, seq_len=t.seq_len, batch_size=t.batch_size,
         context_len=context_len, varlen=t.varlen, num_workers=config.data.num_workers, seed=t.seed,
-        dp_rank=world.rank, dp_world_size=world.world_size, prefetch_factor=config.data.prefetch_factor)
-    check_every_shard_has_documents(dataloader, world_size=world.world_size, num_workers=config.data.num_workers)
+        dp_rank=cp.dp_rank, dp_world_size=cp.dp_size, prefetch_factor=config.data.prefetch_factor)
+    check_every_shard_has_documents(dataloader, world_size=cp.dp_size, num_workers=config.data.num_workers)
     token_bytes, validation_text = None, "off (validation.enable = false)"
     if config.validation.enable:
         from flame.data import load_sources
@@ -364,7 +366,7 @@ def train(config: JobConfig, world) -> dict[str, Any]:
                              lr_schedulers)
         checkpointer.set_aside_newer(resume_step)  # a rewind: this run's checkpoints replace the newer ones
     if world.is_main:
-        tokens_per_step = t.batch_size * t.seq_len * t.gradient_accumulation_steps * world.world_size
+        tokens_per_step = t.batch_size * t.seq_len * t.gradient_accumulation_steps * cp.dp_size
         sources = [(src.label, src.config.weight, None if src.streaming else len(src.dataset))
                    for src in dataloader.sources]
         print(report.banner(world_size=world.world_size, device=str(world.device),
@@ -431,8 +433,8 @@ def train(config: JobConfig, world) -> dict[str, Any]:
             # Weight every microbatch by its share of the step's targets on all ranks, so the gradient is the
             # mean over tokens (not a mean of microbatch means). FSDP averages gradients over ranks: hence * W.
             batches, microbatches, global_targets = next_microbatches(
-                data_iter, t.gradient_accumulation_steps, world, step, world.device, t.varlen)
-            for batch in batches:
+                data_iter, t.gradient_accumulation_steps, world, step, world.device, t.varlen, cp)
+            for batch in batches if cp.rank == 0 else []:  # a CP group's ranks share each batch: count it once
                 for name, n in (batch.get("source_tokens") or {}).items():
                     local_source_tokens[name] = local_source_tokens.get(name, 0) + int(n)
             loss_sum = forward_backward(model, microbatches, world_size=world.world_size,
@@ -489,7 +491,7 @@ def train(config: JobConfig, world) -> dict[str, Any]:
                       "training.max_consecutive_skipped_steps")
 
             if config.validation.enable and (step % config.validation.freq == 0 or step == t.steps):
-                validations[step] = validate(model, config, world, tokenizer, token_bytes)
+                validations[step] = validate(model, config, world, tokenizer, token_bytes, cp)
                 metrics.log_validation(step, validations[step])
 
             if checkpointer.should_save(step, t.steps):
@@ -534,7 +536,7 @@ def resumed_schedule(config: JobConfig, world, step_dir: str, step: int, optimiz
     _log(world, replan_after_resume(config, step, optimizers, lr_schedulers))
 
 
-def validate(model, config: JobConfig, world, tokenizer, token_bytes: torch.Tensor) -> dict[str, float]:
+def validate(model, config: JobConfig, world, tokenizer, token_bytes: torch.Tensor, cp=None) -> dict[str, float]:
     """Loss and bits per byte on the held-out sources: the same first `validation.steps` batches every time."""
     import torch
 
@@ -544,7 +546,8 @@ def validate(model, config: JobConfig, world, tokenizer, token_bytes: torch.Tens
     loader = build_dataloader(sources=validation_sources(config)[0], tokenizer=tokenizer,
                               seq_len=t.seq_len, batch_size=v.batch_size or t.batch_size,
                               context_len=t.context_len or t.seq_len, varlen=t.varlen, num_workers=0, seed=t.seed,
-                              dp_rank=world.rank, dp_world_size=world.world_size)
+                              dp_rank=cp.dp_rank if cp else world.rank,
+                              dp_world_size=cp.dp_size if cp else world.world_size)
     model.eval()
     totals = torch.zeros(3, dtype=torch.float64)  # nats, targets, bytes
     token_bytes = token_bytes.to(world.device)
@@ -553,9 +556,10 @@ def validate(model, config: JobConfig, world, tokenizer, token_bytes: torch.Tens
             if i == v.steps:
                 break
             inputs, n_targets = to_model_inputs(batch, world.device, t.varlen)
-            loss = model(**inputs).loss.double()
             targets = inputs["labels"][..., 1:]
-            n_bytes = token_bytes[targets[targets != -100]].sum()
+            n_bytes = token_bytes[targets[targets != -100]].sum() * float(cp is None or cp.rank == 0)  # once a batch
+            inputs, n_targets = fdist.split_for_cp(inputs, n_targets, cp)
+            loss = model(**inputs).loss.double()
             totals += torch.stack([loss.cpu() * n_targets, torch.tensor(float(n_targets)), n_bytes.cpu()])
     model.train()
     totals = fdist.all_reduce_sum(totals.to(world.device)).cpu()

@@ -1,0 +1,75 @@
+"""Context parallelism in flame (`parallelism.context_parallel_degree`), real torchrun with gloo: a run whose every
+sample is split across 2 ranks trains the same losses as one process on the same data (packed documents crossing
+the split, and fixed-length rows), and its checkpoint resumes without CP (the FSDP mesh is all ranks either way)
+with the losses of the run that never used CP. (Fixed-length rows under CP: tests/models/test_context_parallel_models.py.) Bad settings are one clear error."""
+import json
+import math
+import os
+import shutil
+
+import pytest
+
+from tests.flame.test_train import COMMON, ROOT, launch, launch_together, records
+
+GLA = os.path.join(ROOT, "configs", "models", "gla_debug.json")
+
+
+def _losses(dump: str) -> dict[int, float]:
+    return {step: r["loss"] for step, r in records(dump).items()}
+
+
+def _validation(dump: str) -> list[tuple[int, float, float]]:
+    with open(os.path.join(dump, "metrics.jsonl")) as f:
+        rows = [json.loads(line) for line in f]
+    return [(r["step"], r["val_loss"], r["val_bits_per_byte"]) for r in rows if "val_loss" in r]
+
+
+def _close(a: float, b: float) -> bool:
+    return abs(a - b) <= 2e-5 * abs(b) if math.isfinite(b) else not math.isfinite(a)
+
+
+def test_cp2_trains_the_losses_of_one_process_and_resumes_without_cp(tmp_path):
+    # packed documents (varlen), 4 steps of 2 microbatches with a NaN step; GLA: short convolutions, chunked op
+    local = str(tmp_path / "gla.json")
+    shutil.copy(GLA, local)
+    # one row per microbatch: the split falls inside a row (a document crosses it), not at a row's end
+    common = COMMON + ["--model.config", local, "--training.batch_size", "1", "--training.steps", "4",
+                       "--validation.enable", "--validation.steps", "2"]
+    dumps = {cp: str(tmp_path / f"cp{cp}") for cp in (1, 2)}
+    runs = launch_together([(common + ["--job.dump_folder", dumps[cp], "--parallelism.context_parallel_degree",
+                                       str(cp)], cp) for cp in (1, 2)])
+    for run in runs:
+        assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    want, got = _losses(dumps[1]), _losses(dumps[2])
+    assert sorted(want) == sorted(got) == [1, 2, 3, 4]
+    assert all(_close(got[s], want[s]) for s in want), (got, want)
+    assert not math.isfinite(want[3])  # the injected NaN step
+    # each rank of the CP run held half of every sample: the tokens of all ranks add up to the one process's
+    assert [r["tokens"] for r in records(dumps[2]).values()] == [r["tokens"] for r in records(dumps[1]).values()]
+    (vs, vl, vb), = _validation(dumps[2])
+    (ws, wl, wb), = _validation(dumps[1])
+    assert vs == ws == 4 and _close(vl, wl) and _close(vb, wb), (_validation(dumps[2]), _validation(dumps[1]))
+    assert "[data]" in runs[1].stdout
+
+    # the CP=2 run's step-2 checkpoint, resumed in one process without CP: steps 3-4 as in the run without CP
+    resumed = str(tmp_path / "resumed")
+    shutil.copytree(dumps[2], resumed)
+    run = launch(common + ["--job.dump_folder", resumed, "--checkpoint.load_step", "2"], 1)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert "saved on 2 ranks, now 1" in run.stdout, run.stdout[-3000:]
+    got = _losses(resumed)
+    assert sorted(got) == [1, 2, 3, 4] and all(_close(got[s], want[s]) for s in want), (got, want)
+
+
+def test_bad_context_parallel_settings_are_clear_errors():
+    from flame.config import ConfigError, load_config
+    from flame.distributed import World, build_context_parallel
+    with pytest.raises(ConfigError, match="multiple of it"):
+        load_config(["--training.seq_len", "63", "--parallelism.context_parallel_degree", "2"])
+    with pytest.raises(ConfigError, match="not supported yet"):
+        load_config(["--parallelism.context_parallel_degree", "2",
+                     "--parallelism.data_parallel_replicate_degree", "2"])
+    with pytest.raises(ConfigError, match=">= 1"):
+        load_config(["--parallelism.context_parallel_degree", "0"])
+    with pytest.raises(ConfigError, match="positive divisor of the 3 ranks"):
+        build_context_parallel(World(rank=0, world_size=3, local_rank=0, device=None, mesh=None), 2)
