@@ -14,7 +14,7 @@ import torch
 from fla.ops.utils.checks import (check_cu_seqlens, check_head_dim, check_initial_state, check_scale, check_tensor,
                                   normalize_inputs)
 from fla.ops.utils.cumsum import chunk_local_cumsum
-from fla.ops.utils.dispatch import get_backend
+from fla.ops.utils.dispatch import dispatch
 from fla.ops.utils.dplr import dplr_bwd_intra, dplr_fwd_intra
 from fla.ops.utils.dplr_h import dplr_bwd_dh, dplr_bwd_dv, dplr_fwd_h, dplr_fwd_o
 from fla.ops.utils.index import sequence_spans
@@ -204,14 +204,24 @@ def _chunk_dplr_torch(q, k, v, a, b, gk, scale, initial_state, output_final_stat
     return o, (torch.stack(finals) if output_final_state else None)
 
 
-def dplr_family(q, k, v, a, b, gk, scale, initial_state, output_final_state, cu_seqlens, function):
-    """Shared body of the chunk and fused_recurrent ops after the checks: the backend, then `function` (Triton)."""
-    scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
-    if get_backend(q) == "torch":
-        return _chunk_dplr_torch(q, k, v, a, b, gk, scale, initial_state, output_final_state, cu_seqlens)
+def _dplr_triton(q, k, v, a, b, gk, scale, initial_state, output_final_state, cu_seqlens, function):
     if initial_state is not None:
         initial_state = initial_state.contiguous()
     return function.apply(q, k, v, a, b, gk, scale, initial_state, output_final_state, cu_seqlens)
+
+
+def _dplr_torch(q, k, v, a, b, gk, scale, initial_state, output_final_state, cu_seqlens, function):
+    return _chunk_dplr_torch(q, k, v, a, b, gk, scale, initial_state, output_final_state, cu_seqlens)
+
+
+_dplr = dispatch(_dplr_triton, _dplr_torch)
+
+
+def dplr_family(q, k, v, a, b, gk, scale, initial_state, output_final_state, cu_seqlens, function):
+    """Shared body of the chunk and fused_recurrent ops after the checks: the backend (the Triton path runs
+    `function`, the chunk or the fused recurrent autograd function; the PyTorch path is the chunked form)."""
+    scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
+    return _dplr(q, k, v, a, b, gk, scale, initial_state, output_final_state, cu_seqlens, function)
 
 
 @normalize_inputs
