@@ -37,6 +37,8 @@ class KimiDeltaAttention(nn.Module):
     The cached recurrent state is [B, HV, V, K] (the peer library's layout).
     """
 
+    supports_cp = True  # cp_context reaches its op and its short convolutions
+
     _no_weight_decay = ("A_log", "dt_bias")
 
     def __init__(
@@ -113,9 +115,10 @@ class KimiDeltaAttention(nn.Module):
         past_key_values=None,
         use_cache: bool = False,
         cu_seqlens: torch.Tensor | None = None,
+        cp_context=None,
         **kwargs,
     ) -> tuple[torch.Tensor, None, object]:
-        step = RecurrentStep(self, hidden_states, attention_mask, past_key_values, use_cache, cu_seqlens)
+        step = RecurrentStep(self, hidden_states, attention_mask, past_key_values, use_cache, cu_seqlens, cp_context)
         x = step.x
         q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
         if self.use_short_conv:
@@ -128,8 +131,10 @@ class KimiDeltaAttention(nn.Module):
         beta = self.b_proj(x)  # logits: the op applies the sigmoid (times 2 with allow_neg_eigval)
         options = dict(initial_state=step.initial_state, output_final_state=step.use_cache,
                        use_qk_l2norm_in_kernel=True, use_gate_in_kernel=True, use_beta_sigmoid_in_kernel=True,
-                       allow_neg_eigval=self.allow_neg_eigval, state_v_first=True, cu_seqlens=step.cu_seqlens)
+                       allow_neg_eigval=self.allow_neg_eigval, state_v_first=True, cu_seqlens=step.cu_seqlens,
+                       **step.cp_kwargs)
         mode = "fused_recurrent" if step.mode == "fused_recurrent" else self.mode if not self.training else "chunk"
+        mode = "chunk" if step.cp_context is not None else mode  # only the chunked op takes cp_context
         op = fused_recurrent_kda if mode == "fused_recurrent" else chunk_kda
         o, final_state = op(q, k, v, g, beta, A_log=self.A_log, dt_bias=self.dt_bias, **options)
         o = self.o_norm(o, split_heads(self.g_proj(x), HV, V))

@@ -32,6 +32,8 @@ class LinearAttention(nn.Module):
     ([B, H, K', V], z [B, 1, H, K']), as the peer library stores it.
     """
 
+    supports_cp = True  # cp_context reaches its op and its short convolutions
+
     def __init__(
         self,
         hidden_size: int = 1024,
@@ -96,9 +98,10 @@ class LinearAttention(nn.Module):
         past_key_values=None,
         use_cache: bool = False,
         cu_seqlens: torch.Tensor | None = None,
+        cp_context=None,
         **kwargs,
     ) -> tuple[torch.Tensor, None, object]:
-        step = RecurrentStep(self, hidden_states, attention_mask, past_key_values, use_cache, cu_seqlens)
+        step = RecurrentStep(self, hidden_states, attention_mask, past_key_values, use_cache, cu_seqlens, cp_context)
         x = step.x
         H, H_kv, K, V = self.num_heads, self.num_kv_heads, self.head_k_dim, self.head_v_dim
         q = self.feature_map_q(split_heads(self.q_proj(x), H, K))
@@ -114,7 +117,7 @@ class LinearAttention(nn.Module):
         op = fused_recurrent_linear_attn if step.mode == "fused_recurrent" else chunk_linear_attn
         o, final_state = op(q.contiguous(), k.contiguous(), v, initial_state=state,
                             output_final_state=step.use_cache, normalize=self.do_feature_map_norm,
-                            cu_seqlens=step.cu_seqlens)
+                            cu_seqlens=step.cu_seqlens, **step.cp_kwargs)
         if self.do_feature_map_norm and final_state is not None:
             final_state = (final_state[..., :V], final_state[..., V][:, None])
         o = self.o_proj(self.norm(o).reshape(*o.shape[:2], self.value_dim))
