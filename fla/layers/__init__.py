@@ -30,7 +30,3 @@ __all__ += ["KimiDeltaAttention"]
 from fla.layers.rwkv7 import RWKV7Attention  # noqa: E402
 
 __all__ += ["RWKV7Attention"]
-
-from fla.layers.rwkv7 import RWKV7Attention  # noqa: E402
-
-__all__ += ["RWKV7Attention"]

@@ -67,7 +67,3 @@ __all__ += ["KDAConfig", "KDAForCausalLM", "KDAModel"]
 from fla.models.rwkv7 import RWKV7Config, RWKV7ForCausalLM, RWKV7Model  # noqa: E402
 
 __all__ += ["RWKV7Config", "RWKV7ForCausalLM", "RWKV7Model"]
-
-from fla.models.rwkv7 import RWKV7Config, RWKV7ForCausalLM, RWKV7Model  # noqa: E402
-
-__all__ += ["RWKV7Config", "RWKV7ForCausalLM", "RWKV7Model"]
