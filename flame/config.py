@@ -152,8 +152,8 @@ class Validation:
 
 @dataclass
 class Parallelism:
-    data_parallel_shard_degree: int = opt(-1, "FSDP shard group size; -1 = all ranks (divided by "
-                                              "data_parallel_replicate_degree)")
+    data_parallel_shard_degree: int = opt(-1, "FSDP data-parallel shards; -1 = all ranks divided by "
+                                              "data_parallel_replicate_degree and context_parallel_degree")
     data_parallel_replicate_degree: int = opt(1, "HSDP: replicas of the sharded model (ranks = replicate x shard; "
                                                  "gradients averaged over all); 1 = plain FSDP")
     context_parallel_degree: int = opt(1, "CP: ranks each packed sample is split across (ranks = data parallel x "
@@ -473,9 +473,6 @@ def validate(config: JobConfig) -> None:
         raise ConfigError(f"parallelism.context_parallel_degree={cp} splits every sample into {cp} equal pieces: "
                           f"training.seq_len ({t.seq_len}) must be a multiple of it (e.g. "
                           f"{-(-t.seq_len // cp) * cp})")
-    if cp > 1 and config.parallelism.data_parallel_replicate_degree > 1:
-        raise ConfigError("parallelism.context_parallel_degree > 1 with data_parallel_replicate_degree > 1 (HSDP) "
-                          "is not supported yet: use one of them (CP shards the model over all ranks with FSDP)")
 
 
 def help_text() -> str:

@@ -140,19 +140,27 @@ def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
     return values
 
 
-def build_fsdp_mesh(world: World, replicate_degree: int = 1, shard_degree: int = -1) -> DeviceMesh:
+def build_fsdp_mesh(world: World, replicate_degree: int = 1, shard_degree: int = -1, cp_degree: int = 1
+                    ) -> DeviceMesh:
     """The mesh FSDP2 shards over: `world.mesh` (1-D, all ranks) for plain FSDP, or a 2-D (dp_replicate, dp_shard)
-    mesh for HSDP, where each group of `shard_degree` ranks holds one sharded copy and the copies average their
-    gradients (fully_shard on a 2-D mesh). The loss scaling is the same: gradients are averaged over all ranks."""
+    mesh for HSDP, where each group of `world / replicate_degree` ranks holds one sharded copy and the copies
+    average their gradients (fully_shard on a 2-D mesh). The loss scaling is the same: gradients are averaged over
+    all ranks. With context parallelism (`cp_degree` consecutive ranks per sample) a copy's shard group is its
+    dp_shard x cp ranks flattened (they are consecutive), so `shard_degree` counts data-parallel shards only:
+    ranks = replicate x shard x cp."""
     from flame.config import ConfigError
     if not isinstance(replicate_degree, int) or replicate_degree < 1 or world.world_size % replicate_degree:
         raise ConfigError(f"parallelism.data_parallel_replicate_degree={replicate_degree} must be a positive divisor "
                           f"of the {world.world_size} ranks")
     shard = world.world_size // replicate_degree
-    if shard_degree not in (-1, shard):
+    if shard % cp_degree:
+        raise ConfigError(f"parallelism.data_parallel_replicate_degree={replicate_degree} x context_parallel_degree="
+                          f"{cp_degree} must divide the {world.world_size} ranks (ranks = replicate x shard x cp)")
+    if shard_degree not in (-1, shard // cp_degree):
+        cp_note = f" and context_parallel_degree={cp_degree}" if cp_degree > 1 else ""
         raise ConfigError(f"parallelism.data_parallel_shard_degree={shard_degree}: with "
-                          f"data_parallel_replicate_degree={replicate_degree} on {world.world_size} ranks it must be "
-                          f"{shard} (or -1)")
+                          f"data_parallel_replicate_degree={replicate_degree}{cp_note} on {world.world_size} ranks it "
+                          f"must be {shard // cp_degree} (or -1)")
     if replicate_degree == 1:
         return world.mesh
     return init_device_mesh(world.device.type, (replicate_degree, shard), mesh_dim_names=("dp_replicate", "dp_shard"))
@@ -162,7 +170,8 @@ def build_fsdp_mesh(world: World, replicate_degree: int = 1, shard_degree: int =
 class ContextParallel:
     """The (dp, cp) layout of context parallelism: `degree` consecutive ranks split every sample (global rank
     = dp_rank * degree + cp rank), each data-parallel group of them reads one batch. FSDP shards over dp x cp
-    flattened, which is every rank in order: the world's own 1-D mesh, so checkpoints are laid out as without CP."""
+    flattened, which is every rank in order: the world's own 1-D mesh, so checkpoints are laid out as without CP
+    (with HSDP: each replica's dp_shard x cp ranks, consecutive, see build_fsdp_mesh)."""
     degree: int = 1
     group: Any = None  # the CP process group (None when degree == 1)
     rank: int = 0  # this rank's piece of the sample

@@ -329,7 +329,7 @@ def train(config: JobConfig, world) -> dict[str, Any]:
 
     # --- model: meta -> weights under the seed -> activation checkpointing -> compile -> FSDP2
     fsdp_mesh = fdist.build_fsdp_mesh(world, config.parallelism.data_parallel_replicate_degree,
-                                      config.parallelism.data_parallel_shard_degree)
+                                      config.parallelism.data_parallel_shard_degree, cp.degree)
     model = build_model(model_config)
     flops = flops_per_token(model, context_len)
     model = materialize(model, world.device, t.seed)

@@ -63,13 +63,37 @@ def test_cp2_trains_the_losses_of_one_process_and_resumes_without_cp(tmp_path):
 
 def test_bad_context_parallel_settings_are_clear_errors():
     from flame.config import ConfigError, load_config
-    from flame.distributed import World, build_context_parallel
+    from flame.distributed import World, build_context_parallel, build_fsdp_mesh
     with pytest.raises(ConfigError, match="multiple of it"):
         load_config(["--training.seq_len", "63", "--parallelism.context_parallel_degree", "2"])
-    with pytest.raises(ConfigError, match="not supported yet"):
-        load_config(["--parallelism.context_parallel_degree", "2",
-                     "--parallelism.data_parallel_replicate_degree", "2"])
     with pytest.raises(ConfigError, match=">= 1"):
         load_config(["--parallelism.context_parallel_degree", "0"])
+    world = World(rank=0, world_size=4, local_rank=0, device=None, mesh=None)
     with pytest.raises(ConfigError, match="positive divisor of the 3 ranks"):
         build_context_parallel(World(rank=0, world_size=3, local_rank=0, device=None, mesh=None), 2)
+    with pytest.raises(ConfigError, match="ranks = replicate x shard x cp"):  # HSDP x CP must divide the ranks
+        build_fsdp_mesh(world, 2, -1, 4)
+    with pytest.raises(ConfigError, match="must be 1 .or -1."):  # shards count data-parallel ranks only
+        build_fsdp_mesh(world, 2, 2, 2)
+    assert build_fsdp_mesh(world, 1, 2, 2) is None  # FSDP over all ranks: the world's own mesh
+
+
+@pytest.mark.slow
+def test_hsdp_with_cp_trains_the_losses_of_fsdp(tmp_path):
+    """2 replicas x (1 shard x 2 CP ranks) on 4 ranks against plain FSDP on 2 ranks without CP: the same 2 data-parallel
+    ranks read the same data, so the losses and the validation agree. 6 processes: ~70 s on 2 cores (slow)."""
+    local = str(tmp_path / "gla.json")
+    shutil.copy(GLA, local)
+    common = COMMON + ["--model.config", local, "--training.batch_size", "1", "--training.steps", "4",
+                       "--validation.enable", "--validation.steps", "2"]
+    fsdp, hsdp = str(tmp_path / "fsdp"), str(tmp_path / "hsdp_cp")
+    runs = launch_together([(common + ["--job.dump_folder", fsdp], 2),
+                            (common + ["--job.dump_folder", hsdp, "--parallelism.context_parallel_degree", "2",
+                                       "--parallelism.data_parallel_replicate_degree", "2"], 4)])
+    for run in runs:
+        assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    want, got = _losses(fsdp), _losses(hsdp)
+    assert sorted(got) == sorted(want) == [1, 2, 3, 4] and all(_close(got[s], want[s]) for s in want), (got, want)
+    (_, vl, vb), = _validation(hsdp)
+    (_, wl, wb), = _validation(fsdp)
+    assert _close(vl, wl) and _close(vb, wb)
