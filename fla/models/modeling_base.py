@@ -156,8 +156,9 @@ class FLAModel(FLAPreTrainedModel):
         from fla.ops.cp import FLACPContext
         if not isinstance(cp_context, FLACPContext):
             raise ValueError(f"cp_context must be an fla.ops.cp.FLACPContext (got {type(cp_context).__name__})")
-        unsupported = sorted({type(layer.attn).__name__ for layer in self.layers
-                              if not isinstance(layer, FLABlock) or not getattr(layer.attn, "supports_cp", False)})
+        blocks = [unwrap_block(layer) for layer in self.layers]
+        unsupported = sorted({type(getattr(block, "attn", block)).__name__ for block in blocks
+                              if not isinstance(block, FLABlock) or not getattr(block.attn, "supports_cp", False)})
         if unsupported:
             raise ValueError(f"context parallelism (cp_context) is not supported by {', '.join(unsupported)} in "
                              f"{type(self).__name__} yet: run this model without it (context_parallel_degree = 1)")
@@ -386,6 +387,15 @@ class FLAForCausalLM(FLAPreTrainedModel, GenerationMixin):
         head = self.config.vocab_size * self.config.hidden_size
         mixer_flops = sum(layer.attn.flops_per_token(seq_len) for layer in self.model.layers)
         return float(6 * (matmul_params + head) + 3 * mixer_flops)
+
+
+def unwrap_block(module: nn.Module) -> nn.Module:
+    """The block inside the trainer's wrappers (activation checkpointing, torch.compile)."""
+    while True:
+        inner = getattr(module, "_checkpoint_wrapped_module", None) or getattr(module, "_orig_mod", None)
+        if inner is None:
+            return module
+        module = inner
 
 
 def keep_positions(x: torch.Tensor, logits_to_keep: int | torch.Tensor) -> torch.Tensor:
