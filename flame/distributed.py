@@ -193,6 +193,19 @@ def build_context_parallel(world: World, degree: int = 1) -> ContextParallel:
                            dp_rank=mesh.get_local_rank("dp"), dp_size=world.world_size // degree, mesh=mesh)
 
 
+def check_model_for_cp(model, cp: ContextParallel) -> None:
+    """Before any weight is allocated: a model with a layer that has no context-parallel path is one clear error."""
+    from flame.config import ConfigError
+    backbone = getattr(model, "model", model)
+    if cp.degree == 1 or not hasattr(backbone, "cp_unsupported_layers"):
+        return
+    unsupported = backbone.cp_unsupported_layers()
+    if unsupported:
+        raise ConfigError(f"parallelism.context_parallel_degree={cp.degree}: {type(model).__name__} has layers "
+                          f"without context parallelism ({', '.join(unsupported)}); use context_parallel_degree = "
+                          f"1 for this model (docs/context_parallel.md lists the layers that have it)")
+
+
 def split_for_cp(inputs: dict, n_targets: int, cp: ContextParallel | None) -> tuple[dict, int]:
     """Model inputs of a whole sample (input_ids / labels [B, T], packed: [1, T] with the global cu_seqlens) ->
     this rank's piece of them with its `cp_context`, and the number of targets the piece scores (the global

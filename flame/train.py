@@ -331,6 +331,7 @@ def train(config: JobConfig, world) -> dict[str, Any]:
     fsdp_mesh = fdist.build_fsdp_mesh(world, config.parallelism.data_parallel_replicate_degree,
                                       config.parallelism.data_parallel_shard_degree, cp.degree)
     model = build_model(model_config)
+    fdist.check_model_for_cp(model, cp)
     flops = flops_per_token(model, context_len)
     model = materialize(model, world.device, t.seed)
     n_params = num_params(model)

@@ -149,6 +149,12 @@ class FLAModel(FLAPreTrainedModel):
     def get_input_embeddings(self) -> nn.Embedding:
         return self.embeddings
 
+    def cp_unsupported_layers(self) -> list[str]:
+        """Class names of the layers that cannot run under context parallelism (empty: the model can)."""
+        blocks = [unwrap_block(layer) for layer in self.layers]
+        return sorted({type(getattr(block, "attn", block)).__name__ for block in blocks
+                       if not isinstance(block, FLABlock) or not getattr(block.attn, "supports_cp", False)})
+
     def check_cp(self, cp_context, cu_seqlens, attention_mask, cache) -> None:
         """Refuse what context parallelism cannot run, before any layer (and any collective) runs: a layer whose
         class does not set `supports_cp` (it would silently ignore the context), a block other than FLABlock,
@@ -156,9 +162,7 @@ class FLAModel(FLAPreTrainedModel):
         from fla.ops.cp import FLACPContext
         if not isinstance(cp_context, FLACPContext):
             raise ValueError(f"cp_context must be an fla.ops.cp.FLACPContext (got {type(cp_context).__name__})")
-        blocks = [unwrap_block(layer) for layer in self.layers]
-        unsupported = sorted({type(getattr(block, "attn", block)).__name__ for block in blocks
-                              if not isinstance(block, FLABlock) or not getattr(block.attn, "supports_cp", False)})
+        unsupported = self.cp_unsupported_layers()
         if unsupported:
             raise ValueError(f"context parallelism (cp_context) is not supported by {', '.join(unsupported)} in "
                              f"{type(self).__name__} yet: run this model without it (context_parallel_degree = 1)")
