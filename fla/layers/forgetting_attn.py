@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from fla.layers.utils import current_token_mask, pad, unpad
+from fla.layers.utils import check_cp_layer_call, current_token_mask, pad, unpad
 from fla.modules import rms_norm
 from fla.ops.attn import parallel_attn
 
@@ -56,6 +56,8 @@ class ForgettingAttention(nn.Module):
     The cache's attn_state is (keys [B, S, H_kv * D], values [B, S, H_kv * D], log gates [B, S, H] float32), the
     peer's layout.
     """
+
+    supports_cp = True  # cp_context reaches parallel_attn (keys and forget gates all-gathered)
 
     def __init__(
         self,
@@ -103,9 +105,11 @@ class ForgettingAttention(nn.Module):
         past_key_values=None,
         use_cache: bool = False,
         cu_seqlens: torch.Tensor | None = None,
+        cp_context=None,
         **kwargs,
     ) -> tuple[torch.Tensor, None, object]:
         B, T, _ = hidden_states.shape
+        check_cp_layer_call(self, cp_context, attention_mask, past_key_values, use_cache, cu_seqlens)
         q = self.q_proj(hidden_states).view(B, T, self.num_heads, self.head_dim)
         k = self.k_proj(hidden_states).view(B, T, self.num_kv_heads, self.head_dim)
         v = self.v_proj(hidden_states).view(B, T, self.num_kv_heads, self.head_dim)
@@ -114,7 +118,11 @@ class ForgettingAttention(nn.Module):
             q, k = self.q_norm(q), self.k_norm(k)
 
         state = past_key_values.layer_state(self.layer_idx) if past_key_values is not None else None
-        if state is None or state.attn_state is None:
+        if cp_context is not None:  # this rank's queries against the keys (and gates) of the whole sequence
+            o = parallel_attn(q.contiguous(), k.contiguous(), v.contiguous(), g=f, window_size=self.window_size,
+                              cp_context=cp_context)
+            new = (k, v, f)
+        elif state is None or state.attn_state is None:
             mask = current_token_mask(attention_mask, T)
             q, cu, indices = unpad(q, mask, cu_seqlens)
             k, _, _ = unpad(k, mask, cu_seqlens)

@@ -125,7 +125,8 @@ class GatedDeltaProduct(nn.Module):
         cu_seqlens: torch.Tensor | None = None,
         **kwargs,
     ) -> tuple[torch.Tensor, None, object]:
-        step = RecurrentStep(self, hidden_states, attention_mask, past_key_values, use_cache, cu_seqlens)
+        step = RecurrentStep(self, hidden_states, attention_mask, past_key_values, use_cache, cu_seqlens,
+                             kwargs.get("cp_context"))  # no CP path yet: refused there
         x = step.x
         q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
         if self.use_short_conv:

@@ -85,7 +85,8 @@ class HGRN2Attention(nn.Module):
         lower_bound: torch.Tensor | None = None,
         **kwargs,
     ) -> tuple[torch.Tensor, None, object]:
-        step = RecurrentStep(self, hidden_states, attention_mask, past_key_values, use_cache, cu_seqlens)
+        step = RecurrentStep(self, hidden_states, attention_mask, past_key_values, use_cache, cu_seqlens,
+                             kwargs.get("cp_context"))  # no CP path yet: refused there
         x = step.x
         q, f, i = self.q_proj(x), self.f_proj(x), self.i_proj(x)
         if self.use_short_conv:

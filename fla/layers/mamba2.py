@@ -190,7 +190,8 @@ class Mamba2(nn.Module):
         cu_seqlens: torch.Tensor | None = None,
         **kwargs,
     ) -> tuple[torch.Tensor, None, object]:
-        step = RecurrentStep(self, hidden_states, attention_mask, past_key_values, use_cache, cu_seqlens)
+        step = RecurrentStep(self, hidden_states, attention_mask, past_key_values, use_cache, cu_seqlens,
+                             kwargs.get("cp_context"))  # no CP path yet: refused there
         H, P, G, N = self.num_heads, self.head_dim, self.n_groups, self.ssm_state_size
         z, xBC, dt = self.in_proj(step.x).split([self.intermediate_size, self.conv_dim, H], dim=-1)
 

@@ -21,7 +21,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from fla.layers.utils import choose_mode, current_token_mask, pad, recurrent_flops_per_token, unpad
+from fla.layers.utils import (check_cp_layer_call, choose_mode, current_token_mask, pad, recurrent_flops_per_token,
+                              unpad)
 from fla.ops.rwkv7 import chunk_rwkv7, fused_mul_recurrent_rwkv7
 from fla.ops.utils.index import sequence_spans
 
@@ -217,6 +218,7 @@ class RWKV7Attention(nn.Module):
         cu_seqlens: torch.Tensor | None = None,
         **kwargs,
     ):
+        check_cp_layer_call(self, kwargs.get("cp_context"), None, None, False, None)  # no CP path yet: refused
         batch_size, seq_len = hidden_states.shape[:2]
         state = past_key_values.layer_state(self.layer_idx) if past_key_values is not None else None
         use_cache = use_cache and past_key_values is not None
