@@ -124,8 +124,8 @@ class GatedDeltaNet(nn.Module):
 
         op = fused_recurrent_gated_delta_rule if step.mode == "fused_recurrent" else chunk_gated_delta_rule
         o, final_state = op(q, k, v, g=g, beta=beta, initial_state=step.initial_state,  # keywords: the peer's order
-                            output_final_state=step.use_cache, state_v_first=True, cu_seqlens=step.cu_seqlens, **step.cp_kwargs,
-                            use_qk_l2norm_in_kernel=True)
+                            output_final_state=step.use_cache, state_v_first=True, cu_seqlens=step.cu_seqlens,
+                            use_qk_l2norm_in_kernel=True, **step.cp_kwargs)
         if self.use_gate:
             o = self.o_norm(o, split_heads(self.g_proj(x), HV, V))
         else:

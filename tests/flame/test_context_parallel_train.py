@@ -1,7 +1,8 @@
 """Context parallelism in flame (`parallelism.context_parallel_degree`), real torchrun with gloo: a run whose every
-sample is split across 2 ranks trains the same losses as one process on the same data (packed documents crossing
-the split, and fixed-length rows), and its checkpoint resumes without CP (the FSDP mesh is all ranks either way)
-with the losses of the run that never used CP. (Fixed-length rows under CP: tests/models/test_context_parallel_models.py.) Bad settings are one clear error."""
+sample is split across 2 ranks (packed documents crossing the split; activation checkpointing on) trains the same
+losses and validation as one process on the same data, and its checkpoint resumes in one process without CP (the
+FSDP mesh is all ranks either way) with the losses of the run that never used CP; HSDP x CP (slow) trains those
+of FSDP. Fixed-length rows under CP: tests/models/test_context_parallel_models.py. Bad settings are clear errors."""
 import json
 import math
 import os

@@ -30,7 +30,6 @@ def _rel(a, b):
 
 
 def _check_family(family, ctx_by_cu, failures):
-    from fla.ops.cp import build_cp_context  # noqa: F401
     from tests.models.test_models import make_model
     model = make_model(family, fuse_linear_cross_entropy=False, fuse_cross_entropy=False).train()
     params = [p for p in model.parameters() if p.requires_grad]
