@@ -163,3 +163,27 @@ def test_varlen_ops_run_under_inference_mode():
         o, _ = chunk_gated_delta_rule(q, k, v, g, beta, cu_seqlens=cu)
         want, _ = naive_recurrent_gated_delta_rule(q, k, v, beta, g, cu_seqlens=cu)
     assert_close("o", o, want, 1e-5)
+
+
+@pytest.mark.parametrize("backend", ["triton", "torch"])
+def test_state_v_first_final_state_gradient(backend):
+    """state_v_first: the [N, H, V, K] final state's gradient reaches the kernels contiguous (a strided one made
+    chunk_gla's dk, dv, dg 45-98% wrong on the Triton path; the peer's test_chunk_state_v_first found it)."""
+    from fla.ops.gla import chunk_gla
+    seed("state-v-first", backend)
+    B, T, H, D = 1, 70, 2, 16
+    q, k, v = (torch.rand(B, T, H, D) for _ in range(3))
+    g, h0 = F.logsigmoid(torch.rand(B, T, H, D)), torch.rand(B, H, D, D)
+    do, dht = torch.randn(B, T, H, D), torch.randn(B, H, D, D)
+
+    def run(state_v_first):
+        leaves = [x.clone().requires_grad_() for x in (q, k, v, g)]
+        h = (h0.transpose(-1, -2).contiguous() if state_v_first else h0.clone()).requires_grad_()
+        o, ht = chunk_gla(*leaves, initial_state=h, output_final_state=True, state_v_first=state_v_first)
+        ((o * do).sum() + (ht * (dht.transpose(-1, -2) if state_v_first else dht)).sum()).backward()
+        return [x.grad for x in leaves] + [h.grad.transpose(-1, -2) if state_v_first else h.grad]
+
+    with use_backend(backend):
+        want, got = run(False), run(True)
+    for name, a, b in zip(("dq", "dk", "dv", "dg", "dh0"), got, want):
+        assert_close(name, a, b, 1e-6)

@@ -104,12 +104,25 @@ def normalize_inputs(op: Callable) -> Callable:
                     values["initial_state"] = values["initial_state"].transpose(-1, -2)
                 values["state_v_first"] = False
                 o, final_state = op(**{n: fix(n, v) for n, v in values.items()})
-                return o, final_state.transpose(-1, -2) if final_state is not None else None
+                return o, _TransposedState.apply(final_state) if final_state is not None else None
             return op(**{n: fix(n, v) for n, v in values.items()})
         args = tuple(fix(names[i], a) if i < len(names) else a for i, a in enumerate(args))
         return op(*args, **{k: fix(k, v) for k, v in kwargs.items()})
 
     return wrapper
+
+
+class _TransposedState(torch.autograd.Function):
+    """A final state returned as [N, H, V, K]: a contiguous copy, whose gradient goes back contiguous too (a plain
+    transpose would hand the op's backward a strided final-state gradient, which its kernels read as contiguous)."""
+
+    @staticmethod
+    def forward(ctx, state):
+        return state.transpose(-1, -2).contiguous()
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad.transpose(-1, -2).contiguous()
 
 
 # op name -> the keywords its peer counterpart (fla-core 0.6.0) reads from **kwargs
