@@ -40,6 +40,8 @@ class HGRNAttention(nn.Module):
     The cached recurrent state is [B, input_dim] float32.
     """
 
+    supports_cp = True  # cp_context reaches its op and its short convolutions
+
     def __init__(
         self,
         mode: str = "chunk",
@@ -78,10 +80,10 @@ class HGRNAttention(nn.Module):
         use_cache: bool = False,
         cu_seqlens: torch.Tensor | None = None,
         lower_bound: torch.Tensor | None = None,
+        cp_context=None,
         **kwargs,
     ) -> tuple[torch.Tensor, None, object]:
-        step = RecurrentStep(self, hidden_states, attention_mask, past_key_values, use_cache, cu_seqlens,
-                             kwargs.get("cp_context"))  # no CP path yet: refused there
+        step = RecurrentStep(self, hidden_states, attention_mask, past_key_values, use_cache, cu_seqlens, cp_context)
         x = step.x
         i, f = self.i_proj(x), self.f_proj(x)
         if self.use_short_conv:  # the peer's cache order: (input, forget)
@@ -90,7 +92,7 @@ class HGRNAttention(nn.Module):
         i = swiglu(i, (1 - g.exp()).to(i.dtype))  # (1 - f_t) * silu(W_i x_t)
         op = fused_recurrent_hgrn if step.mode == "fused_recurrent" else chunk_hgrn
         o, final_state = op(i, g, initial_state=step.initial_state, output_final_state=step.use_cache,
-                            cu_seqlens=step.cu_seqlens)
+                            cu_seqlens=step.cu_seqlens, **step.cp_kwargs)
         o = self.o_proj(self.g_norm(o, self.g_proj(x)))
         return step.finish(o, final_state), None, past_key_values
 

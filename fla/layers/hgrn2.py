@@ -32,6 +32,8 @@ class HGRN2Attention(nn.Module):
     The cached recurrent state is [B, H, head_i_dim, expand_ratio] float32 (GLA's value-first layout).
     """
 
+    supports_cp = True  # cp_context reaches its op and its short convolutions
+
     def __init__(
         self,
         mode: str = "chunk",
@@ -83,10 +85,10 @@ class HGRN2Attention(nn.Module):
         use_cache: bool = False,
         cu_seqlens: torch.Tensor | None = None,
         lower_bound: torch.Tensor | None = None,
+        cp_context=None,
         **kwargs,
     ) -> tuple[torch.Tensor, None, object]:
-        step = RecurrentStep(self, hidden_states, attention_mask, past_key_values, use_cache, cu_seqlens,
-                             kwargs.get("cp_context"))  # no CP path yet: refused there
+        step = RecurrentStep(self, hidden_states, attention_mask, past_key_values, use_cache, cu_seqlens, cp_context)
         x = step.x
         q, f, i = self.q_proj(x), self.f_proj(x), self.i_proj(x)
         if self.use_short_conv:
@@ -98,7 +100,7 @@ class HGRN2Attention(nn.Module):
         q, k, g, i = split_heads(q, H, K), split_heads(k, H, K), split_heads(g, H, K), split_heads(i, H, V)
         op = fused_recurrent_gla if step.mode == "fused_recurrent" else chunk_gla
         o, final_state = op(q, k, i, g, initial_state=step.initial_state, output_final_state=step.use_cache,
-                            state_v_first=True, cu_seqlens=step.cu_seqlens)
+                            state_v_first=True, cu_seqlens=step.cu_seqlens, **step.cp_kwargs)
         o = self.o_proj(self.g_norm(o.reshape(*o.shape[:2], self.input_dim)))
         return step.finish(o, final_state), None, past_key_values
 

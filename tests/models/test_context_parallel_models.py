@@ -21,7 +21,7 @@ T = 48
 GLOBAL_CU = [0, 5, 6, 24, 25, 40, 48]  # 6-24 ends at the boundary of 2 ranks; 25-40 and 40-48 on rank 1
 CROSSING_CU = [0, 3, 30, 48]  # 3-30 crosses the boundary (rotary positions, state and halo from rank 0)
 FAMILIES = ["transformer", "gla", "retnet", "delta_net", "gated_deltanet", "linear_attn", "kda", "gla_hybrid",
-            "kda_hybrid", "forgetting_transformer"]
+            "kda_hybrid", "forgetting_transformer", "hgrn", "hgrn2"]
 REL = 1e-5
 
 
@@ -69,20 +69,20 @@ def shift(ids, cu):
 
 def _check_refusals(ctx, failures):
     from tests.models.test_models import make_model
-    model = make_model("hgrn").train()
+    model = make_model("rwkv7").train()
     ids = torch.randint(1, 64, (1, T // 2))
     try:
         model(ids, labels=ids, cp_context=ctx)
-        failures.append("hgrn under cp_context did not raise")
+        failures.append("rwkv7 under cp_context did not raise")
     except ValueError as e:
-        if "not supported by HGRNAttention" not in str(e):
-            failures.append(f"hgrn: unclear error {e}")
+        if "not supported by RWKV7Attention" not in str(e):
+            failures.append(f"rwkv7: unclear error {e}")
     try:  # the layer on its own (outside a model) refuses too: it would otherwise ignore the context
         model.model.layers[0].attn(torch.randn(1, T // 2, 32), cp_context=ctx)
-        failures.append("HGRNAttention under cp_context did not raise")
+        failures.append("RWKV7Attention under cp_context did not raise")
     except ValueError as e:
         if "does not support context parallelism" not in str(e):
-            failures.append(f"HGRNAttention: unclear error {e}")
+            failures.append(f"RWKV7Attention: unclear error {e}")
     model = make_model("gla").train()
     try:
         model(ids, labels=ids, cp_context=ctx, cu_seqlens=torch.tensor([0, T // 2]))

@@ -40,6 +40,7 @@ def _cases():
     from fla.modules import ShortConvolution
     from fla.ops import (chunk_delta_rule, chunk_gated_delta_rule, chunk_gla, chunk_linear_attn, chunk_retention,
                          chunk_simple_gla)
+    from fla.ops.hgrn import chunk_hgrn
     from fla.ops.kda import chunk_kda
     from fla.ops.attn.parallel import parallel_attn
 
@@ -81,6 +82,9 @@ def _cases():
         "kda": (lambda B: dict(_gdn_inputs(B, H, 2 * H, K, V), g=F.logsigmoid(torch.randn(B, T, 2 * H, K)) * 0.3),
                 lambda x, **w: chunk_kda(x["q"], x["k"], x["v"], x["g"], x["beta"], use_qk_l2norm_in_kernel=True,
                                          **w)[0], None),
+        # element-wise decay: every channel its own head, the state [N, D]
+        "hgrn": (lambda B: dict(x=torch.randn(B, T, 20), g=F.logsigmoid(torch.randn(B, T, 20)) * 0.3),
+                 lambda x, **w: chunk_hgrn(x["x"], x["g"], **w)[0], None),
         "short_conv": (lambda B: dict(x=torch.randn(B, T, 20)),
                        lambda x, cu_seqlens=None, cp_context=None: conv(x["x"], cu_seqlens=cu_seqlens,
                                                                         cp_context=cp_context)[0], conv),

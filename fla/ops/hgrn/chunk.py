@@ -18,6 +18,8 @@ import triton.language as tl
 # tl.sum is a nested @jit call in the interpreter (slow); tl.reduce with the standard combine takes numpy's path
 from triton.language.standard import _sum_combine
 
+from fla.ops.cp.chunk import check_cp_call, chunk_cp
+from fla.ops.cp.context import FLACPContext
 from fla.ops.hgrn.common import affine_combine, check_hgrn_inputs, hgrn_torch
 from fla.ops.hgrn.fused_recurrent import num_states
 from fla.ops.utils.checks import normalize_inputs
@@ -155,6 +157,19 @@ class ChunkHGRNFunction(torch.autograd.Function):
 _chunk_hgrn = dispatch(ChunkHGRNFunction.apply, hgrn_torch)
 
 
+def chunk_hgrn_cp(x: torch.Tensor, g: torch.Tensor, cp_context: FLACPContext) -> torch.Tensor:
+    """HGRN under context parallelism: its recurrence is the diagonal linear-state form with every channel a head
+    of K = V = 1 (state [N, D, 1, 1], q = 1, scale 1, decay g per head), so fla/ops/cp/chunk.py's diagonal path
+    applies as is: one run from a zero state, the all-gathered (M, B) = (exp(sum g), final state) summaries, and
+    the first document's outputs corrected by exp(cumsum g) * h_in."""
+    cu_seqlens = cp_context.cu_seqlens
+
+    def run(v, h0):  # h0 is None on the diagonal path (the op runs from a zero state)
+        o, ht = _chunk_hgrn(v[..., 0], g, None, True, cu_seqlens)
+        return o[..., None], ht[..., None, None]
+    return chunk_cp(run, x.new_ones(*x.shape, 1), x[..., None], g, 1.0, cp_context)[..., 0]
+
+
 @normalize_inputs
 def chunk_hgrn(
     x: torch.Tensor,
@@ -162,6 +177,8 @@ def chunk_hgrn(
     initial_state: torch.Tensor | None = None,
     output_final_state: bool = False,
     cu_seqlens: torch.Tensor | None = None,
+    *,
+    cp_context: FLACPContext | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """HGRN's gated recurrence h_t = exp(g_t) * h_{t-1} + x_t (o_t = h_t), chunk-parallel (training);
     differentiable.
@@ -171,8 +188,15 @@ def chunk_hgrn(
         g: [B, T, D] log forget gates (<= 0)
         initial_state: [N, D] float32 (N = B, or the number of sequences under cu_seqlens)
         cu_seqlens: [N + 1] int, packed sequences, B must be 1
+        cp_context: this rank's piece of a sequence split across ranks (fla.ops.cp.build_cp_context); x and g are
+            then this rank's tokens, and cu_seqlens / initial_state / output_final_state are not taken
     Returns:
         o: [B, T, D] in x's dtype; final_state: [N, D] float32 or None
     """
+    if cp_context is not None:
+        check_cp_call(cp_context, initial_state, output_final_state, cu_seqlens)
+        cu_seqlens = cp_context.cu_seqlens
     check_hgrn_inputs(x, g, initial_state, cu_seqlens)
+    if cp_context is not None:
+        return chunk_hgrn_cp(x, g, cp_context), None
     return _chunk_hgrn(x, g, initial_state, output_final_state, cu_seqlens)
