@@ -94,6 +94,7 @@ class Mamba2(nn.Module):
     """
 
     _no_weight_decay = ("A_log", "dt_bias", "D")
+    supports_cp = True  # cp_context reaches its scan (chunk_simple_gla) and its convolution
 
     def __init__(
         self,
@@ -188,17 +189,18 @@ class Mamba2(nn.Module):
         past_key_values=None,
         use_cache: bool = False,
         cu_seqlens: torch.Tensor | None = None,
+        cp_context=None,
         **kwargs,
     ) -> tuple[torch.Tensor, None, object]:
-        step = RecurrentStep(self, hidden_states, attention_mask, past_key_values, use_cache, cu_seqlens,
-                             kwargs.get("cp_context"))  # no CP path yet: refused there
+        step = RecurrentStep(self, hidden_states, attention_mask, past_key_values, use_cache, cu_seqlens, cp_context)
         H, P, G, N = self.num_heads, self.head_dim, self.n_groups, self.ssm_state_size
         z, xBC, dt = self.in_proj(step.x).split([self.intermediate_size, self.conv_dim, H], dim=-1)
 
         # the conv window is one tensor [B, conv_dim, W] (the peer's layout), not the tuple RecurrentStep keeps
         state = past_key_values.layer_state(self.layer_idx) if past_key_values is not None else None
         window = state.conv_state if state is not None else None
-        xBC, window = self.conv1d(xBC, cache=window, output_final_state=step.use_cache, cu_seqlens=step.cu_seqlens)
+        xBC, window = self.conv1d(xBC, cache=window, output_final_state=step.use_cache, cu_seqlens=step.cu_seqlens,
+                                   **step.cp_kwargs)
         x, Bg, Cg = xBC.split([self.intermediate_size, G * N, G * N], dim=-1)
 
         Bt, T = x.shape[:2]
@@ -213,7 +215,8 @@ class Mamba2(nn.Module):
         q = Cg.reshape(Bt, T, G, N).repeat_interleave(H // G, dim=2)
         op = fused_recurrent_simple_gla if step.mode == "fused_recurrent" else chunk_simple_gla
         y, final_state = op(q, k, v, g=g, scale=1.0, initial_state=step.initial_state,
-                            output_final_state=step.use_cache, state_v_first=True, cu_seqlens=step.cu_seqlens)
+                            output_final_state=step.use_cache, state_v_first=True, cu_seqlens=step.cu_seqlens,
+                            **step.cp_kwargs)
         D = self.D.view(H, P) if self.D_has_hdim else self.D.view(H, 1)
         y = (y + x * D.to(x.dtype)).reshape(Bt, T, self.intermediate_size)
         y = self.norm(y, z) if self.rmsnorm else y * F.silu(z)

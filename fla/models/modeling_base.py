@@ -153,12 +153,13 @@ class FLAModel(FLAPreTrainedModel):
         """Class names of the layers that cannot run under context parallelism (empty: the model can)."""
         blocks = [unwrap_block(layer) for layer in self.layers]
         return sorted({type(getattr(block, "attn", block)).__name__ for block in blocks
-                       if not isinstance(block, FLABlock) or not getattr(block.attn, "supports_cp", False)})
+                       if not (isinstance(block, FLABlock) or getattr(block, "passes_cp_context", False))
+                       or not getattr(block.attn, "supports_cp", False)})
 
     def check_cp(self, cp_context, cu_seqlens, attention_mask, cache) -> None:
         """Refuse what context parallelism cannot run, before any layer (and any collective) runs: a layer whose
-        class does not set `supports_cp` (it would silently ignore the context), a block other than FLABlock,
-        cu_seqlens (the context holds this piece's), a padding mask or a cache."""
+        class does not set `supports_cp` (it would silently ignore the context), a block other than FLABlock (or
+        one that sets `passes_cp_context`), cu_seqlens (the context holds this piece's), a padding mask or a cache."""
         from fla.ops.cp import FLACPContext
         if not isinstance(cp_context, FLACPContext):
             raise ValueError(f"cp_context must be an fla.ops.cp.FLACPContext (got {type(cp_context).__name__})")

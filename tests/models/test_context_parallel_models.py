@@ -21,7 +21,8 @@ T = 48
 GLOBAL_CU = [0, 5, 6, 24, 25, 40, 48]  # 6-24 ends at the boundary of 2 ranks; 25-40 and 40-48 on rank 1
 CROSSING_CU = [0, 3, 30, 48]  # 3-30 crosses the boundary (rotary positions, state and halo from rank 0)
 FAMILIES = ["transformer", "gla", "retnet", "delta_net", "gated_deltanet", "linear_attn", "kda", "gla_hybrid",
-            "kda_hybrid", "forgetting_transformer", "hgrn", "hgrn2"]
+            "kda_hybrid", "forgetting_transformer", "hgrn", "hgrn2",
+            "mamba2"]
 REL = 1e-5
 
 

@@ -46,6 +46,8 @@ class Mamba2Block(nn.Module):
     """x + mixer(RMSNorm(x)); with residual_in_fp32 the add is done in float32. Same forward signature as
     FLABlock."""
 
+    passes_cp_context = True  # its forward hands cp_context (in **kwargs) to the mixer, as FLABlock does
+
     def __init__(self, config: Mamba2Config, mixer: nn.Module):
         super().__init__()
         self.residual_in_fp32 = config.residual_in_fp32
