@@ -7,7 +7,14 @@ from fla.modules.convolution import ShortConvolution
 from fla.modules.fused_cross_entropy import FusedCrossEntropyLoss, fused_cross_entropy
 from fla.modules.fused_linear_cross_entropy import FusedLinearCrossEntropyLoss, fused_linear_cross_entropy
 from fla.modules.l2norm import L2Norm, l2_norm
-from fla.modules.layernorm import FusedRMSNormGated, RMSNorm, rms_norm, rms_norm_gated
+from fla.modules.fused_norm_gate import (
+    FusedLayerNormGated, FusedLayerNormSwishGate, FusedLayerNormSwishGateLinear, FusedRMSNormSwishGate,
+    FusedRMSNormSwishGateLinear,
+)
+from fla.modules.layernorm import (
+    FusedRMSNormGated, GroupNorm, GroupNormLinear, LayerNorm, LayerNormLinear, RMSNorm, RMSNormLinear, group_norm,
+    layer_norm, rms_norm, rms_norm_gated,
+)
 from fla.modules.mlp import GatedMLP, swiglu
 from fla.modules.rotary import RotaryEmbedding
 
@@ -15,4 +22,7 @@ __all__ = [
     "FusedCrossEntropyLoss", "FusedLinearCrossEntropyLoss", "FusedRMSNormGated", "GatedMLP", "L2Norm", "RMSNorm",
     "RotaryEmbedding", "ShortConvolution", "fused_cross_entropy", "fused_linear_cross_entropy", "l2_norm",
     "rms_norm", "rms_norm_gated", "swiglu",
+    "FusedLayerNormGated", "FusedLayerNormSwishGate", "FusedLayerNormSwishGateLinear", "FusedRMSNormSwishGate",
+    "FusedRMSNormSwishGateLinear", "GroupNorm", "GroupNormLinear", "LayerNorm", "LayerNormLinear", "RMSNormLinear",
+    "group_norm", "layer_norm",
 ]

@@ -245,6 +245,10 @@ def modules(x: Inputs):
     backward((y, res))
     backward(M.RMSNorm(D, dtype=dt, elementwise_affine=x.gates)(a))
     backward(M.FusedRMSNormGated(D, dtype=dt, activation="swish" if x.gates else "sigmoid")(a, b))
+    # the mean-centred kernel with bias (LayerNorm, its gated form) and the grouped view (GroupNorm)
+    backward(M.LayerNorm(D, bias=x.gates, dtype=dt)(a, b, prenorm=True))
+    backward(M.FusedLayerNormGated(D, bias=True, dtype=dt, activation="swish" if x.gates else "sigmoid")(a, b))
+    backward(M.GroupNorm(4, D, bias=True, is_rms_norm=x.gates, dtype=dt)(a))
     logits = torch.randn(8, 5000, dtype=dt, requires_grad=True)
     target = torch.randint(0, 5000, (8,))
     options = dict(label_smoothing=0.1, logit_scale=0.5, logit_softcapping=30.0, lse_square_scale=1e-4) if x.gates \
