@@ -25,6 +25,7 @@ FAMILIES = ["attn", "delta_rule", "gated_delta_rule", "gla", "linear_attn", "ret
             "generalized_delta_rule", "generalized_delta_rule.dplr", "rwkv7"]
 MODULES = ["fla.modules"] + [f"fla.modules.{m}" for m in (
     "convolution", "fused_cross_entropy", "fused_linear_cross_entropy", "l2norm", "layernorm", "mlp", "rotary")]
+MODULES += ["fla.modules.fused_norm_gate"]  # the gated norms (added later)
 MODULES += [f"fla.ops.{f}{sub}" for f in FAMILIES for sub in ("", ".naive")] + ["fla.ops.gated_delta_rule.gate"]
 # the files the peer's own tests and layers import the public ops from (added later; the table only grows): only
 # the names their family package exports are recorded there, not the files' internal helpers
