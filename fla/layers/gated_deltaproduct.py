@@ -41,6 +41,8 @@ class GatedDeltaProduct(nn.Module):
     The cached recurrent state is [B, HV, K, V] float32 (the peer's layout for this layer).
     """
 
+    supports_cp = True  # cp_context reaches its op (on token boundaries) and its short convolutions
+
     _no_weight_decay = ("A_log", "dt_bias")
 
     def __init__(
@@ -123,10 +125,10 @@ class GatedDeltaProduct(nn.Module):
         past_key_values=None,
         use_cache: bool = False,
         cu_seqlens: torch.Tensor | None = None,
+        cp_context=None,
         **kwargs,
     ) -> tuple[torch.Tensor, None, object]:
-        step = RecurrentStep(self, hidden_states, attention_mask, past_key_values, use_cache, cu_seqlens,
-                             kwargs.get("cp_context"))  # no CP path yet: refused there
+        step = RecurrentStep(self, hidden_states, attention_mask, past_key_values, use_cache, cu_seqlens, cp_context)
         x = step.x
         q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
         if self.use_short_conv:
@@ -153,7 +155,8 @@ class GatedDeltaProduct(nn.Module):
         else:
             o, final_state = chunk_gated_delta_product(q, k, v, g, beta, n, initial_state=step.initial_state,
                                                        output_final_state=step.use_cache,
-                                                       use_qk_l2norm_in_kernel=True, cu_seqlens=step.cu_seqlens)
+                                                       use_qk_l2norm_in_kernel=True, cu_seqlens=step.cu_seqlens,
+                                                       **step.cp_kwargs)
         if self.use_output_gate:
             o = self.o_norm(o, split_heads(self.g_proj(x), HV, V))
         else:

@@ -22,7 +22,7 @@ GLOBAL_CU = [0, 5, 6, 24, 25, 40, 48]  # 6-24 ends at the boundary of 2 ranks; 2
 CROSSING_CU = [0, 3, 30, 48]  # 3-30 crosses the boundary (rotary positions, state and halo from rank 0)
 FAMILIES = ["transformer", "gla", "retnet", "delta_net", "gated_deltanet", "linear_attn", "kda", "gla_hybrid",
             "kda_hybrid", "forgetting_transformer", "hgrn", "hgrn2",
-            "mamba2"]
+            "mamba2", "gated_deltaproduct"]
 REL = 1e-5
 
 

@@ -40,6 +40,7 @@ def _cases():
     from fla.modules import ShortConvolution
     from fla.ops import (chunk_delta_rule, chunk_gated_delta_rule, chunk_gla, chunk_linear_attn, chunk_retention,
                          chunk_simple_gla)
+    from fla.ops.gated_delta_product import chunk_gated_delta_product
     from fla.ops.hgrn import chunk_hgrn
     from fla.ops.kda import chunk_kda
     from fla.ops.attn.parallel import parallel_attn
@@ -85,6 +86,13 @@ def _cases():
         # element-wise decay: every channel its own head, the state [N, D]
         "hgrn": (lambda B: dict(x=torch.randn(B, T, 20), g=F.logsigmoid(torch.randn(B, T, 20)) * 0.3),
                  lambda x, **w: chunk_hgrn(x["x"], x["g"], **w)[0], None),
+        # n = 2 Householder rows per token, kept as [B, T, n, ...] so the pieces cut tokens, flattened in the call
+        "gated_delta_product": (lambda B: dict(q=torch.randn(B, T, H, K), k=torch.randn(B, T, 2, H, K),
+                                               v=torch.randn(B, T, 2, 2 * H, V), beta=torch.rand(B, T, 2, 2 * H),
+                                               g=F.logsigmoid(torch.randn(B, T, 2 * H))),
+                                lambda x, **w: chunk_gated_delta_product(
+                                    x["q"], x["k"].flatten(1, 2), x["v"].flatten(1, 2), x["g"], x["beta"].flatten(1, 2),
+                                    2, use_qk_l2norm_in_kernel=True, **w)[0], None),
         "short_conv": (lambda B: dict(x=torch.randn(B, T, 20)),
                        lambda x, cu_seqlens=None, cp_context=None: conv(x["x"], cu_seqlens=cu_seqlens,
                                                                         cp_context=cp_context)[0], conv),

@@ -13,9 +13,13 @@ output block of one gated delta rule pass; the state pass and WY form cost that 
 """
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 import torch.nn.functional as F
 
+from fla.ops.cp.chunk import check_cp_call
+from fla.ops.cp.context import FLACPContext
 from fla.ops.gated_delta_rule.chunk import chunk_delta_rule_family
 from fla.ops.utils.checks import (check_cu_seqlens, check_head_dim, check_initial_state, check_scale, check_tensor,
                                   normalize_inputs)
@@ -44,6 +48,24 @@ def steps_cu_seqlens(cu_seqlens: torch.Tensor | None, num_householder: int,
     steps = cu_seqlens * num_householder
     varlen_index(steps, torch.tensor(varlen_index(cu_seqlens, cu_seqlens_cpu).bounds) * num_householder)
     return steps
+
+
+def steps_cp_context(context: FLACPContext, num_householder: int) -> FLACPContext:
+    """The context of the unrolled rows: this rank's piece holds n rows per token, so its boundaries (and every
+    length the context records) scale by n; where documents start and which ranks they span do not change.
+    Built once per context and n (host data)."""
+    n = num_householder
+    key = ("householder_steps", n)
+    if n == 1:
+        return context
+    if key not in context._memo:
+        cu, cu_cpu = context.cu_seqlens, context.cu_seqlens_cpu
+        context._memo[key] = dataclasses.replace(
+            context, cu_seqlens=steps_cu_seqlens(cu, n, cu_cpu), cu_seqlens_cpu=None if cu_cpu is None else cu_cpu * n,
+            part_len=None if context.part_len is None else context.part_len * n,
+            pre_num_conv_tokens=None if context.pre_num_conv_tokens is None else context.pre_num_conv_tokens * n,
+            _memo={})
+    return context._memo[key]
 
 
 def check_gated_delta_product_inputs(q, k, v, g, beta, num_householder, scale, initial_state, cu_seqlens) -> None:
@@ -85,6 +107,8 @@ def chunk_gated_delta_product(
     use_qk_l2norm_in_kernel: bool = False,
     cu_seqlens: torch.Tensor | None = None,
     cu_seqlens_cpu: torch.Tensor | None = None,
+    *,
+    cp_context: FLACPContext | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Gated DeltaProduct (Siems et al., 2025): per token one decay, then num_householder delta-rule steps
     (`S = exp(g_t) S_{t-1}`, then for each step j `S = S + k_tj^T beta_tj (v_tj - k_tj S)`, `o_t = scale * q_t S`),
@@ -101,19 +125,28 @@ def chunk_gated_delta_product(
         use_qk_l2norm_in_kernel: L2-normalize q and k first (differentiated through)
         cu_seqlens: [N + 1] int token boundaries, B must be 1 (the Householder rows follow: n * cu_seqlens);
             cu_seqlens_cpu: the same on the host (optional: then no device->host sync)
+        cp_context: this rank's piece of a sequence split across ranks (fla.ops.cp.build_cp_context, on token
+            boundaries); the inputs are then this rank's tokens (and their n rows each), and cu_seqlens /
+            initial_state / output_final_state are not taken. The gated delta rule runs under the context of
+            the unrolled rows (`steps_cp_context`).
     Returns:
         o: [B, T, HV, V]; final_state: [N, HV, K, V] float32 or None
     """
+    if cp_context is not None:
+        check_cp_call(cp_context, initial_state, output_final_state, cu_seqlens)
+        cu_seqlens, cu_seqlens_cpu = cp_context.cu_seqlens, cp_context.cu_seqlens_cpu
     check_gated_delta_product_inputs(q, k, v, g, beta, num_householder, scale, initial_state, cu_seqlens)
     n = num_householder
     if use_qk_l2norm_in_kernel:  # before the interleave: the zero query rows need no norm
         q, k = l2_norm(q), l2_norm(k)
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
-    cu_steps = steps_cu_seqlens(cu_seqlens, n, cu_seqlens_cpu)
+    cu_steps = steps_cu_seqlens(cu_seqlens, n, cu_seqlens_cpu) if cp_context is None else None
     q_steps = interleave_steps(q, n, first=False)
     g_steps = interleave_steps(g, n, first=True) if g is not None else None
+    steps_context = steps_cp_context(cp_context, n) if cp_context is not None else None
     o, ht = chunk_delta_rule_family(q_steps, k, v, g_steps, beta, scale, initial_state, output_final_state, False,
-                                    cu_steps)
+                                    steps_context.cu_seqlens if steps_context is not None else cu_steps,
+                                    cp_context=steps_context)
     if n > 1:
         o = o.unflatten(1, (-1, n))[:, :, -1].contiguous()
     return o, (ht if output_final_state else None)
