@@ -7,13 +7,12 @@ o = RMSNorm(o) * swish(W_g x).
 """
 from __future__ import annotations
 
-import math
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from fla.layers.utils import RecurrentStep, recurrent_flops_per_token, split_heads
+from fla.layers.utils import RecurrentStep, init_dt_bias, recurrent_flops_per_token, split_heads
 from fla.modules import FusedRMSNormGated, RMSNorm, ShortConvolution
 from fla.ops.gated_delta_rule import chunk_gated_delta_rule, fused_recurrent_gated_delta_rule
 from fla.ops.gated_delta_rule.gate import naive_gdn_gate
@@ -94,9 +93,7 @@ class GatedDeltaNet(nn.Module):
         """The gate parameters only (Mamba2's init): A ~ U(0, 16), dt ~ logU(dt_min, dt_max) stored as
         softplus^-1(dt). The projections are initialized by the model."""
         self.A_log.copy_(torch.empty_like(self.A_log).uniform_(0, 16).clamp_min(1e-4).log())
-        dt = torch.exp(torch.rand_like(self.dt_bias) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
-        dt = dt.clamp_min(dt_floor)
-        self.dt_bias.copy_(dt + torch.log(-torch.expm1(-dt)))
+        init_dt_bias(self.dt_bias, dt_min, dt_max, dt_floor)
 
     def forward(
         self,

@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from fla.layers.utils import RecurrentStep, recurrent_flops_per_token, split_heads
+from fla.layers.utils import RecurrentStep, init_dt_bias, recurrent_flops_per_token, split_heads
 from fla.modules import FusedRMSNormGated, RMSNorm, ShortConvolution
 from fla.ops.gated_delta_product import chunk_gated_delta_product
 from fla.ops.gated_delta_product.chunk import interleave_steps, steps_cu_seqlens
@@ -114,9 +114,7 @@ class GatedDeltaProduct(nn.Module):
         if not self.use_forget_gate:
             return
         self.A_log.copy_(torch.empty_like(self.A_log).uniform_(0, 16).log())
-        dt = torch.exp(torch.rand_like(self.dt_bias) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
-        dt = dt.clamp_min(dt_floor)
-        self.dt_bias.copy_(dt + torch.log(-torch.expm1(-dt)))
+        init_dt_bias(self.dt_bias, dt_min, dt_max, dt_floor)
 
     def forward(
         self,

@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from fla.layers.utils import RecurrentStep, recurrent_flops_per_token, split_heads
+from fla.layers.utils import RecurrentStep, init_dt_bias, recurrent_flops_per_token, split_heads
 from fla.modules import FusedRMSNormGated, ShortConvolution
 from fla.ops.kda import chunk_kda, fused_recurrent_kda
 
@@ -104,9 +104,7 @@ class KimiDeltaAttention(nn.Module):
         """The gate parameters only (the peer's init): A ~ U(1, 16), dt ~ logU(dt_min, dt_max) stored as
         softplus^-1(dt). The projections are initialized by the model."""
         self.A_log.copy_(torch.empty_like(self.A_log).uniform_(1, 16).log())
-        dt = torch.exp(torch.rand_like(self.dt_bias) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
-        dt = dt.clamp_min(dt_floor)
-        self.dt_bias.copy_(dt + torch.log(-torch.expm1(-dt)))
+        init_dt_bias(self.dt_bias, dt_min, dt_max, dt_floor)
 
     def forward(
         self,

@@ -12,13 +12,12 @@ and scale 1, so it runs on `chunk_simple_gla` (training, long prompts) and `fuse
 """
 from __future__ import annotations
 
-import math
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from fla.layers.utils import RecurrentStep, recurrent_flops_per_token
+from fla.layers.utils import RecurrentStep, init_dt_bias, recurrent_flops_per_token
 from fla.modules import ShortConvolution, rms_norm, rms_norm_gated
 from fla.ops.simple_gla import chunk_simple_gla, fused_recurrent_simple_gla
 
@@ -177,9 +176,7 @@ class Mamba2(nn.Module):
         dt_max) floored at dt_init_floor stored as softplus^-1(dt), D = 1. Projections, convolution and norm are
         initialized by the model (or their own reset)."""
         self.A_log.copy_(torch.empty_like(self.A_log).uniform_(*self.A_init_range).log())
-        log_lo, log_hi = math.log(self.dt_min), math.log(self.dt_max)
-        dt = torch.exp(torch.rand_like(self.dt_bias) * (log_hi - log_lo) + log_lo).clamp_min(self.dt_init_floor)
-        self.dt_bias.copy_(dt + torch.log(-torch.expm1(-dt)))
+        init_dt_bias(self.dt_bias, self.dt_min, self.dt_max, self.dt_init_floor)
         self.D.fill_(1.0)
 
     def forward(

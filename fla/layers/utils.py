@@ -6,6 +6,8 @@ boundary and padding never touches a state), and the output is scattered back to
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -196,3 +198,12 @@ def output_norm(dim: int, use_output_gate: bool, gate_fn: str, elementwise_affin
     if use_output_gate:
         return FusedRMSNormGated(dim, elementwise_affine=elementwise_affine, eps=eps, activation=gate_fn)
     return RMSNorm(dim, elementwise_affine=elementwise_affine, eps=eps)
+
+
+@torch.no_grad()
+def init_dt_bias(dt_bias: torch.Tensor, dt_min: float, dt_max: float, dt_floor: float) -> None:
+    """Mamba-2's time-step init, shared by every mixer with a softplus(x + dt_bias) gate: dt ~ logU(dt_min, dt_max)
+    floored at dt_floor, stored as softplus^-1(dt) so that softplus(dt_bias) = dt at x = 0."""
+    log_lo, log_hi = math.log(dt_min), math.log(dt_max)
+    dt = torch.exp(torch.rand_like(dt_bias) * (log_hi - log_lo) + log_lo).clamp_min(dt_floor)
+    dt_bias.copy_(dt + torch.log(-torch.expm1(-dt)))
