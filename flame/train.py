@@ -575,7 +575,7 @@ def main(argv: list[str] | None = None) -> int:
         config, config_error = None, e
     if config_error is not None and int(os.environ.get("WORLD_SIZE", "1")) == 1:
         # one process: no rank to wait for, so say it before torch is even imported
-        print(f"flame.train: config error (rank 0): {config_error}", file=sys.stderr, flush=True)
+        _say(f"flame.train: config error (rank 0): {config_error}")
         return 2
     if config is not None and os.environ.get("RANK", "0") == "0":
         _log_start(config)
@@ -595,24 +595,36 @@ def main(argv: list[str] | None = None) -> int:
                 train(config, world)
         return 0
     except (ConfigError, ModelConfigError, CheckpointError, DumpFolderInUse, _data_errors()) as e:
-        print(f"flame.train: {_kind(e)} error (rank {world.rank}): {e}", file=sys.stderr, flush=True)
+        _say(f"flame.train: {_kind(e)} error (rank {world.rank}): {e}")
         fdist.wait_for_every_rank(world)
         return 2
     except TrainingStopped as e:
-        print(f"flame.train: training stopped (rank {world.rank}): {e}", file=sys.stderr, flush=True)
+        _say(f"flame.train: training stopped (rank {world.rank}): {e}")
         fdist.wait_for_every_rank(world)
         return 3
     except Exception:
         # printed here, before the process group is torn down: torchrun stops this rank as soon as another exits,
         # and a traceback Python would print after `finally` is then lost
-        print(f"flame.train: unexpected error (rank {world.rank}):\n{traceback.format_exc()}", file=sys.stderr,
-              flush=True)
+        _say(f"flame.train: unexpected error (rank {world.rank}):\n{traceback.format_exc()}")
         raise
     finally:
         # torchtitan's GarbageCollection disables automatic collection for the run; give it back to the caller.
         gc.enable()
         with contextlib.suppress(Exception):
             fdist.shutdown()
+
+
+def _say(line: str) -> None:
+    """One line to stderr in one write: every rank shares torchrun's stderr pipe, and print() writes the text and its
+    newline separately, so another rank's line could land between them (seen in CI: two ranks' errors on one line).
+    A pipe write under PIPE_BUF bytes is atomic; a longer one (a traceback) still arrives whole on most systems."""
+    try:
+        fd = sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):  # a captured stream (pytest's capsys) has no descriptor
+        sys.stderr.write(line + "\n")
+        return
+    sys.stderr.flush()
+    os.write(fd, (line + "\n").encode(errors="replace"))
 
 
 def _log_start(config: JobConfig) -> None:

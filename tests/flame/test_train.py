@@ -53,11 +53,11 @@ def launch_together(jobs: list[tuple[list[str], int]]) -> list[subprocess.Comple
 
 
 def on_every_rank(stderr: str, message: str, nproc: int = 2) -> bool:
-    """flame.train's one error line, with `message` in it, from each of the `nproc` ranks. Searched anywhere in a
-    line: two ranks (and torchrun's own log) share the stderr pipe, so a line can start after another's unfinished
-    write (seen once under a loaded CI box: one rank's line not at the start of its line)."""
-    lines = [line for line in stderr.splitlines() if "flame.train: " in line and message in line]
-    return sorted({line.split("(rank ", 1)[1].split(")")[0] for line in lines if "(rank " in line}) == \
+    """flame.train's one error line, with `message` in it, from each of the `nproc` ranks. Every "flame.train: " starts
+    a piece, wherever it sits in a line: ranks (and torchrun's own log) share the stderr pipe, and before flame wrote
+    each line in one write, CI saw a rank's line start inside another's and two ranks' errors on one line."""
+    pieces = [p for line in stderr.splitlines() for p in line.split("flame.train: ")[1:] if message in p]
+    return sorted({p.split("(rank ", 1)[1].split(")")[0] for p in pieces if "(rank " in p}) == \
         [str(r) for r in range(nproc)]
 
 
