@@ -249,6 +249,11 @@ def modules(x: Inputs):
     backward(M.LayerNorm(D, bias=x.gates, dtype=dt)(a, b, prenorm=True))
     backward(M.FusedLayerNormGated(D, bias=True, dtype=dt, activation="swish" if x.gates else "sigmoid")(a, b))
     backward(M.GroupNorm(4, D, bias=True, is_rms_norm=x.gates, dtype=dt)(a))
+    # the *Linear forms: the backward kernel recomputes y (STORE_Y), gated and not
+    lw = torch.randn(64, D, dtype=dt, requires_grad=True)
+    backward(M.GroupNormLinear(4, D, bias=True, dtype=dt)(a, lw, None, b, prenorm=True))
+    backward(M.FusedRMSNormSwishGateLinear(D, dtype=dt)(a, b, lw) if x.gates
+             else M.FusedLayerNormSwishGateLinear(D, dtype=dt)(a, b, lw))
     logits = torch.randn(8, 5000, dtype=dt, requires_grad=True)
     target = torch.randint(0, 5000, (8,))
     options = dict(label_smoothing=0.1, logit_scale=0.5, logit_softcapping=30.0, lse_square_scale=1e-4) if x.gates \
@@ -272,7 +277,29 @@ def modules(x: Inputs):
     backward(powglu_linear(a, b, torch.randn(D, D, dtype=dt, requires_grad=True), None))
 
 
+def activations(x: Inputs):
+    """Every code of the elementwise ACT switch, forward and backward; the gated kernels with and without the
+    product written back (WRITE_Z, the *_linear weight gradient); row-strided inputs (STRIDED) in the bare variant."""
+    import fla.modules.activations as A
+
+    D = 200
+    if x.gates:
+        a, b = x.x(D), x.x(D)
+    else:  # halves of one buffer: the strided addressing
+        buf = x.x(2 * D)
+        a, b = buf[..., :D], buf[..., D:]
+    for fn in (A.sigmoid, A.logsigmoid, A.swish, A.elu_p1, A.sqrelu, A.fast_gelu_impl):
+        if x.dtype != torch.float32:  # float32 adds nothing the two half types do not show (fewer compiles)
+            backward(fn(a))
+    for fn in (A.swiglu, A.sigmoidglu, A.powglu):
+        backward(fn(a, b))
+    w = torch.randn(64, D, dtype=x.dtype, requires_grad=True)
+    for fn in (A.swiglu_linear, A.sigmoidglu_linear, A.powglu_linear):
+        backward(fn(a, b, w, None))
+
+
 # Variant-major: a run cut short by its time budget has compiled every family in bfloat16 first.
 _PER_FAMILY = [each_variant(fn) for fn in (simple_gla, gla, retention, linear_attn, delta_rule, gated_delta_rule,
-                                           kda, dplr, hgrn, attn, utils, modules)]
+                                           kda, dplr, hgrn, attn, utils, modules,
+                                           activations)]
 CASES = [cases[i] for i in range(len(VARIANTS)) for cases in _PER_FAMILY]
