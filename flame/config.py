@@ -98,6 +98,11 @@ class Optimizer:
     beta2: float = opt(0.95, "Adam beta2")
     eps: float = opt(1e-8, "Adam epsilon")
     weight_decay: float = opt(0.1, "decoupled weight decay")
+    weight_decay_exclude: list[Literal["marked", "1d", "embedding"]] = opt(
+        ["marked", "1d"], "kinds of parameters with no weight decay: 'marked' (a layer's _no_weight_decay: Mamba-2 "
+                          "A_log, dt_bias, D; A_log, dt_bias of Gated DeltaNet, KDA, Gated DeltaProduct), '1d' (norm "
+                          "weights, biases, per-channel gains), 'embedding' (the token embedding); empty = decay "
+                          "every parameter (flame's behaviour before this option)")
     implementation: Literal["auto", "fused", "foreach", "for-loop"] = opt("auto", "auto = fused on GPU, foreach "
                                                                                   "on CPU")
 

@@ -55,14 +55,17 @@ def nothing_to_do(step: int, total: int, step_dir: str, dump_folder: str) -> str
 
 def banner(*, world_size: int, device: str, backend: str, model_type: str, model_path: str, params: int,
            train_sources: list[tuple[str, float, int | None]], validation: str, dump_folder: str,
-           checkpoint_folder: str | None, start: str, steps: int, tokens_per_step: int, compile: bool) -> str:
-    """The start banner. `train_sources`: (label, weight, documents or None for a stream)."""
+           checkpoint_folder: str | None, start: str, steps: int, tokens_per_step: int, compile: bool,
+           optimizer: str | None = None) -> str:
+    """The start banner. `train_sources`: (label, weight, documents or None for a stream); `optimizer`: what is
+    decayed and what is not (flame.param_groups.WeightDecayGroups.describe)."""
     total_weight = sum(w for _, w, _ in train_sources) or 1.0
     data = "; ".join(f"{label} ({'streamed' if n is None else f'{n:,} documents'}, weight {w:g} = "
                      f"{100 * w / total_weight:.0f}%)" for label, w, n in train_sources)
     lines = [f"[flame] {world_size} rank{'s' if world_size != 1 else ''} on {device} ({backend})",
              f"  model       {model_type} from {model_path}: {params:,} parameters"
              + (" (torch.compile per block)" if compile else ""),
+             *([f"  optimizer   {optimizer}"] if optimizer else []),
              f"  data        {data}",
              f"  validation  {validation}",
              f"  steps       {steps} x {tokens_per_step:,} tokens = {steps * tokens_per_step:,} tokens",

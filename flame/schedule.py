@@ -54,15 +54,21 @@ def _lrs(scheduler, step: int) -> list[float]:
 
 
 def build_optimizers(model, config, device: torch.device):
-    """AdamW (or Adam) over every parameter and the configured LR schedule, from torchtitan's containers."""
+    """AdamW (or Adam) and the configured LR schedule, from torchtitan's containers. Two parameter groups, by
+    flame.param_groups.weight_decay_groups: `optimizer.weight_decay` on the decayed one, 0 on the excluded one
+    (`optimizer.weight_decay_exclude`); a group with no parameter is left out."""
+    from flame.param_groups import Optimizers, exact_pattern, weight_decay_groups
     o = config.optimizer
     implementation = o.implementation
     if implementation == "auto":
         implementation = "fused" if device.type == "cuda" else "foreach"
-    optimizers = OptimizersContainer.Config(
-        param_groups=[ParamGroupConfig(pattern=r".*", optimizer_name=o.name, optimizer_kwargs={
-            "lr": o.lr, "betas": (o.beta1, o.beta2), "eps": o.eps, "weight_decay": o.weight_decay})],
-        implementation=implementation).build(model_parts=[model])
+    groups = weight_decay_groups(model, o.weight_decay_exclude)
+    kwargs = {"lr": o.lr, "betas": (o.beta1, o.beta2), "eps": o.eps}
+    param_groups = [ParamGroupConfig(pattern=exact_pattern(names), optimizer_name=o.name,
+                                     optimizer_kwargs={**kwargs, "weight_decay": weight_decay})
+                    for names, weight_decay in ((groups.decay, o.weight_decay), (groups.no_decay, 0.0)) if names]
+    optimizers = Optimizers(OptimizersContainer.Config(param_groups=param_groups, implementation=implementation),
+                            model_parts=[model], weight_decay_groups=groups)
     built = LRSchedulersContainer.Config(**_titan_schedule(config.lr_scheduler)).build(
         optimizers=optimizers, training_steps=config.training.steps)
     # the same lambda in our container (a LambdaLR built twice on one optimizer only resets its LR to lambda(0))

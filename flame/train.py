@@ -362,6 +362,8 @@ def train(config: JobConfig, world) -> dict[str, Any]:
         start = (f"resumed from {checkpointer.step_dir(resume_step)} (step {state.step}, saved on "
                  f"{saved.get('world_size', '?')} ranks, now {world.world_size})")
         _log(world, f"[checkpoint] {start}")
+        for note in optimizers.resume_notes:  # group settings the checkpoint had otherwise (e.g. weight decay)
+            _log(world, note)
         if not saved.get("seed_checkpoint"):
             resumed_schedule(config, world, checkpointer.step_dir(resume_step), state.step, optimizers,
                              lr_schedulers)
@@ -375,7 +377,11 @@ def train(config: JobConfig, world) -> dict[str, Any]:
                             model_path=config.model.config, params=n_params, train_sources=sources,
                             validation=validation_text, dump_folder=dump,
                             checkpoint_folder=checkpointer.folder if checkpointer.enable else None, start=start,
-                            steps=t.steps, tokens_per_step=tokens_per_step, compile=t.compile), flush=True)
+                            steps=t.steps, tokens_per_step=tokens_per_step, compile=t.compile,
+                            optimizer=f"{config.optimizer.name}, "
+                                      + optimizers.weight_decay_groups.describe(config.optimizer.weight_decay,
+                                                                                config.optimizer.weight_decay_exclude)),
+                     flush=True)
 
     # --- observability
     from torchtitan.distributed.utils import clip_grad_norm_, dist_max, dist_mean

@@ -164,6 +164,7 @@ def test_a_run_says_what_it_does(runs):
     assert f"[resume] 1 setting changed since {runs['b']}/checkpoint/step-4 was saved:\n" \
            f"  job.crash_at_step: 5 -> -1\n" in b3, b3[-3000:]
     assert "[lr]" not in b3  # the schedule's settings are as saved: it is left alone (bit-exact resume)
+    assert "[optimizer]" not in b3  # the optimizer groups' settings are as saved, too
     assert "[flame] done: steps 5-6 of 6" in b3
     for run in ("b2", "b3"):
         assert "get_last_lr" not in runs[run]["stderr"], runs[run]["stderr"][-2000:]
