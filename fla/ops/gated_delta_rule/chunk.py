@@ -129,7 +129,8 @@ def chunk_gated_delta_rule(
     `o_t = scale * q_t S_t`), chunk-parallel; differentiable.
 
     Args:
-        q, k: [B, T, H, K]; v: [B, T, HV, V] (HV a multiple of H: grouped values)
+        q, k: [B, T, H, K]; v: [B, T, HV, V] (HV a multiple of H: grouped values), all in one dtype; K <= 256
+            (as in the peer), V of any size (the kernels tile it)
         g: [B, T, HV] log decays (<= 0)
         beta: [B, T, HV] writing strengths in (0, 1)
         scale: defaults to K ** -0.5
@@ -154,6 +155,11 @@ def chunk_gated_delta_rule(
     if cp_context is not None:
         check_cp_call(cp_context, initial_state, output_final_state, cu_seqlens)
         cu_seqlens = cp_context.cu_seqlens
+    if isinstance(q, torch.Tensor) and isinstance(v, torch.Tensor) and q.dtype != v.dtype:
+        # the peer's chunk kernels fail on this too (a tl.dot of A in k's dtype with v's blocks)
+        raise ValueError(f"chunk_gated_delta_rule needs v in q and k's dtype (got q {q.dtype}, v {v.dtype}): cast "
+                         "one side first, or use fused_recurrent_gated_delta_rule, which takes them in different "
+                         "dtypes")
     check_delta_rule_inputs(q, k, v, g, beta, scale, initial_state, cu_seqlens, per_channel_beta=False)
     o, ht = chunk_delta_rule_family(q, k, v, g, beta, scale, initial_state, output_final_state,
                                     use_qk_l2norm_in_kernel, cu_seqlens, cp_context)

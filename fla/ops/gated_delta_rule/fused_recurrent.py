@@ -27,8 +27,8 @@ from triton.language.standard import _sum_combine
 
 from fla.ops.gated_delta_rule.gate import gated_delta_rule_inputs
 from fla.ops.gated_delta_rule.naive import naive_recurrent_gated_delta_rule
-from fla.ops.utils.checks import (check_cu_seqlens, check_head_dim, check_initial_state, check_scale, check_tensor,
-                                  normalize_inputs)
+from fla.ops.utils.checks import (FLOAT_DTYPES, check_cu_seqlens, check_head_dim, check_initial_state, check_scale,
+                                  check_tensor, normalize_inputs)
 from fla.ops.utils.dispatch import autotune, dispatch, is_interpreter
 from fla.ops.utils.l2norm import l2_norm
 from fla.ops.utils.index import sequence_bounds
@@ -335,15 +335,20 @@ def _fused_recurrent_torch(q, k, v, g, beta, scale, initial_state, output_final_
 _fused_recurrent = dispatch(_fused_recurrent_triton, _fused_recurrent_torch)
 
 
-def check_delta_rule_inputs(q, k, v, g, beta, scale, initial_state, cu_seqlens, per_channel_beta: bool) -> None:
-    """The shared input checks of the delta-rule families (`g` None for the plain rule)."""
+def check_delta_rule_inputs(q, k, v, g, beta, scale, initial_state, cu_seqlens, per_channel_beta: bool,
+                            mixed_dtypes: bool = False) -> None:
+    """The shared input checks of the delta-rule families (`g` None for the plain rule). `mixed_dtypes`: q, k and
+    v may each be float32, float16 or bfloat16 (the fused recurrent kernels read every input into float32);
+    otherwise k and v must have q's dtype (the chunk kernels multiply them in one dtype). The value dim V has no
+    upper bound (every kernel tiles it across programs); the key dim K is held in one block, so K <= 256."""
     check_tensor("q", q, "[B, T, H, K]", (None, None, None, None))
     B, T, H, K = q.shape
     check_head_dim("q", K)
-    check_tensor("k", k, "[B, T, H, K]", (B, T, H, K), (q.dtype,), q.device)
-    check_tensor("v", v, "[B, T, HV, V]", (B, T, None, None), (q.dtype,), q.device)
+    same = None if mixed_dtypes else (q.dtype,)
+    check_tensor("k", k, "[B, T, H, K]", (B, T, H, K), same or FLOAT_DTYPES, q.device)
+    check_tensor("v", v, "[B, T, HV, V]", (B, T, None, None), same or FLOAT_DTYPES, q.device)
     HV, V = v.shape[2], v.shape[3]
-    check_head_dim("v", V)
+    check_head_dim("v", V, max_size=None)
     if HV % H != 0:
         raise ValueError(f"v's head count HV must be a multiple of q/k's H (got HV={HV}, H={H}); "
                          "each group of HV // H value heads shares one q/k head")
@@ -387,7 +392,9 @@ def fused_recurrent_gated_delta_rule(
     refuses): pass beta by keyword, `fused_recurrent_gated_delta_rule(q, k, v, g, beta=beta)`.
 
     Args:
-        q, k: [B, T, H, K]; v: [B, T, HV, V] (HV a multiple of H: grouped values)
+        q, k: [B, T, H, K]; v: [B, T, HV, V] (HV a multiple of H: grouped values; V of any size, K <= 256). Each
+            may be float32, float16 or bfloat16 on its own (as in the peer: e.g. float32 q/k with float16 v); the
+            recurrence runs in float32, the output takes v's dtype, each gradient its input's dtype
         g: [B, T, HV] log decays (<= 0), or None (no gate: the plain delta rule)
         gk, gv: must be None (per-key / per-value gates are not implemented)
         beta: [B, T, HV] or [B, T, HV, V] writing strengths in (0, 1); None = 1
@@ -399,7 +406,7 @@ def fused_recurrent_gated_delta_rule(
         state_v_first: initial and final states are [N, HV, V, K] (see fla.ops.utils.checks.normalize_inputs)
         cu_seqlens: [N + 1] int, packed sequences, B must be 1
     Returns:
-        o: [B, T, HV, V]; final_state: [N, HV, K, V] float32 or None
+        o: [B, T, HV, V] in v's dtype; final_state: [N, HV, K, V] float32 or None
     """
     if gk is not None or gv is not None:
         raise ValueError("gk / gv (per-key or per-value-channel gates) are not supported by fla's "
@@ -409,7 +416,8 @@ def fused_recurrent_gated_delta_rule(
         beta = torch.ones(v.shape[:3], dtype=v.dtype, device=v.device) if isinstance(v, torch.Tensor) else beta
     g, beta = gated_delta_rule_inputs(g, beta, use_gate_in_kernel, A_log, dt_bias, use_beta_sigmoid_in_kernel,
                                       allow_neg_eigval)
-    check_delta_rule_inputs(q, k, v, g, beta, scale, initial_state, cu_seqlens, per_channel_beta=True)
+    check_delta_rule_inputs(q, k, v, g, beta, scale, initial_state, cu_seqlens, per_channel_beta=True,
+                            mixed_dtypes=True)
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
     return _fused_recurrent(q.contiguous(), k.contiguous(), v.contiguous(), g.contiguous() if g is not None else None,
                             beta.contiguous(), scale,

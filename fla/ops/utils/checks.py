@@ -211,7 +211,10 @@ def check_scale(scale: object) -> None:
         raise ValueError(f"scale must be a Python float or None (got {type(scale).__name__})")
 
 
-def check_head_dim(name: str, size: int, max_size: int = 256) -> None:
-    """Feature sizes need not be powers of two (kernels mask the padding), but one block must hold them."""
-    if size < 1 or size > max_size:
+def check_head_dim(name: str, size: int, max_size: int | None = 256) -> None:
+    """Feature sizes need not be powers of two (kernels mask the padding), but one block must hold them.
+    `max_size=None`: any size (the kernels tile that dim across programs or loop over it)."""
+    if size < 1:
+        raise ValueError(f"{name} head dim must be at least 1 (got {size})")
+    if max_size is not None and size > max_size:
         raise ValueError(f"{name} head dim must be in [1, {max_size}] (got {size}); split the heads further")
