@@ -13,10 +13,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-
-def elu_p1(x: torch.Tensor) -> torch.Tensor:
-    """elu(x) + 1, written without the cancellation of exp(x) - 1 + 1 for negative x."""
-    return torch.where(x >= 0, x + 1, x.clamp_max(0).exp())
+from fla.modules.activations import ACT2FN, elu_p1  # elu_p1: the "elu" map, here for its users
 
 
 def sum_norm(x: torch.Tensor) -> torch.Tensor:
@@ -24,14 +21,9 @@ def sum_norm(x: torch.Tensor) -> torch.Tensor:
     return F.normalize(x, p=1, dim=-1, eps=1e-6)
 
 
+# the peer's ACT2FN (fused kernels, float32 inside) without bias_gelu, which takes a bias too
 ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
-    "relu": F.relu,
-    "sigmoid": torch.sigmoid,
-    "logsigmoid": F.logsigmoid,
-    "silu": F.silu,
-    "swish": F.silu,
-    "sqrelu": lambda x: F.relu(x).square(),
-    "gelu": lambda x: F.gelu(x, approximate="tanh"),
+    name: fn for name, fn in ACT2FN.items() if name != "bias_gelu"
 }
 
 
