@@ -203,6 +203,12 @@ def attn(x: Inputs):
     extra = dict(g=x.log_decay(H, dtype=x.dtype), window_size=64,
                  sink_bias=torch.randn(H, requires_grad=True)) if x.gates else {}  # an attention sink too
     backward(parallel_attn(q, k, v, cu_seqlens=x.cu_seqlens, **extra))
+    # the query-offset kernels (context parallelism): about the last half of every sequence's keys get queries
+    from fla.ops.attn.parallel import parallel_attn_q_offset
+    cu_k = x.cu_seqlens
+    cu_q = None if cu_k is None else torch.cat([cu_k[:1], ((cu_k[1:] - cu_k[:-1] + 1) // 2).cumsum(0)]).int()
+    Tq = x.T // 2 if cu_q is None else int(cu_q[-1])
+    backward(parallel_attn_q_offset(q[:, :Tq], k, v, cu_seqlens=cu_q, cu_seqlens_k=cu_k, **extra))
 
 
 # ---------------------------------------------------------------------------------------------------------------

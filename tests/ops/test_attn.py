@@ -7,7 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fla.ops.attn import naive_attn, parallel, parallel_attn, sdpa
+from fla.ops.attn import kernels, naive_attn, parallel, parallel_attn, sdpa
+from fla.ops.attn.parallel import parallel_attn_q_offset
 from fla.ops.utils.dispatch import use_backend
 from tests.helpers import assert_close, device, poisoned_empty, seed
 
@@ -185,11 +186,11 @@ def test_register_prune_keeps_what_fits():
     import triton
 
     configs = [triton.Config({"BM": m}, num_warps=w) for m in (16, 32, 64) for w in (4, 8)]
-    kept = parallel._prune("dkdv", "BN", "BM")(configs, {}, BN=64, BK=128, BV=128)
-    assert kept and all(parallel._tile_registers("dkdv", 64, c.kwargs["BM"], 128, 128, c.num_warps)
-                        <= parallel.REGISTER_BUDGET for c in kept)
+    kept = kernels._prune("dkdv", "BN", "BM")(configs, {}, BN=64, BK=128, BV=128)
+    assert kept and all(kernels._tile_registers("dkdv", 64, c.kwargs["BM"], 128, 128, c.num_warps)
+                        <= kernels.REGISTER_BUDGET for c in kept)
     assert all(c.num_warps == 8 for c in kept)
-    huge = parallel._prune("dkdv", "BN", "BM")(configs, {}, BN=256, BK=256, BV=256)
+    huge = kernels._prune("dkdv", "BN", "BM")(configs, {}, BN=256, BK=256, BV=256)
     assert len(huge) == 1 and huge[0].kwargs["BM"] == 16 and huge[0].num_warps == 8
 
 
@@ -223,3 +224,87 @@ def test_sink_bias_matches_naive(backend, cu, HQ, H, gated, window, dtype):
     assert got[-1].dtype == sink.dtype and got[-1].abs().max() > 0
     with pytest.raises(ValueError, match="sink_bias"):
         parallel_attn(q, k, v, sink_bias=torch.zeros(HQ + 1, device=device()))
+
+
+def _naive_q_offset(q, k, v, g, sink, window, cu_q, cu_k):
+    """The reference of `parallel_attn_q_offset`: `naive_attn` over the key sequences with every query placed at
+    its key position (the other positions' queries are zeros and their outputs dropped)."""
+    B, T, HQ, K = q.shape
+    TK = k.shape[1]
+    bq, bk = (cu_q, cu_k) if cu_q is not None else ([0, T], [0, TK])
+    # the key position of every query row: sequence n's queries are its last Lq_n keys
+    rows = torch.cat([torch.arange(bk[n + 1] - (bq[n + 1] - bq[n]), bk[n + 1]) for n in range(len(bq) - 1)])
+    full = torch.zeros(B, TK, HQ, K).index_copy(1, rows, q)
+    o = naive_attn(full, k, v, g, window_size=window, cu_seqlens=torch.tensor(cu_k) if cu_k is not None else None,
+                   sink_bias=sink)
+    return o[:, rows]
+
+
+@pytest.mark.parametrize("backend", ["triton", "torch"])
+@pytest.mark.parametrize("B,cu_q,cu_k,HQ,H,gated,window,sink", [
+    # sequence 0 starts 45 keys before its first query (as a document continued from earlier CP ranks), a length-1
+    # sequence, one with as many queries as keys, one with an offset inside a block
+    (1, [0, 25, 26, 55, 64], [0, 70, 71, 100, 128], 4, 2, True, None, True),
+    # a window shorter than the offsets; a key sequence with no query (its dk, dv, dg are zeros)
+    (1, [0, 10, 10, 40, 64], [0, 30, 31, 90, 128], 2, 2, True, 20, False),
+    (2, None, None, 2, 1, False, 33, True),  # fixed length rows: 40 queries, the last of 100 keys
+])
+def test_q_offset_matches_naive(backend, B, cu_q, cu_k, HQ, H, gated, window, sink):
+    """Queries that are the last positions of longer key sequences (what CP attention runs): output and dq, dk, dv,
+    dg, dsink against the naive attention over the keys, float32."""
+    seed("q_offset", backend, B, cu_q, window)
+    T, TK = (cu_q[-1], cu_k[-1]) if cu_q is not None else (40, 100)
+    q = torch.randn(B, T, HQ, 32)
+    k, v = torch.randn(B, TK, H, 32), torch.randn(B, TK, H, 32)
+    g = F.logsigmoid(torch.randn(B, TK, HQ) + 2) if gated else None
+    sink_bias = torch.randn(HQ) + 1.0 if sink else None
+    do = torch.randn(B, T, HQ, 32)
+    inputs = [x for x in (q, k, v, g, sink_bias) if x is not None]
+
+    def grads(fn):
+        leaves = [x.clone().requires_grad_() for x in inputs]
+        it = iter(leaves)
+        qq, kk, vv = next(it), next(it), next(it)
+        gg = next(it) if gated else None
+        ss = next(it) if sink else None
+        o = fn(qq, kk, vv, gg, ss)
+        return (o, *torch.autograd.grad(o, leaves, do))
+
+    cu = [torch.tensor(c, dtype=torch.int32) if c is not None else None for c in (cu_q, cu_k)]
+    with use_backend(backend), poisoned_empty():
+        got = grads(lambda q, k, v, g, s: parallel_attn_q_offset(q, k, v, g, window_size=window, cu_seqlens=cu[0],
+                                                                 cu_seqlens_k=cu[1], sink_bias=s))
+    want = grads(lambda q, k, v, g, s: _naive_q_offset(q, k, v, g, s, window, cu_q, cu_k))
+    names = ["o", "dq", "dk", "dv"] + (["dg"] if gated else []) + (["dsink"] if sink else [])
+    for name, a, b in zip(names, got, want):
+        assert_close(name, a, b, REL["float32"])
+    if cu_q is not None and cu_q[1] == cu_q[2]:  # the key sequence without a query
+        assert got[2][:, cu_k[1]:cu_k[2]].abs().max() == 0
+
+
+@pytest.mark.parametrize("change,match", [
+    (dict(cu_seqlens=torch.tensor([0, 8])), "pass both cu_seqlens"),
+    (dict(cu_seqlens=torch.tensor([0, 8]), cu_seqlens_k=torch.tensor([0, 4, 12])), "same number of sequences"),
+    (dict(cu_seqlens=torch.tensor([0, 6, 8]), cu_seqlens_k=torch.tensor([0, 4, 12])), "sequence 0 has 6 queries"),
+    (dict(cu_seqlens=torch.tensor([0, 8]), cu_seqlens_k=torch.tensor([0, 11])), "cu_seqlens_k must end"),
+    (dict(q=torch.randn(1, 13, 2, 16)), "at least as many tokens as q"),
+    (dict(g=torch.randn(1, 8, 2)), "g must have shape"),
+])
+def test_q_offset_rejects_bad_inputs(change, match):
+    good = dict(q=torch.randn(1, 8, 2, 16), k=torch.randn(1, 12, 1, 16), v=torch.randn(1, 12, 1, 16))
+    with pytest.raises(ValueError, match=match):
+        parallel_attn_q_offset(**{**good, **change})
+
+
+def test_check_shared_mem_answers_for_the_device():
+    """The peer's `check_shared_mem(arch, tensor_idx)`: without a CUDA device nothing is assumed (False); on one,
+    an H100 has Hopper's 227 KiB and so Ampere's and the default's too."""
+    from fla.ops.attn.parallel import check_shared_mem
+    if not torch.cuda.is_available():
+        assert check_shared_mem() is False and check_shared_mem("hopper", 0) is False
+        return
+    props = torch.cuda.get_device_properties(0)
+    assert check_shared_mem("none", 0) == (props.shared_memory_per_block_optin >= 102400)
+    if props.major == 9:
+        assert check_shared_mem("hopper", 0) and check_shared_mem("ampere", 0)
+    assert check_shared_mem("hopper", torch.cuda.device_count()) is False

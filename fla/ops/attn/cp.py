@@ -2,23 +2,24 @@
 
 Every rank all-gathers K, V (and the gate g) with torch's autograd-aware all-gather (O(T) per rank: softmax
 attention needs every earlier key; dK, dV, dg of the gathered copies go back to their owners through the
-all-gather's backward), then computes its queries at their global positions: query i (global) sees key j when both
-lie in the same document, j <= i, and i - j < window_size. Only keys from the first document of the piece (or the
-window) onwards are read.
+all-gather's backward, a reduce-scatter), then keeps the keys its queries can see: from the start of its first
+document (or the window's reach, if later) to the end of its piece. Each of its documents is then one sequence
+whose queries are the last positions of its keys, so the query-offset attention (`parallel_attn_q_offset`'s
+dispatch: the Triton kernels on a GPU or under the interpreter, SDPA per document on a plain CPU) computes query i
+(global) against key j when both lie in the same document, j <= i, and i - j < window_size. The keys before the
+first query (earlier ranks' tokens) get their dk, dv, dg from those kernels, and the reduce-scatter returns them.
 
-This runs PyTorch SDPA with an explicit mask, in query blocks, on every device: our Triton kernel takes no query
-offset, and torch's own context-parallel SDPA (`torch.distributed.tensor.experimental.context_parallel`) needs
-DTensor inputs and has no gate bias or document mask. Speed on a GPU is unmeasured.
+torch's own context-parallel SDPA (`torch.distributed.tensor.experimental.context_parallel`) needs DTensor inputs and
+has no gate bias or document mask. Speed on a GPU is unmeasured.
 """
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
+from fla.ops.attn.parallel import _parallel_attn
 from fla.ops.cp.comm import all_gather_pieces
 from fla.ops.cp.context import FLACPContext
-
-QUERY_BLOCK = 1024
+from fla.ops.utils.index import varlen_index
 
 
 def _gather_time(x: torch.Tensor, context: FLACPContext) -> torch.Tensor:
@@ -27,18 +28,16 @@ def _gather_time(x: torch.Tensor, context: FLACPContext) -> torch.Tensor:
     return pieces.transpose(0, 1).reshape(x.shape[0], -1, *x.shape[2:])
 
 
-def _positions(Tg: int, device, context: FLACPContext):
-    """Global positions [Tg], their document index and their document's start, built once per context and device."""
-    key = ("attn_positions", Tg, device)
+def _key_seqlens(shift: int, device, context: FLACPContext) -> torch.Tensor:
+    """The keys' boundaries: the piece's documents, the first one extended by the `shift` keys before the piece.
+    Built on the host once per context, shift and device, its varlen index with it (no device read per call)."""
+    key = ("attn_key_seqlens", shift, device)
     if key not in context._memo:
-        pos = torch.arange(Tg)
-        if context.is_varlen:
-            bounds = context.cu_seqlens_global_cpu.long()
-            doc = torch.bucketize(pos, bounds[1:], right=True)  # document index of every global position
-            doc_start = bounds[doc]
-        else:
-            doc, doc_start = torch.zeros_like(pos), torch.zeros_like(pos)
-        context._memo[key] = tuple(x.to(device, non_blocking=True) for x in (pos, doc, doc_start))
+        cpu = context.cu_seqlens_cpu.long() + shift
+        cpu[0] = 0
+        dev = cpu.to(device, non_blocking=True)
+        varlen_index(dev, cpu)
+        context._memo[key] = dev
     return context._memo[key]
 
 
@@ -46,44 +45,19 @@ def parallel_attn_cp(q, k, v, g, scale: float, window_size: int | None, cu_seqle
                      sink_bias=None):
     """This rank's output of `parallel_attn` (q [B, T_local, HQ, K], k/v [B, T_local, H, *], g [B, T_local, HQ]
     or None: this rank's tokens; sink_bias [HQ] or None) under `context`. Returns o [B, T_local, HQ, V] in q's
-    dtype. A sink is one more key per query head, with a zero key, a zero value and the logit sink_bias[h]."""
+    dtype."""
     if not isinstance(context, FLACPContext):
         raise ValueError(f"cp_context must be an FLACPContext (got {type(context).__name__})")
     if cu_seqlens is not None:
         raise ValueError("with cp_context do not pass cu_seqlens: the boundaries come from the context")
-    B, T = q.shape[:2]
+    T = q.shape[1]
     start = context.rank * T
-    kf, vf = _gather_time(k.float(), context), _gather_time(v.float(), context)
-    pos, doc, doc_start = _positions(kf.shape[1], q.device, context)
-    G = None
-    if g is not None:  # G_t = sum of g over the document up to t, on the whole sequence
-        c = torch.cat([g.new_zeros(B, 1, g.shape[2], dtype=torch.float64),
-                       _gather_time(g, context).double().cumsum(1)], 1)
-        G = (c[:, 1:] - c[:, doc_start]).float()  # [B, Tg, HQ]
-    # keys before the piece's first document are never seen (a host value: no device read)
+    # the first key any query of the piece sees (host values: no device read): its first document's start, or the
+    # window's reach from the piece's first query; every rank slices (the same graph on every rank)
     first = start - context.pre_num_conv_tokens if context.is_varlen else 0
-    qf = q.float()
-    pieces = []
-    for i0 in range(0, T, QUERY_BLOCK):
-        i1 = min(i0 + QUERY_BLOCK, T)
-        j0 = first if window_size is None else max(first, start + i0 - window_size + 1)
-        i = pos[start + i0:start + i1, None]
-        j = pos[None, j0:start + i1]
-        mask = (j <= i) & (doc[j] == doc[i])
-        if window_size is not None:
-            mask &= i - j < window_size
-        kb, vb = kf[:, j0:start + i1].transpose(1, 2), vf[:, j0:start + i1].transpose(1, 2)
-        if G is not None:
-            Gq, Gk = G[:, start + i0:start + i1].transpose(1, 2), G[:, j0:start + i1].transpose(1, 2)
-            bias = Gq[..., None] - Gk[:, :, None]
-            mask = bias.masked_fill(~mask, float("-inf"))
-        if sink_bias is not None:
-            if mask.dtype == torch.bool:
-                mask = torch.zeros(mask.shape, device=q.device).masked_fill(~mask, float("-inf"))
-            sink = sink_bias.float().view(1, -1, 1, 1).expand(B, -1, i1 - i0, 1)
-            mask = torch.cat([mask.expand(B, q.shape[2], -1, -1), sink], -1)
-            kb, vb = F.pad(kb, (0, 0, 0, 1)), F.pad(vb, (0, 0, 0, 1))  # the sink's zero key and value
-        o = F.scaled_dot_product_attention(qf[:, i0:i1].transpose(1, 2), kb, vb, attn_mask=mask, scale=scale,
-                                           enable_gqa=q.shape[2] != k.shape[2])
-        pieces.append(o.transpose(1, 2))
-    return torch.cat(pieces, 1).to(q.dtype)
+    j0 = first if window_size is None else max(first, start - window_size + 1)
+    keys = [_gather_time(x, context)[:, j0:start + T].contiguous() if x is not None else None for x in (k, v, g)]
+    cu_q = cu_k = None
+    if context.is_varlen:
+        cu_q, cu_k = context.cu_seqlens, _key_seqlens(start - j0, q.device, context)
+    return _parallel_attn(q, *keys, scale, window_size, cu_q, sink_bias, cu_k)
