@@ -26,3 +26,7 @@ __all__ = [
     "FusedRMSNormSwishGateLinear", "GroupNorm", "GroupNormLinear", "LayerNorm", "LayerNormLinear", "RMSNormLinear",
     "group_norm", "layer_norm",
 ]
+
+# issue 19: the peer's long convolutions, distillation loss and BitLinear layers
+from fla.modules.long_conv import ImplicitLongConvolution, LongConvolution  # noqa: E402
+__all__ += ["ImplicitLongConvolution", "LongConvolution"]

@@ -15,6 +15,9 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
+from fla.modules.long_conv import (  # noqa: F401 - the peer's fla.modules.convolution has the long convolutions too
+    ImplicitLongConvolution, LongConvolution, PositionalEmbedding, fft_conv,
+)
 from fla.ops.cp.comm import halo_before
 from fla.ops.utils.checks import check_cu_seqlens
 from fla.ops.utils.dispatch import dispatch
