@@ -5,8 +5,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from fla.layers.utils import (check_cp_layer_call, cp_rotary_args, current_token_mask, pad, rotary_offsets,
-                              unpad)
+from fla.layers.attn_cache import pack_tokens, store_kv, visible_keys, with_cached
+from fla.layers.utils import check_cp_layer_call, cp_rotary_args, pad, rotary_offsets
 from fla.modules import RMSNorm, RotaryEmbedding
 from fla.ops.attn import parallel_attn
 
@@ -93,10 +93,7 @@ class Attention(nn.Module):
             o = parallel_attn(q, k, v, window_size=self.window_size, cp_context=cp_context)
             new_kv = (k, v)
         elif state is None or state.attn_state is None:
-            mask = current_token_mask(attention_mask, T)
-            q, cu, indices = unpad(q, mask, cu_seqlens)
-            k, _, _ = unpad(k, mask, cu_seqlens)
-            v, _, _ = unpad(v, mask, cu_seqlens)
+            (q, k, v), cu, indices = pack_tokens(attention_mask, cu_seqlens, q, k, v)
             q, k = self.rotary(q, k, seqlen_offset=0, cu_seqlens=cu)
             o = parallel_attn(q, k, v, window_size=self.window_size, cu_seqlens=cu)
             o = pad(o, indices, B, T)
@@ -104,14 +101,11 @@ class Attention(nn.Module):
         else:
             past_len = state.seen_tokens  # input columns so far; a sliding window keeps only the last ones' keys
             q, k = self.rotary(q, k, seqlen_offset=rotary_offsets(attention_mask, past_len, B))
-            keys = torch.cat([state.attn_state[0].view(B, -1, self.num_kv_heads, self.head_dim), k], dim=1)
-            values = torch.cat([state.attn_state[1].view(B, -1, self.num_kv_heads, self.head_dim), v], dim=1)
+            keys, values = with_cached(state, k, v)
             o = self._attend_to_cache(q, keys, values, attention_mask, past_len)
             new_kv = (k, v)
 
-        if use_cache and past_key_values is not None:  # [B, T, H_kv * D], the peer library's layout
-            past_key_values.update(attn_state=(new_kv[0].flatten(-2), new_kv[1].flatten(-2)),
-                                   layer_idx=self.layer_idx, offset=T, cache_kwargs={"window_size": self.window_size})
+        store_kv(self, past_key_values, use_cache, T, *new_kv)
         o = self.o_proj(o.reshape(B, T, -1))
         return o, None, past_key_values
 
@@ -122,21 +116,7 @@ class Attention(nn.Module):
         """q [B, T, H, D] at columns past_len.. against keys/values [B, S, H_kv, D] of the last S columns up to
         past_len + T (all of them, or the window the cache kept)."""
         B, T = q.shape[:2]
-        S = keys.shape[1]
-        i = torch.arange(T, device=q.device)[:, None] + past_len
-        j = torch.arange(S, device=q.device)[None, :] + (past_len + T - S)
-        allowed = j <= i
-        if self.window_size is not None:
-            allowed = allowed & (i - j < self.window_size)
-        allowed = allowed[None].expand(B, T, S)
-        if attention_mask is not None:
-            if attention_mask.shape[-1] != past_len + T:
-                raise ValueError(
-                    f"attention_mask covers {attention_mask.shape[-1]} positions but the cache plus the new tokens "
-                    f"hold {past_len + T}: pass the mask of the whole sequence so far"
-                )
-            # A padded query (its output is discarded) still sees itself, so no row is empty.
-            allowed = (allowed & attention_mask[:, None, -S:].bool()) | (i == j)[None]
+        allowed = visible_keys(attention_mask, B, T, keys.shape[1], past_len, self.window_size, q.device)
         groups = self.num_heads // self.num_kv_heads
         k = keys.repeat_interleave(groups, dim=2) if groups > 1 else keys
         v = values.repeat_interleave(groups, dim=2) if groups > 1 else values

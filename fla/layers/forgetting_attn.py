@@ -12,7 +12,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from fla.layers.utils import check_cp_layer_call, current_token_mask, pad, unpad
+from fla.layers.attn_cache import pack_tokens, store_kv, visible_keys, with_cached
+from fla.layers.utils import check_cp_layer_call, pad
 from fla.modules import rms_norm
 from fla.ops.attn import parallel_attn
 
@@ -123,11 +124,7 @@ class ForgettingAttention(nn.Module):
                               cp_context=cp_context)
             new = (k, v, f)
         elif state is None or state.attn_state is None:
-            mask = current_token_mask(attention_mask, T)
-            q, cu, indices = unpad(q, mask, cu_seqlens)
-            k, _, _ = unpad(k, mask, cu_seqlens)
-            v, _, _ = unpad(v, mask, cu_seqlens)
-            f, _, _ = unpad(f, mask, cu_seqlens)
+            (q, k, v, f), cu, indices = pack_tokens(attention_mask, cu_seqlens, q, k, v, f)
             o = parallel_attn(q.contiguous(), k.contiguous(), v.contiguous(), g=f, window_size=self.window_size,
                               cu_seqlens=cu)
             o = pad(o, indices, B, T)
@@ -135,15 +132,11 @@ class ForgettingAttention(nn.Module):
             new = (pad(k, indices, B, T), pad(v, indices, B, T), pad(f, indices, B, T))
         else:
             past_len = state.seen_tokens
-            old_k, old_v, old_f = state.attn_state
-            keys = torch.cat([old_k.view(B, -1, self.num_kv_heads, self.head_dim), k], dim=1)
-            values = torch.cat([old_v.view(B, -1, self.num_kv_heads, self.head_dim), v], dim=1)
-            o = self._attend_to_cache(q, keys, values, torch.cat([old_f, f], dim=1), attention_mask, past_len)
+            keys, values, log_f = with_cached(state, k, v, f)
+            o = self._attend_to_cache(q, keys, values, log_f, attention_mask, past_len)
             new = (k, v, f)
 
-        if use_cache and past_key_values is not None:
-            past_key_values.update(attn_state=(new[0].flatten(-2), new[1].flatten(-2), new[2]),
-                                   layer_idx=self.layer_idx, offset=T, cache_kwargs={"window_size": self.window_size})
+        store_kv(self, past_key_values, use_cache, T, *new)
         o = o.reshape(B, T, -1)
         if self.use_output_gate:
             o = o * torch.sigmoid(self.g_proj(hidden_states))
@@ -157,21 +150,7 @@ class ForgettingAttention(nn.Module):
         [B, S, H_kv, D], log gates [B, S, H]. Scores in float32 with D_ij = F_i - F_j, F the running sum of the
         log gates over these S columns (the columns before them cancel in the difference)."""
         B, T = q.shape[:2]
-        S = keys.shape[1]
-        i = torch.arange(T, device=q.device)[:, None] + past_len
-        j = torch.arange(S, device=q.device)[None, :] + (past_len + T - S)
-        allowed = j <= i
-        if self.window_size is not None:
-            allowed = allowed & (i - j < self.window_size)
-        allowed = allowed[None].expand(B, T, S)
-        if attention_mask is not None:
-            if attention_mask.shape[-1] != past_len + T:
-                raise ValueError(
-                    f"attention_mask covers {attention_mask.shape[-1]} positions but the cache plus the new tokens "
-                    f"hold {past_len + T}: pass the mask of the whole sequence so far"
-                )
-            # a padded query (its output is discarded) still sees itself, so no row is empty
-            allowed = (allowed & attention_mask[:, None, -S:].bool()) | (i == j)[None]
+        allowed = visible_keys(attention_mask, B, T, keys.shape[1], past_len, self.window_size, q.device)
         cum = log_f.float().cumsum(1).transpose(1, 2)  # [B, H, S]
         bias = cum[..., -T:, None] - cum[..., None, :]  # [B, H, T, S]
         k = keys.float().repeat_interleave(self.num_kv_groups, dim=2)
