@@ -72,8 +72,10 @@ class FLAConfig(PretrainedConfig):
             linear one takes precedence and fuse_cross_entropy is stored False, which is what it means then
         use_l2warp: the peer's L2-warp (a gradient-only push down of each position's largest logit, 1e-4 / tokens)
             on the loss; needs the logits (fuse_linear_cross_entropy=False)
-        fuse_norm, fuse_swiglu: kernel choices of the peer with no effect on the math; fuse_norm also names the
-            output norm of GLA / RetNet (see those layers)
+        fuse_norm: a kernel choice of the peer with no effect on the math; it names the output norm of GLA / RetNet
+            (see those layers)
+        fuse_swiglu: the MLP's SwiGLU product fused into its down projection (GatedMLP's fuse_swiglu: the product is
+            recomputed in backward instead of kept); the same math either way
         attnres_block_size: the peer's attention residuals; only None (off) is supported
         attn: hybrid models: {"layers": [indices], "num_heads": H, "num_kv_heads": H_kv, "window_size": W or None,
             "qkv_bias": False, "rope_theta": 10000.0} (or a list of such specs, each for its own layers); these
@@ -85,7 +87,8 @@ class FLAConfig(PretrainedConfig):
     # (no annotations: transformers 5 makes annotated config attributes dataclass fields)
     # our fields that the peer's config lacks -> the value its model uses in their place
     peer_unknown = {}
-    # the peer's fields that its model never reads -> their default (another value draws a warning)
+    # fields that neither the peer's model nor ours reads -> their default (another value draws a warning): the
+    # peer's, or a shared field a family has no use for (fuse_swiglu without a SwiGLU MLP)
     peer_ignored = {}
 
     def __init__(

@@ -53,7 +53,7 @@ class FLABlock(nn.Module):
         self.attn = mixer
         self.mlp_norm = RMSNorm(config.hidden_size, eps=config.norm_eps)
         self.mlp = GatedMLP(config.hidden_size, intermediate_size=config.mlp_intermediate_size,
-                            hidden_act=config.hidden_act)
+                            hidden_act=config.hidden_act, fuse_swiglu=config.fuse_swiglu)
 
     def forward(
         self,

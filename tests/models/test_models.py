@@ -394,3 +394,17 @@ def test_loss_over_num_items_in_batch_and_l2_warp():
     assert_close("loss", warped(x, labels=x, use_cache=False).loss, mean, 1e-6)  # same weights: same loss
     with pytest.raises(ValueError, match="use_l2warp"):
         make_model("gla", fuse_linear_cross_entropy=True, use_l2warp=True)(x, labels=x, use_cache=False)
+
+
+def test_fuse_swiglu_reaches_the_mlp_and_warns_where_there_is_none():
+    """config.fuse_swiglu picks the MLP's kernel (same logits either way); a family without a SwiGLU MLP (Mamba-2:
+    none, RWKV-7: its channel mix) warns that the field does nothing instead of keeping it silently."""
+    fused, unfused = make_model("gla"), make_model("gla", fuse_swiglu=False)
+    assert [b.mlp.fuse_swiglu for b in fused.model.layers] == [True, True]
+    assert [b.mlp.fuse_swiglu for b in unfused.model.layers] == [False, False]
+    seed("fuse_swiglu", "input")
+    x = torch.randint(1, VOCAB, (2, 9))
+    assert_close("logits", unfused(x).logits, fused(x).logits, 1e-5)
+    for family in ("mamba2", "rwkv7"):
+        with pytest.warns(UserWarning, match="fuse_swiglu=False has no effect"):
+            make_model(family, fuse_swiglu=False)

@@ -23,6 +23,7 @@ class Mamba2Config(FLAConfig):
     """
 
     model_type = "mamba2"
+    peer_ignored = {"fuse_swiglu": True}  # no MLP here, and the peer's Mamba2Config has no such field
 
     def __init__(
         self,

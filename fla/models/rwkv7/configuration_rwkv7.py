@@ -22,6 +22,7 @@ class RWKV7Config(FLAConfig):
 
     model_type = "rwkv7"
     attn_modes = ("chunk", "fused_recurrent")
+    peer_ignored = {"fuse_swiglu": True}  # the channel mix is no SwiGLU, and the peer's RWKV7Config has no such field
 
     def __init__(
         self,
