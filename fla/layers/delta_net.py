@@ -103,13 +103,9 @@ class DeltaNet(nn.Module):
     ) -> tuple[torch.Tensor, None, object]:
         step = RecurrentStep(self, hidden_states, attention_mask, past_key_values, use_cache, cu_seqlens, cp_context)
         x = step.x
-        q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
-        if self.use_short_conv:
-            q, k, v = step.conv(0, self.q_conv1d, q), step.conv(1, self.k_conv1d, k), step.conv(2, self.v_conv1d, v)
-        else:
-            v = F.silu(v)
-            if self.qk_activation == "silu":
-                q, k = F.silu(q), F.silu(k)
+        # without convolutions the SiLU they carry: on v always, on q and k when it is the qk_activation
+        silu = ("q", "k", "v") if self.qk_activation == "silu" else ("v",)
+        q, k, v = step.project(self, "q", "k", "v", silu_without_conv=silu)
         H, K, V = self.num_heads, self.head_k_dim, self.head_v_dim
         q, k, v = split_heads(q, H, K), split_heads(k, H, K), split_heads(v, H, V)
         if self.qk_activation != "silu":

@@ -15,7 +15,6 @@ import math
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from fla.layers.utils import RecurrentStep, init_dt_bias, recurrent_flops_per_token, split_heads
 from fla.modules import FusedRMSNormGated, RMSNorm, ShortConvolution
@@ -128,11 +127,7 @@ class GatedDeltaProduct(nn.Module):
     ) -> tuple[torch.Tensor, None, object]:
         step = RecurrentStep(self, hidden_states, attention_mask, past_key_values, use_cache, cu_seqlens, cp_context)
         x = step.x
-        q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
-        if self.use_short_conv:
-            q, k, v = step.conv(0, self.q_conv1d, q), step.conv(1, self.k_conv1d, k), step.conv(2, self.v_conv1d, v)
-        else:
-            q, k, v = F.silu(q), F.silu(k), F.silu(v)
+        q, k, v = step.project(self, "q", "k", "v", silu_without_conv=("q", "k", "v"))
         B, T = x.shape[:2]
         H, HV, K, V, n = self.num_heads, self.num_v_heads, self.head_k_dim, self.head_v_dim, self.num_householder
         q = split_heads(q, H, K)

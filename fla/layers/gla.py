@@ -110,9 +110,7 @@ class GatedLinearAttention(nn.Module):
     ) -> tuple[torch.Tensor, None, object]:
         step = RecurrentStep(self, hidden_states, attention_mask, past_key_values, use_cache, cu_seqlens, cp_context)
         x = step.x
-        q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
-        if self.use_short_conv:
-            q, k, v = step.conv(0, self.q_conv1d, q), step.conv(1, self.k_conv1d, k), step.conv(2, self.v_conv1d, v)
+        q, k, v = step.project(self, "q", "k", "v")
         gk = F.logsigmoid(self.gk_proj(x).float()) / self.gate_logit_normalizer
         if self.clamp_min is not None:
             gk = gk.clamp_min(self.clamp_min)

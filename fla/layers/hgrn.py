@@ -85,9 +85,7 @@ class HGRNAttention(nn.Module):
     ) -> tuple[torch.Tensor, None, object]:
         step = RecurrentStep(self, hidden_states, attention_mask, past_key_values, use_cache, cu_seqlens, cp_context)
         x = step.x
-        i, f = self.i_proj(x), self.f_proj(x)
-        if self.use_short_conv:  # the peer's cache order: (input, forget)
-            i, f = step.conv(0, self.i_conv1d, i), step.conv(1, self.f_conv1d, f)
+        i, f = step.project(self, "i", "f")  # the peer's cache order: (input, forget)
         g = bounded_log_forget(f, lower_bound, self.layer_idx)
         i = swiglu(i, (1 - g.exp()).to(i.dtype))  # (1 - f_t) * silu(W_i x_t)
         op = fused_recurrent_hgrn if step.mode == "fused_recurrent" else chunk_hgrn

@@ -89,10 +89,7 @@ class HGRN2Attention(nn.Module):
         **kwargs,
     ) -> tuple[torch.Tensor, None, object]:
         step = RecurrentStep(self, hidden_states, attention_mask, past_key_values, use_cache, cu_seqlens, cp_context)
-        x = step.x
-        q, f, i = self.q_proj(x), self.f_proj(x), self.i_proj(x)
-        if self.use_short_conv:
-            q, f, i = step.conv(0, self.q_conv1d, q), step.conv(1, self.f_conv1d, f), step.conv(2, self.i_conv1d, i)
+        q, f, i = step.project(self, "q", "f", "i")
         q = F.silu(q)
         g = bounded_log_forget(f, lower_bound, self.layer_idx)
         k = (1 - g.exp()).to(i.dtype)  # keys tied to the forget gate

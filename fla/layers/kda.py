@@ -13,7 +13,6 @@ import math
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from fla.layers.utils import RecurrentStep, init_dt_bias, recurrent_flops_per_token, split_heads
 from fla.modules import FusedRMSNormGated, ShortConvolution
@@ -118,11 +117,7 @@ class KimiDeltaAttention(nn.Module):
     ) -> tuple[torch.Tensor, None, object]:
         step = RecurrentStep(self, hidden_states, attention_mask, past_key_values, use_cache, cu_seqlens, cp_context)
         x = step.x
-        q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
-        if self.use_short_conv:
-            q, k, v = step.conv(0, self.q_conv1d, q), step.conv(1, self.k_conv1d, k), step.conv(2, self.v_conv1d, v)
-        else:
-            q, k, v = F.silu(q), F.silu(k), F.silu(v)
+        q, k, v = step.project(self, "q", "k", "v", silu_without_conv=("q", "k", "v"))
         H, HV, K, V = self.num_heads, self.num_v_heads, self.head_k_dim, self.head_v_dim
         q, k, v = split_heads(q, H, K), split_heads(k, H, K), split_heads(v, HV, V)
         g = split_heads(self.f_proj(x), HV, K)  # the raw gate: the op applies -exp(A_log) softplus(g + dt_bias)

@@ -89,7 +89,7 @@ class RecurrentStep:
     run the short convolutions with their cached windows, then store the new state and unpack the output.
 
         step = RecurrentStep(self, hidden_states, attention_mask, past_key_values, use_cache, cu_seqlens)
-        q = step.conv(0, self.q_conv1d, self.q_proj(step.x))
+        q, k, v = step.project(self, "q", "k", "v")  # q_proj, q_conv1d, ... with their cached windows
         ...
         o, final_state = op(q, k, v, ..., initial_state=step.initial_state, output_final_state=use_cache,
                             cu_seqlens=step.cu_seqlens)
@@ -124,6 +124,25 @@ class RecurrentStep:
             self._conv_out.append(None)
         self._conv_out[idx] = window
         return y
+
+    def project(self, mixer: nn.Module, *names: str, silu_without_conv: tuple[str, ...] = ()) -> list[torch.Tensor]:
+        """The mixer's input projections `<name>_proj(x)` of the packed input, each through its short convolution
+        `<name>_conv1d` when `mixer.use_short_conv` (cached window number i for the i-th name, so `names` is the
+        cache order; per sequence with cu_seqlens; across ranks with cp_context). Without convolutions the names in
+        `silu_without_conv` get the SiLU their convolution would have applied.
+
+            q, k, v = step.project(self, "q", "k", "v", silu_without_conv=("q", "k", "v"))
+
+        Returns: one [B', T', width] tensor per name (the packed layout of `self.x`)."""
+        out = []
+        for idx, name in enumerate(names):
+            y = getattr(mixer, f"{name}_proj")(self.x)
+            if mixer.use_short_conv:
+                y = self.conv(idx, getattr(mixer, f"{name}_conv1d"), y)
+            elif name in silu_without_conv:
+                y = F.silu(y)
+            out.append(y)
+        return out
 
     def finish(self, o: torch.Tensor, final_state) -> torch.Tensor:
         """Store the new states (when caching) and unpack the output to [B, T, ...]."""
