@@ -30,3 +30,5 @@ __all__ = [
 # issue 19: the peer's long convolutions, distillation loss and BitLinear layers
 from fla.modules.long_conv import ImplicitLongConvolution, LongConvolution  # noqa: E402
 __all__ += ["ImplicitLongConvolution", "LongConvolution"]
+from fla.modules.fused_kl_div import FusedKLDivLoss, fused_kl_div_loss  # noqa: E402
+__all__ += ["FusedKLDivLoss", "fused_kl_div_loss"]
