@@ -32,3 +32,5 @@ from fla.modules.long_conv import ImplicitLongConvolution, LongConvolution  # no
 __all__ += ["ImplicitLongConvolution", "LongConvolution"]
 from fla.modules.fused_kl_div import FusedKLDivLoss, fused_kl_div_loss  # noqa: E402
 __all__ += ["FusedKLDivLoss", "fused_kl_div_loss"]
+from fla.modules.fused_bitlinear import BitLinear, FusedBitLinear  # noqa: E402
+__all__ += ["BitLinear", "FusedBitLinear"]

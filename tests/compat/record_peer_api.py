@@ -33,6 +33,7 @@ SUBMODULES = {"fla.ops.attn.parallel": "fla.ops.attn"}
 SUBMODULES.update({f"fla.ops.{f}.{sub}": f"fla.ops.{f}" for f in FAMILIES
                    for sub in ("chunk", "fused_recurrent", "fused_chunk", "parallel") if f != "attn"})
 MODULES += ["fla.modules.activations"] + list(SUBMODULES)
+MODULES += [f"fla.modules.{m}" for m in ("fused_bitlinear", "fused_kl_div", "long_conv")]  # added later
 
 
 def describe(obj) -> list[list[str]] | None:

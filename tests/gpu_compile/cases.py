@@ -304,8 +304,25 @@ def activations(x: Inputs):
         backward(fn(a, b, w, None))
 
 
+def quant_and_kl(x: Inputs):
+    """BitLinear's norm + 8-bit quantization (RMS / LayerNorm, bias, residual) and the chunked KL-divergence loss."""
+    from fla.modules.fused_bitlinear import FusedBitLinear, layer_norm_linear_quant
+    from fla.modules.fused_kl_div import fused_kl_div_loss
+
+    dt, D = x.dtype, 256
+    a, b = x.x(D), x.x(D)
+    backward(FusedBitLinear(D, 64, bias=x.gates).to(dt)(a))
+    norm_w, norm_b = torch.ones(D, dtype=dt, requires_grad=True), torch.zeros(D, dtype=dt, requires_grad=True)
+    lin_w = torch.randn(64, D, dtype=dt, requires_grad=True)
+    backward(layer_norm_linear_quant(a, norm_w, norm_b, lin_w, None, b, prenorm=True, residual_in_fp32=x.gates))
+    h = a.reshape(-1, D)
+    teacher_x, teacher_w = h.detach()[:, :128].contiguous(), torch.randn(1000, 128, dtype=dt)
+    backward(fused_kl_div_loss(h, teacher_x, torch.randn(1000, D, dtype=dt, requires_grad=True), teacher_w))
+
+
 # Variant-major: a run cut short by its time budget has compiled every family in bfloat16 first.
 _PER_FAMILY = [each_variant(fn) for fn in (simple_gla, gla, retention, linear_attn, delta_rule, gated_delta_rule,
                                            kda, dplr, hgrn, attn, utils, modules,
                                            activations)]
+_PER_FAMILY.append(each_variant(quant_and_kl))
 CASES = [cases[i] for i in range(len(VARIANTS)) for cases in _PER_FAMILY]
