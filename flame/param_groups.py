@@ -73,7 +73,8 @@ def weight_decay_groups(model: nn.Module, exclude: Iterable[str]) -> WeightDecay
     """Split the trainable parameters of `model` by the rule: a parameter is excluded from weight decay when it
     matches a kind in `exclude`:
         "marked":    a module lists it in `_no_weight_decay` (or the parameter has `_no_weight_decay = True`)
-        "1d":        it has fewer than 2 dimensions (norm weights, biases, per-channel gains)
+        "1d":        it has fewer than 2 dimensions of size above 1 (norm weights, biases, per-channel gains, also
+                     when stored as [1, 1, D] like RWKV-7's token-shift mixes)
         "embedding": it is the weight of an nn.Embedding (with tied weights, the output head's too)
     Everything else is decayed. Works on any model: meta, materialized, wrapped or FSDP2-sharded."""
     exclude = list(exclude)
@@ -90,7 +91,7 @@ def weight_decay_groups(model: nn.Module, exclude: Iterable[str]) -> WeightDecay
         if isinstance(module, nn.Embedding):
             embeddings.add(id(module.weight))
     tests = {"marked": lambda p: id(p) in marked or bool(getattr(p, "_no_weight_decay", False)),
-             "1d": lambda p: p.ndim < 2, "embedding": lambda p: id(p) in embeddings}
+             "1d": lambda p: sum(n > 1 for n in p.shape) < 2, "embedding": lambda p: id(p) in embeddings}
     decay, excluded, numel = [], {k: [] for k in KINDS if k in exclude}, {}
     for name, param in model.named_parameters():
         if not param.requires_grad:

@@ -39,7 +39,7 @@ def test_the_rule_on_real_models(path, marked):
     assert len(decay) == len(list(model.parameters()))  # every trainable parameter in exactly one group
     for name, param in model.named_parameters():
         leaf = name.rsplit(".", 1)[-1]
-        want = 0.0 if leaf in marked or param.ndim < 2 else 0.5
+        want = 0.0 if leaf in marked or sum(n > 1 for n in param.shape) < 2 else 0.5
         assert decay[name] == want, (name, tuple(param.shape), decay[name])
     assert {n.rsplit(".", 1)[-1] for n, wd in decay.items() if wd == 0 and n.endswith(tuple(marked))} == marked
     assert decay["model.embeddings.weight"] == 0.5 and decay["lm_head.weight"] == 0.5
@@ -58,6 +58,16 @@ def test_the_rule_on_real_models(path, marked):
     groups = weight_decay_groups(model, ["marked"])
     assert groups.excluded["marked"] and all("_checkpoint_wrapped_module" in n and n.endswith(tuple(marked))
                                              for n in groups.excluded["marked"])
+
+
+def test_per_channel_gains_stored_with_unit_dims_count_as_1d():
+    """RWKV-7 keeps its token-shift mixes as [1, 1, D]: per-channel gains, undecayed as in RWKV's own trainer."""
+    from fla.layers import RWKV7Attention
+    from flame.param_groups import weight_decay_groups
+    groups = weight_decay_groups(RWKV7Attention(hidden_size=32, head_dim=16, layer_idx=0), ["1d"])
+    undecayed = {n for n in groups.excluded["1d"]}
+    assert {"x_r", "x_w", "x_k", "x_v", "x_a", "x_g", "k_k", "k_a"} <= undecayed
+    assert "r_proj.weight" in groups.decay and "r_k" in groups.decay  # a [H, head_dim] matrix stays decayed
 
 
 def test_a_step_decays_the_matrices_and_leaves_a_log_dt_bias_and_norms_alone():
