@@ -149,6 +149,9 @@ def fused_kl_div_bwd(do: torch.Tensor, dx: torch.Tensor | None, dw: torch.Tensor
     return dx, dw
 
 
+fused_kl_div_forward, fused_kl_div_backward = fused_kl_div_fwd, fused_kl_div_bwd  # the peer's older names
+
+
 class FusedKLDivLossFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, target_x, weight, target_weight, reduction, accumulate_grad_in_fp32, grad_enabled,

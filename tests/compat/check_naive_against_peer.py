@@ -166,6 +166,15 @@ def calls() -> list[tuple[str, tuple, dict]]:
         ("fla.ops.generalized_delta_rule.dplr.naive.dplr_chunkwise", (q8, q8, v8, a8, b8, g8, h0), {}),
         ("fla.ops.generalized_delta_rule.dplr.naive.dplr_chunkwise", (q8, q8, v8, a8, b8, g8, None, True, 16), {}),
     ]
+    # the modules' plain PyTorch functions (added later): the long convolution with a filter of T + 1 taps (longer
+    # ones differ on purpose: the peer's wrap around onto future inputs) and the BitLinear quantizers
+    u, mask = r(B, 5, T), (torch.rand(B, 5, generator=g) > 0.3).float()
+    out += [
+        ("fla.modules.long_conv.fft_conv", (u, r(5, T + 1), mask, True, r(5, 20)), {}),
+        ("fla.modules.long_conv.fft_conv", (u, r(1, 5, 9), None), dict(gelu=False)),
+        ("fla.modules.fused_bitlinear.activation_quant", (3 * r(B, T, 24),), {}),
+        ("fla.modules.fused_bitlinear.weight_quant", (r(24, 40),), {}),
+    ]
     return out
 
 
