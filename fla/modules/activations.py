@@ -24,7 +24,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from fla.ops.utils.dispatch import dispatch
+from fla.ops.utils.dispatch import dispatch, is_interpreter
 
 # The activation codes of the kernels' ACT switch.
 SIGMOID, LOGSIGMOID, SWISH, ELU_P1, SQRELU, GELU, POW = range(7)
@@ -252,11 +252,17 @@ def _glu_bwd_torch(x, y, dz, act, param=1.0, want_z=False):
     return (dz32 * y32 * d).to(x.dtype), (dz32 * gate).to(y.dtype), z
 
 
+def _eager_when_interpreted(launcher):
+    """torch.compile would trace into the interpreter's numpy code and fail there, so under TRITON_INTERPRET the
+    Triton launchers run eagerly (a graph break); on a GPU dynamo captures the kernel launch itself."""
+    return torch.compiler.disable(launcher) if is_interpreter() else launcher
+
+
 # The block launchers: Triton on CUDA and under the interpreter, the PyTorch twins on a plain CPU.
-act_fwd = dispatch(_act_fwd_triton, _act_fwd_torch)
-act_bwd = dispatch(_act_bwd_triton, _act_bwd_torch)
-glu_fwd = dispatch(_glu_fwd_triton, _glu_fwd_torch)
-glu_bwd = dispatch(_glu_bwd_triton, _glu_bwd_torch)
+act_fwd = dispatch(_eager_when_interpreted(_act_fwd_triton), _act_fwd_torch)
+act_bwd = dispatch(_eager_when_interpreted(_act_bwd_triton), _act_bwd_torch)
+glu_fwd = dispatch(_eager_when_interpreted(_glu_fwd_triton), _glu_fwd_torch)
+glu_bwd = dispatch(_eager_when_interpreted(_glu_bwd_triton), _glu_bwd_torch)
 
 
 class ActivationFunction(torch.autograd.Function):
