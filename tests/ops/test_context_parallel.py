@@ -1,6 +1,6 @@
 """Context parallelism (fla/ops/cp): every op's outputs and gradients on a sequence split across 2 and 4 gloo
 ranks equal the single-rank op's, fixed-length rows and packed documents (one crossing a rank boundary, one spanning
-three ranks, one ending exactly at a boundary, a length-1 one).
+three ranks, one ending exactly at a boundary, a length-1 one); the DPLR delta rule and RWKV-7 among them.
 
 One launch of 4 processes runs every case (a spawn costs seconds) on the 4-rank group and on two 2-rank
 sub-groups (a data x context mesh's CP groups); each rank computes the single-rank reference itself on the whole
@@ -38,12 +38,15 @@ def _gdn_inputs(B, H, HV, K, V):
 def _cases():
     """name -> (make inputs dict of [B, T, ...] tensors, call(inputs, **where) -> output, module or None)."""
     from fla.modules import ShortConvolution
+    from fla.modules.token_shift import token_shift
     from fla.ops import (chunk_delta_rule, chunk_gated_delta_rule, chunk_gla, chunk_linear_attn, chunk_retention,
                          chunk_simple_gla)
     from fla.ops.gated_delta_product import chunk_gated_delta_product
     from fla.ops.hgrn import chunk_hgrn
     from fla.ops.kda import chunk_kda
     from fla.ops.attn.parallel import parallel_attn
+    from fla.ops.generalized_delta_rule import chunk_dplr_delta_rule
+    from fla.ops.rwkv7 import chunk_rwkv7
 
     from tests.helpers import seed
     H, K, V = 2, 16, 24
@@ -93,9 +96,23 @@ def _cases():
                                 lambda x, **w: chunk_gated_delta_product(
                                     x["q"], x["k"].flatten(1, 2), x["v"].flatten(1, 2), x["g"], x["beta"].flatten(1, 2),
                                     2, use_qk_l2norm_in_kernel=True, **w)[0], None),
+        # DPLR: S_t = diag(exp(gk_t)) S + b_t^T (a_t S) + k_t^T v_t, a and b given (RWKV-like: a = -kk, b = kk c)
+        "dplr": (lambda B: dict(qkv(B), gk=F.logsigmoid(torch.randn(B, T, H, K)) * 0.3, **_low_rank(B, H, K)),
+                 lambda x, **w: chunk_dplr_delta_rule(x["q"], x["k"], x["v"], x["a"], x["b"], x["gk"], **w)[0],
+                 None),
+        # RWKV-7 as its layer calls it: a = -kk, b = kk * a formed in the call, so dkk and da are checked
+        "rwkv7": (lambda B: dict(r=torch.randn(B, T, H, K), w=-0.6 * torch.rand(B, T, H, K), k=torch.randn(B, T, H, K),
+                                 v=torch.randn(B, T, H, V), kk=F.normalize(torch.randn(B, T, H, K), dim=-1),
+                                 a=torch.rand(B, T, H, K)),
+                  lambda x, **w: chunk_rwkv7(x["r"], x["w"], x["k"], x["v"], -x["kk"], x["kk"] * x["a"], **w)[0],
+                  None),
         "short_conv": (lambda B: dict(x=torch.randn(B, T, 20)),
                        lambda x, cu_seqlens=None, cp_context=None: conv(x["x"], cu_seqlens=cu_seqlens,
                                                                         cp_context=cp_context)[0], conv),
+        # RWKV's x_{t-1} - x_t: the previous rank's last token for a document that began there, zero at a start
+        "token_shift": (lambda B: dict(x=torch.randn(B, T, 20)),
+                        lambda x, cu_seqlens=None, cp_context=None: token_shift(x["x"], cu_seqlens,
+                                                                                cp_context=cp_context), None),
         "parallel_attn": (lambda B: dict(q=torch.randn(B, T, 4, K), k=torch.randn(B, T, 2, K),
                                          v=torch.randn(B, T, 2, V), g=F.logsigmoid(torch.randn(B, T, 4))),
                           attn, None),
@@ -109,6 +126,11 @@ def _cases():
                           lambda x, **w: _conv_gdn(convs, x, H, K, V, **w), torch.nn.ModuleList(convs)),
     }
     return cases
+
+
+def _low_rank(B, H, K):
+    kk = F.normalize(torch.randn(B, T, H, K), dim=-1)
+    return dict(a=-kk, b=kk * torch.rand(B, T, H, K))
 
 
 def _two_runs(call):

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import torch
 
+from fla.ops.cp.chunk import check_cp_call, chunk_cp
+from fla.ops.cp.context import FLACPContext
 from fla.ops.utils.checks import (check_cu_seqlens, check_head_dim, check_initial_state, check_scale, check_tensor,
                                   normalize_inputs)
 from fla.ops.utils.cumsum import chunk_local_cumsum
@@ -240,7 +242,7 @@ def chunk_dplr_delta_rule(
     safe_gate: bool = False,
     chunk_size: int | None = None,
     disable_recompute: bool = False,
-    cp_context: object | None = None,
+    cp_context: FLACPContext | None = None,
     lower_bound: float | None = None,
     **kwargs,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -255,7 +257,8 @@ def chunk_dplr_delta_rule(
         cu_seqlens: [N + 1] int, packed sequences, B must be 1; cu_seqlens_cpu: the same on the host (optional)
         safe_gate, chunk_size, disable_recompute, lower_bound: the peer's tuning options; accepted, and the results
             do not depend on them (chunks are 16 tokens; the decays are formed so that any gate is safe)
-        cp_context: context parallelism is not supported (must be None)
+        cp_context: this rank's piece of a sequence split across ranks (fla.ops.cp.build_cp_context); the inputs
+            are then this rank's tokens, and cu_seqlens / initial_state / output_final_state are not taken
     Returns:
         o: [B, T, H, V]; final_state: [N, H, K, V] float32 or None
     """
@@ -264,10 +267,17 @@ def chunk_dplr_delta_rule(
     if kwargs:
         raise ValueError(f"unexpected arguments {sorted(kwargs)} for chunk_dplr_delta_rule")
     if cp_context is not None:
-        raise ValueError("cp_context (context parallelism) is not supported: pass cp_context=None")
+        check_cp_call(cp_context, initial_state, output_final_state, cu_seqlens)
+        cu_seqlens = cp_context.cu_seqlens
     if lower_bound is not None and lower_bound >= 0:
         raise ValueError(f"lower_bound must be negative (gk is a log decay < 0), got {lower_bound}")
     check_dplr_inputs(q, k, v, a, b, gk, scale, initial_state, cu_seqlens)
+    if cp_context is not None:
+        # the state update is linear in the state: K extra value columns of zeros from the identity carry the
+        # piece's transition M (fla/ops/cp/chunk.py), as for the other delta rules
+        def run(v, h0):
+            return dplr_family(q, k, v, a, b, gk, scale, h0, True, cu_seqlens, ChunkDPLRDeltaRuleFunction)
+        return chunk_cp(run, q, v, None, 1.0, cp_context, diagonal=False), None
     o, ht = dplr_family(q, k, v, a, b, gk, scale, initial_state, output_final_state, cu_seqlens,
                         ChunkDPLRDeltaRuleFunction)
     return o, (ht if output_final_state else None)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 
+from fla.ops.cp.context import FLACPContext
 from fla.ops.generalized_delta_rule import chunk_dplr_delta_rule
 from fla.ops.utils.checks import check_tensor
 
@@ -33,13 +34,15 @@ def chunk_rwkv7(
     safe_gate: bool = False,
     chunk_size: int | None = None,
     disable_recompute: bool = False,
-    cp_context: object | None = None,
+    cp_context: FLACPContext | None = None,
     lower_bound: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Args:
         r, k, a, b: [B, T, H, K]; w: [B, T, H, K] log decays (<= 0); v: [B, T, H, V]
         scale: 1.0 by default (RWKV-7 does not scale r)
         initial_state: [N, H, K, V] float32; cu_seqlens: [N + 1] packed sequences (B == 1)
+        cp_context: this rank's piece of a sequence split across ranks (fla.ops.cp.build_cp_context): the DPLR
+            op's context-parallel path; then no cu_seqlens, initial_state or output_final_state
         the rest: as in `chunk_dplr_delta_rule`
     Returns:
         o: [B, T, H, V]; final_state: [N, H, K, V] float32 or None
