@@ -11,7 +11,9 @@ Per head, with the token shift x' = x_{t-1} - x_t (zero before a sequence's firs
     o = (GroupNorm(o) + sum(r * k * r_k) v) * g, then W_o
 The parameter names are the peer library's (x_r ... x_g, k_k, k_a, r_k, r/k/v/o_proj, {w,v,a,g}_lora.lora.{0,2},
 g_norm), and so is its initialization (`reset_parameters`). Padding is handled by packing (`fla.layers.utils`), so
-v_first, which travels between layers, is in the packed layout of the call.
+v_first, which travels between layers, is in the packed layout of the call. Under context parallelism
+(`cp_context`) the token shift takes the previous rank's last token (`fla.modules.token_shift`) and the op its state
+(`chunk_rwkv7`); v_first is per token, so each rank's piece of it is all its later layers read.
 """
 from __future__ import annotations
 
@@ -23,38 +25,10 @@ import torch.nn.functional as F
 
 from fla.layers.utils import (check_cp_layer_call, choose_mode, current_token_mask, pad, recurrent_flops_per_token,
                               unpad)
+from fla.modules.token_shift import token_shift
 from fla.ops.rwkv7 import chunk_rwkv7, fused_mul_recurrent_rwkv7
-from fla.ops.utils.index import sequence_spans
 
 W_SCALE = 0.6065306597126334  # exp(-0.5): the largest decay step, w >= -exp(-0.5)
-
-
-def token_shift(x: torch.Tensor, cu_seqlens: torch.Tensor | None, cache: torch.Tensor | None = None
-                ) -> tuple[torch.Tensor, torch.Tensor]:
-    """x_{t-1} - x_t within each sequence ([B, T, D], or [1, T, D] packed), the previous token of a sequence's first
-    being its row of `cache` ([N, D], the last token of the previous call) or zero. Returns (delta, the last token
-    of each sequence [N, D]) — a sequence without tokens keeps its cached row."""
-    B, T, D = x.shape
-    if cu_seqlens is None:
-        first = cache.to(x.dtype)[:, None] if cache is not None else x.new_zeros(B, 1, D)
-        shifted = torch.cat([first, x[:, :-1]], 1)
-        last = x[:, -1] if T > 0 else (cache if cache is not None else x.new_zeros(B, D))
-        return shifted - x, last
-    spans = sequence_spans(cu_seqlens, 1, T)
-    starts = torch.tensor([bos for _, bos, eos in spans if eos > bos], dtype=torch.long, device=x.device)
-    shifted = torch.cat([x.new_zeros(1, 1, D), x[:, :-1]], 1)
-    keep = torch.ones(T, 1, dtype=x.dtype, device=x.device)
-    keep[starts] = 0
-    shifted = shifted * keep
-    if cache is not None:
-        rows = torch.tensor([i for i, (_, bos, eos) in enumerate(spans) if eos > bos], dtype=torch.long,
-                            device=x.device)
-        shifted = shifted.index_add(1, starts, cache.to(x.dtype)[rows][None])
-    ends = torch.tensor([max(eos - 1, 0) for _, _, eos in spans], dtype=torch.long, device=x.device)
-    empty = torch.tensor([eos == bos for _, bos, eos in spans], device=x.device)[:, None]
-    before = cache.to(x.dtype) if cache is not None else x.new_zeros(len(spans), D)
-    lasts = torch.where(empty, before, x[0].index_select(0, ends)) if T > 0 else before
-    return shifted - x, lasts
 
 
 class LoRA(nn.Module):
@@ -108,6 +82,8 @@ class RWKV7Attention(nn.Module):
     forward(...) -> (o, None, past_key_values, v_first). The cache keeps the recurrent state [B, H, K, V] and, as
     conv_state, the last token of the input [B, D] (for the token shift).
     """
+
+    supports_cp = True  # cp_context reaches its token shift and its op
 
     def __init__(
         self,
@@ -218,13 +194,14 @@ class RWKV7Attention(nn.Module):
         cu_seqlens: torch.Tensor | None = None,
         **kwargs,
     ):
-        check_cp_layer_call(self, kwargs.get("cp_context"), None, None, False, None)  # no CP path yet: refused
+        cp_context = kwargs.get("cp_context")
+        check_cp_layer_call(self, cp_context, attention_mask, past_key_values, use_cache, cu_seqlens)
         batch_size, seq_len = hidden_states.shape[:2]
         state = past_key_values.layer_state(self.layer_idx) if past_key_values is not None else None
         use_cache = use_cache and past_key_values is not None
         x, cu, indices = unpad(hidden_states, current_token_mask(attention_mask, seq_len), cu_seqlens)
         shift_cache = state.conv_state if state is not None else None
-        delta, last = token_shift(x, cu, shift_cache)
+        delta, last = token_shift(x, cu, shift_cache, output_cache=True, cp_context=cp_context)
         xr, xw, xk, xv, xa, xg = (x + delta * getattr(self, n) for n in ("x_r", "x_w", "x_k", "x_v", "x_a", "x_g"))
 
         r, k, v = self.r_proj(xr), self.k_proj(xk), self.v_proj(xv)
@@ -244,7 +221,9 @@ class RWKV7Attention(nn.Module):
         r, w, k, a, vh = heads(r, K), heads(w, K), heads(k, K), heads(a, K), heads(v, V)
 
         initial_state = state.recurrent_state if state is not None else None
-        if choose_mode(self.training, seq_len) == "chunk":
+        if cp_context is not None:  # the chunked op has the CP path (decoding never runs under CP)
+            o, final_state = chunk_rwkv7(r, w, k, vh, -kk, kk * a, scale=1.0, cp_context=cp_context)
+        elif choose_mode(self.training, seq_len) == "chunk":
             o, final_state = chunk_rwkv7(r, w, k, vh, -kk, kk * a, scale=1.0, initial_state=initial_state,
                                          output_final_state=use_cache, cu_seqlens=cu)
         else:

@@ -81,10 +81,18 @@ def test_bad_context_parallel_settings_are_clear_errors():
     assert build_fsdp_mesh(world, 1, 2, 2) is None  # FSDP over all ranks: the world's own mesh
     from flame.distributed import ContextParallel, check_model_for_cp
     from flame.models import build_model, load_model_config
+    from fla.layers import GatedLinearAttention
+
+    class NoCPAttention(GatedLinearAttention):  # every shipped layer has a CP path; a future one may not
+        supports_cp = False
+
+    gla = build_model(load_model_config(GLA))
+    check_model_for_cp(gla, ContextParallel(degree=2))  # GLA has it
+    gla.model.layers[0].attn.__class__ = NoCPAttention
+    with pytest.raises(ConfigError, match=r"layers without context parallelism \(NoCPAttention\)"):
+        check_model_for_cp(gla, ContextParallel(degree=2))
     rwkv7 = build_model(load_model_config(os.path.join(ROOT, "configs", "models", "rwkv7_debug.json")))
-    with pytest.raises(ConfigError, match=r"layers without context parallelism \(RWKV7Attention\)"):
-        check_model_for_cp(rwkv7, ContextParallel(degree=2))
-    check_model_for_cp(build_model(load_model_config(GLA)), ContextParallel(degree=2))  # GLA has it
+    check_model_for_cp(rwkv7, ContextParallel(degree=2))  # RWKV-7 has it too (token shift halo, DPLR state)
 
 
 @pytest.mark.slow

@@ -14,10 +14,11 @@ import math
 import torch
 import torch.nn as nn
 
-from fla.layers.rwkv7 import RWKV7Attention, token_shift
+from fla.layers.rwkv7 import RWKV7Attention
 from fla.layers.utils import current_token_mask, pad, unpad
 from fla.models.cache import FLACache
 from fla.models.modeling_base import FLAForCausalLM, FLAModel
+from fla.modules.token_shift import token_shift
 from fla.models.rwkv7.configuration_rwkv7 import RWKV7Config
 
 
@@ -53,11 +54,14 @@ class RWKV7FeedForward(nn.Module):
         self.value.weight.zero_()
 
     def forward(self, x: torch.Tensor, attention_mask: torch.Tensor | None = None, past_key_values=None,
-                use_cache: bool = False, cu_seqlens: torch.Tensor | None = None) -> torch.Tensor:
+                use_cache: bool = False, cu_seqlens: torch.Tensor | None = None, cp_context=None) -> torch.Tensor:
+        """cp_context: this rank's piece of a sequence split across ranks (the block checked the rest): the token
+        shift takes the previous rank's last token."""
         batch_size, seq_len = x.shape[:2]
         state = past_key_values.layer_state(self.layer_idx) if past_key_values is not None else None
         packed, cu, indices = unpad(x, current_token_mask(attention_mask, seq_len), cu_seqlens)
-        delta, last = token_shift(packed, cu, state.ffn_state if state is not None else None)
+        delta, last = token_shift(packed, cu, state.ffn_state if state is not None else None, output_cache=True,
+                                  cp_context=cp_context)
         if use_cache and past_key_values is not None:
             past_key_values.update(ffn_state=last, layer_idx=self.layer_idx, offset=0)  # the mixer counted them
         y = self.value(torch.relu(self.key(packed.addcmul(delta, self.x_k))).square())
@@ -66,6 +70,8 @@ class RWKV7FeedForward(nn.Module):
 
 class RWKV7Block(nn.Module):
     """Same forward signature as FLABlock (plus the v_first holder from `RWKV7Model.layer_inputs`)."""
+
+    passes_cp_context = True  # its forward hands cp_context to the mixer and to the channel mix's token shift
 
     def __init__(self, config: RWKV7Config, mixer: nn.Module):
         super().__init__()
@@ -90,8 +96,9 @@ class RWKV7Block(nn.Module):
         **kwargs,
     ) -> torch.Tensor:
         residual = self.pre_norm(hidden_states) if hasattr(self, "pre_norm") else hidden_states
+        cp = {} if kwargs.get("cp_context") is None else {"cp_context": kwargs["cp_context"]}
         common = dict(attention_mask=attention_mask, past_key_values=past_key_values, use_cache=use_cache,
-                      cu_seqlens=cu_seqlens)
+                      cu_seqlens=cu_seqlens, **cp)
         if isinstance(self.attn, RWKV7Attention):
             holder = v_first if v_first is not None else {}
             out, _, _, holder["v"] = self.attn(self.attn_norm(residual), v_first=holder.get("v"), **common)
