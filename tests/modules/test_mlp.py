@@ -13,7 +13,8 @@ from tests.helpers import assert_close, poisoned_empty, seed
 @pytest.mark.parametrize("B, T, hidden, intermediate, bias", [(2, 37, 48, 100, False), (3, 11, 32, None, True)])
 def test_gated_mlp_matches_reference(backend, B, T, hidden, intermediate, bias):
     seed(backend, B, T, hidden, intermediate, bias)
-    mlp = GatedMLP(hidden, intermediate, bias=bias)
+    mlp = GatedMLP(hidden, intermediate_size=intermediate, bias=bias)  # hidden_ratio comes second, as in the peer
+    assert intermediate is None or mlp.intermediate_size == intermediate
     x = torch.randn(B, T, hidden, requires_grad=True)
     dy = torch.randn(B, T, hidden)
     params = [x] + list(mlp.parameters())
