@@ -1,8 +1,9 @@
 """Context parallelism in flame (`parallelism.context_parallel_degree`), real torchrun with gloo: a run whose every
 sample is split across 2 ranks (packed documents crossing the split; activation checkpointing on) trains the same
 losses and validation as one process on the same data, and its checkpoint resumes in one process without CP (the
-FSDP mesh is all ranks either way) with the losses of the run that never used CP; HSDP x CP (slow) trains those
-of FSDP. Fixed-length rows under CP: tests/models/test_context_parallel_models.py. Bad settings are clear errors."""
+FSDP mesh is all ranks either way) with the losses of the run that never used CP; fixed-length rows
+(`training.varlen = false`, slow) train the losses, token counts and validation of one process too; HSDP x CP
+(slow) trains those of FSDP. Bad settings are clear errors."""
 import json
 import math
 import os
@@ -93,6 +94,30 @@ def test_bad_context_parallel_settings_are_clear_errors():
         check_model_for_cp(gla, ContextParallel(degree=2))
     rwkv7 = build_model(load_model_config(os.path.join(ROOT, "configs", "models", "rwkv7_debug.json")))
     check_model_for_cp(rwkv7, ContextParallel(degree=2))  # RWKV-7 has it too (token shift halo, DPLR state)
+
+
+@pytest.mark.slow
+def test_cp2_fixed_length_rows_train_the_losses_of_one_process(tmp_path):
+    """`training.varlen = false`: rows [2, 64] without cu_seqlens, each split along T across 2 ranks (the context
+    of fixed rows, the labels' shift across the split, the token counts and validation of a CP group), against one
+    process on the same data. 2 steps of 2 microbatches, no checkpoint; its 4 processes (torchrun, 2 ranks, the
+    reference) cost ~40 s of CPU on 2 cores, mostly imports: over the default run's budget, hence slow."""
+    local = str(tmp_path / "gla.json")
+    shutil.copy(GLA, local)
+    common = COMMON + ["--model.config", local, "--training.varlen", "false", "--training.batch_size", "2",
+                       "--training.steps", "2", "--validation.enable", "--validation.steps", "1",
+                       "--checkpoint.enable", "false"]
+    dumps = {cp: str(tmp_path / f"fixed_cp{cp}") for cp in (1, 2)}
+    runs = launch_together([(common + ["--job.dump_folder", dumps[cp], "--parallelism.context_parallel_degree",
+                                       str(cp)], cp) for cp in (1, 2)])
+    for run in runs:
+        assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    want, got = _losses(dumps[1]), _losses(dumps[2])
+    assert sorted(want) == sorted(got) == [1, 2] and all(_close(got[s], want[s]) for s in want), (got, want)
+    assert [r["tokens"] for r in records(dumps[2]).values()] == [r["tokens"] for r in records(dumps[1]).values()]
+    (vs, vl, vb), = _validation(dumps[2])
+    (ws, wl, wb), = _validation(dumps[1])
+    assert vs == ws == 2 and _close(vl, wl) and _close(vb, wb), (_validation(dumps[2]), _validation(dumps[1]))
 
 
 @pytest.mark.slow
