@@ -343,3 +343,75 @@ def test_bench_data_tiny(tmp_path, monkeypatch):
     assert [r["case"] for r in rows] == ["bare tokenizer (encode_batch_fast)", "loader, random access",
                                          "loader, streaming"]
     assert all(r["tokens_per_s"] > 0 for r in rows) and len(read(tmp_path / "bench_data.csv")) == 3
+
+
+# --- bench_cp: bytes per rank for every CP op; the speed mode's CPU run (gloo), its OOM rows, its torchrun merge ----
+
+CP_OPS = ["simple_gla", "gla", "retention", "linear_attn", "hgrn", "delta_rule", "gated_delta_rule", "kda",
+          "gated_delta_product", "dplr_delta_rule", "rwkv7", "short_conv", "token_shift", "parallel_attn"]
+
+
+def test_bench_cp_tiny_bytes_of_every_cp_op_on_two_gloo_ranks(tmp_path):
+    out = subprocess.run([sys.executable, str(BENCH / "bench_cp.py"), "--tiny", "--worlds", "2", "--out",
+                          str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    sent = {(r["op"], int(r["T"])): int(r["fwd_bytes_per_rank"]) for r in read(tmp_path / "bench_cp.csv")}
+    assert sorted({op for op, _ in sent}) == sorted(CP_OPS)
+    H, K, V, f32 = 2, 16, 16, 4
+    for op in CP_OPS[:-1]:  # a fixed summary (or halo) whatever T
+        assert sent[op, 64] == sent[op, 256], op
+    assert sent["gla", 64] == H * K * (V + 1) * f32 and sent["hgrn", 64] == 2 * H * K * f32
+    for op in ("delta_rule", "gated_delta_rule", "kda", "gated_delta_product", "dplr_delta_rule", "rwkv7"):
+        assert sent[op, 64] == H * K * (V + K) * f32, op
+    assert sent["short_conv", 64] == 3 * H * K * f32 and sent["token_shift", 64] == H * K * f32
+    assert sent["parallel_attn", 256] > 3 * sent["parallel_attn", 64]  # K, V and the gate: O(T)
+
+def test_bench_cp_speed_tiny_on_two_gloo_ranks(tmp_path):
+    # the same code path as the GPU table (spawned ranks, cp_context, timed forward + backward), on 2 CPU ranks
+    out = subprocess.run([sys.executable, str(BENCH / "bench_cp.py"), "--speed", "--tiny", "--worlds", "2",
+                          "--lengths", "64", "--out", str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = read(tmp_path / "bench_cp_speed.csv")
+    assert [(r["model"], r["world"], r["T"], r["tokens_per_rank"], r["status"]) for r in rows] == [
+        ("gated_deltanet", "2", "64", "32", "ok")]
+    assert float(rows[0]["tokens_per_s"]) > 0 and float(rows[0]["step_ms"]) > 0
+    assert rows[0]["peak_mem_gib"] == "" and rows[0]["note"] == "CPU wall time: not meaningful"
+    table = (tmp_path / "bench_cp_speed.md").read_text()
+    title, header = table.splitlines()[:2]
+    assert "CPU wall times: not meaningful" in title
+    assert [c.strip() for c in header.strip("| ").split("|")][:7] == [
+        "model", "CP", "T", "tokens_per_rank", "status", "tokens/s", "peak GiB (max rank)"]
+
+
+def test_bench_cp_speed_reports_oom_and_merges_torchrun_degrees(tmp_path, monkeypatch, capsys):
+    cp = load("bench_cp")
+    earlier = dict(model="gated_deltanet", world="2", T="64", tokens_per_rank="32", status="ok", step_ms="5.0",
+                   tokens_per_s="12800.0", peak_mem_gib="1.5", peak_mem_gib_per_rank="1.50/1.40", device="gpu",
+                   dtype="bfloat16", note="")
+    _write(tmp_path / "bench_cp_speed.csv", [earlier, dict(earlier, world="1", tokens_per_rank="64")])
+    step = cp._step_ms
+
+    def short_of_memory(model, ids, ctx, n_targets, device):
+        if ids.shape[1] >= 128:
+            raise torch.OutOfMemoryError("CUDA out of memory (a test's)")
+        return step(model, ids, ctx, n_targets, device)
+
+    monkeypatch.setattr(cp, "_step_ms", short_of_memory)
+    for key, value in dict(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0").items():  # as torchrun --nproc_per_node 1
+        monkeypatch.setenv(key, value)
+    rows = cp.main(["--speed", "--tiny", "--lengths", "64,128,256", "--out", str(tmp_path)])
+    assert [(r["T"], r["status"]) for r in rows] == [(64, "ok"), (128, "OOM"), (256, "not run")]
+    assert rows[1]["note"] == "out of memory on rank 0" and rows[2]["note"] == "OOM or error at T = 128"
+    saved = read(tmp_path / "bench_cp_speed.csv")  # CP 1's rows replaced, CP 2's kept
+    assert [(r["world"], r["T"], r["status"], r["device"]) for r in saved] == [
+        ("1", "64", "ok", "cpu"), ("1", "128", "OOM", "cpu"), ("1", "256", "not run", "cpu"),
+        ("2", "64", "ok", "gpu")]
+    table = (tmp_path / "bench_cp_speed.md").read_text()
+    oom = next(line for line in table.splitlines() if "| OOM " in line)
+    assert oom.count("OOM") >= 3  # status, tokens/s and peak memory all say it
+    assert "12,800" in table
+    # a point no rank reported (its group died): 'failed', never a missing row
+    part = tmp_path / "part.jsonl"
+    part.write_text('{"model": "m", "world": 2, "T": 64, "status": "ok"}\n')
+    cfg = dict(model="m", lengths=[64, 128], device_name="cpu", dtype="float32")
+    assert [r["status"] for r in cp._read_part(str(part), cfg, 2)] == ["ok", "failed"]
