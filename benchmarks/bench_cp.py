@@ -280,7 +280,8 @@ def _init(rank: int, world: int, cfg: dict):
     local = int(os.environ.get("LOCAL_RANK", rank))  # torchrun sets it; spawned ranks are one node's GPUs
     device = torch.device("cuda", local % torch.cuda.device_count()) if cfg["cuda"] else torch.device("cpu")
     if device.type == "cuda":
-        torch.cuda.set_device(device)
+        torch.cuda.set_device(device)  # before anything touches CUDA: no rank makes a context on GPU 0
+        cfg["device_name"] = torch.cuda.get_device_name(device)
     else:
         torch.set_num_threads(cfg["threads"])
     if world == 1:
@@ -316,12 +317,17 @@ def _spawn_speed(world: int, cfg: dict, part_file: str) -> None:
     for p in procs:
         p.start()
     deadline = time.monotonic() + cfg["timeout"] * (len(cfg["lengths"]) + 1)
-    for p in procs:
-        p.join(max(deadline - time.monotonic(), 1))
+    failed_at = None  # once a rank has died, the others get a minute to finish (or to fail on its absence)
+    while any(p.is_alive() for p in procs) and time.monotonic() < deadline:
+        if failed_at is None and any(p.exitcode not in (None, 0) for p in procs):
+            failed_at = time.monotonic()
+        if failed_at is not None and time.monotonic() - failed_at > min(cfg["timeout"], 60):
+            break
+        time.sleep(0.2)
     for p in procs:
         if p.is_alive():
             p.kill()
-            p.join()
+        p.join()
 
 
 def _read_part(part_file: str, cfg: dict, world: int) -> list[dict]:
@@ -346,7 +352,7 @@ def _speed_cfg(args) -> dict:
     cfg = dict(model=args.model, hidden=args.hidden, layers=args.layers, vocab=args.vocab, lengths=lengths,
                warmup=args.warmup, iters=args.iters, set=args.set, dtype=args.dtype or
                ("bfloat16" if cuda else "float32"), cuda=cuda, timeout=args.timeout, threads=1,
-               device_name=torch.cuda.get_device_name() if cuda else "cpu")
+               device_name="cuda" if cuda else "cpu")  # the GPU's name comes from the ranks (_init)
     if args.tiny:
         cfg.update(tiny, set=",".join(filter(None, (TINY_SET.get(args.model, ""), args.set))))
     return cfg
@@ -364,8 +370,9 @@ def _write_speed(rows: list[dict], paths, cfg: dict, worlds: list[int], merge: b
     rows = sorted(old + rows, key=lambda r: (r["model"], r["world"], r["T"]))
     shown = [dict(r, tokens_per_s="OOM" if r["status"] == "OOM" else r.get("tokens_per_s"),
                   peak_mem_gib="OOM" if r["status"] == "OOM" else r.get("peak_mem_gib")) for r in rows]
+    device = ", ".join(dict.fromkeys(r["device"] for r in rows))
     title = (f"{cfg['model']} (hidden {cfg['hidden']}, {cfg['layers']} layers, vocab {cfg['vocab']}, {cfg['dtype']}, "
-             f"{cfg['device_name']}): forward + backward, CP degree = world"
+             f"{device}): forward + backward, CP degree = world"
              + ("; CPU wall times: not meaningful" if not cfg["cuda"] else ""))
     headers = {"world": "CP", "tokens_per_s": "tokens/s", "peak_mem_gib": "peak GiB (max rank)",
                "peak_mem_gib_per_rank": "peak GiB per rank"}
