@@ -385,11 +385,11 @@ def _write_speed(rows: list[dict], paths, cfg: dict, worlds: list[int], merge: b
     md.write_text(table.getvalue().lstrip("\n"))
     print(f"wrote {md}")
     report.save(rows, paths, report.Plot(
-        x="T", series=("world",), logx=True, xlabel="global tokens T", title=f"{cfg['model']} under CP",
+        x="T", series=("cp",), logx=True, xlabel="global tokens T", title=f"{cfg['model']} under CP",
         panels=[("tokens/s", ["tokens_per_s"])] + ([("peak GiB per rank (max)", ["peak_mem_gib"])]
                                                   if cfg["cuda"] else []),
         notes=[] if cfg["cuda"] else [CPU_NOTE]), fields=SPEED_COLUMNS,
-        plot_rows=[r for r in rows if r["status"] == "ok"])
+        plot_rows=[dict(r, cp=f"CP {r['world']}") for r in rows if r["status"] == "ok"])
 
 
 def speed_main(args) -> list[dict]:
