@@ -282,10 +282,10 @@ def _init(rank: int, world: int, cfg: dict):
     if device.type == "cuda":
         torch.cuda.set_device(device)  # before anything touches CUDA: no rank makes a context on GPU 0
         cfg["device_name"] = torch.cuda.get_device_name(device)
-    else:
-        torch.set_num_threads(cfg["threads"])
     if world == 1:
         return device, None
+    if device.type == "cpu":
+        torch.set_num_threads(cfg["threads"])  # the ranks share the cores: more threads each would only spin
     timeout = datetime.timedelta(seconds=cfg["timeout"])
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=rank, world_size=world,
                             timeout=timeout, **({"device_id": device} if device.type == "cuda" else {}))
