@@ -25,7 +25,7 @@ import triton
 import triton.language as tl
 
 from fla.modules.layernorm import RMSNorm, _check, _r_dtype
-from fla.modules.norm_kernels import _blocks, norm_bwd
+from fla.modules.norm_kernels import _blocks, _norm_fwd_rows, norm_bwd
 from fla.ops.utils.dispatch import dispatch
 
 
@@ -51,31 +51,9 @@ def norm_quant_fwd_kernel(
     IS_RMS: tl.constexpr,
 ):
     # grid: (cdiv(M, BM),); x, residual, y, r_out are [M, N] row-major (row stride N); mean, rstd [M] float32.
-    o_m = tl.program_id(0) * BM + tl.arange(0, BM)
-    o_n = tl.arange(0, BN)
-    m_m, m_n = o_m < M, o_n < N
-    m_x = m_m[:, None] & m_n[None, :]
-    offs = o_m.to(tl.int64)[:, None] * N + o_n[None, :]
-    b_r = tl.load(x + offs, mask=m_x, other=0.).to(tl.float32)
-    if HAS_RESIDUAL:
-        b_r += tl.load(residual + offs, mask=m_x, other=0.).to(tl.float32)
-    if STORE_R:
-        tl.store(r_out + offs, b_r.to(r_out.dtype.element_ty), mask=m_x)
-        # normalize what was stored: backward recomputes y_q from it and must find the same values
-        b_r = tl.load(r_out + offs, mask=m_x, other=0.).to(tl.float32)
-    if IS_RMS:
-        b_c = b_r
-    else:
-        b_mean = tl.sum(b_r, axis=1) / N
-        tl.store(mean + o_m, b_mean, mask=m_m)
-        b_c = tl.where(m_x, b_r - b_mean[:, None], 0.)  # padded columns stay 0, out of the variance and the max
-    b_rstd = 1 / tl.sqrt(tl.sum(b_c * b_c, axis=1) / N + eps)
-    tl.store(rstd + o_m, b_rstd, mask=m_m)
-    b_y = b_c * b_rstd[:, None]
-    if HAS_WEIGHT:
-        b_y *= tl.load(weight + o_n, mask=m_n, other=0.).to(tl.float32)[None, :]
-    if HAS_BIAS:
-        b_y += tl.load(bias + o_n, mask=m_n, other=0.).to(tl.float32)[None, :]
+    # The norm is norm_kernels' with one group (G = 1, D = N); the padded columns of b_y are 0, out of the max.
+    b_y, offs, m_x = _norm_fwd_rows(x, residual, weight, bias, r_out, mean, rstd, eps, tl.program_id(0), 0, M, N, N,
+                                    1, BM, BN, HAS_RESIDUAL, STORE_R, HAS_WEIGHT, HAS_BIAS, IS_RMS)
     # 8-bit absmax per row; round half away from zero with floor/ceil (every backend has them)
     b_s = 127. / tl.maximum(tl.max(tl.abs(b_y), axis=1), 1e-5)
     b_q = b_y * b_s[:, None]

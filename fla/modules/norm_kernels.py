@@ -32,15 +32,16 @@ def _gate_grad(b_g, ACT_SIGMOID: tl.constexpr):
 
 
 @triton.jit
-def rms_norm_fwd_kernel(
-    x, residual, weight, bias, g, y, r_out, mean, rstd, eps, M, N, D, G,
+def _norm_fwd_rows(
+    x, residual, weight, bias, r_out, mean, rstd, eps, i_m, i_g, M, N, D, G,
     BM: tl.constexpr, BD: tl.constexpr,
     HAS_RESIDUAL: tl.constexpr, STORE_R: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr,
-    HAS_GATE: tl.constexpr, ACT_SIGMOID: tl.constexpr, IS_RMS: tl.constexpr,
+    IS_RMS: tl.constexpr,
 ):
-    # grid: (cdiv(M, BM), G); program (i_m, i_g) normalizes channels [i_g * D, i_g * D + D) of BM rows. Every tensor
-    # is [M, N] row-major (row stride N = G * D); weight and bias are [N]; mean and rstd are [M, G] float32.
-    i_m, i_g = tl.program_id(0), tl.program_id(1)
+    """The normalized rows of one block, shared by the norm forward and BitLinear's quantizing forward: rows
+    [i_m * BM, i_m * BM + BM) in channels [i_g * D, i_g * D + D) (layout as in `rms_norm_fwd_kernel`). Stores
+    r = x + residual (STORE_R), mean (LayerNorm) and rstd; returns (yn = xhat * weight + bias in float32, 0 in the
+    padded entries; the block's offsets into the [M, N] tensors; their mask)."""
     o_m = i_m * BM + tl.arange(0, BM)
     o_d = tl.arange(0, BD)
     m_m, m_d = o_m < M, o_d < D
@@ -69,6 +70,21 @@ def rms_norm_fwd_kernel(
         b_y *= tl.load(weight + o_c, mask=m_d, other=0.).to(tl.float32)[None, :]
     if HAS_BIAS:
         b_y += tl.load(bias + o_c, mask=m_d, other=0.).to(tl.float32)[None, :]
+    return b_y, offs, m_x
+
+
+@triton.jit
+def rms_norm_fwd_kernel(
+    x, residual, weight, bias, g, y, r_out, mean, rstd, eps, M, N, D, G,
+    BM: tl.constexpr, BD: tl.constexpr,
+    HAS_RESIDUAL: tl.constexpr, STORE_R: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr,
+    HAS_GATE: tl.constexpr, ACT_SIGMOID: tl.constexpr, IS_RMS: tl.constexpr,
+):
+    # grid: (cdiv(M, BM), G); program (i_m, i_g) normalizes channels [i_g * D, i_g * D + D) of BM rows. Every tensor
+    # is [M, N] row-major (row stride N = G * D); weight and bias are [N]; mean and rstd are [M, G] float32.
+    b_y, offs, m_x = _norm_fwd_rows(x, residual, weight, bias, r_out, mean, rstd, eps, tl.program_id(0),
+                                    tl.program_id(1), M, N, D, G, BM, BD, HAS_RESIDUAL, STORE_R, HAS_WEIGHT,
+                                    HAS_BIAS, IS_RMS)
     if HAS_GATE:
         b_y *= _gate(tl.load(g + offs, mask=m_x, other=0.).to(tl.float32), ACT_SIGMOID)
     tl.store(y + offs, b_y.to(y.dtype.element_ty), mask=m_x)
