@@ -34,3 +34,7 @@ from fla.modules.fused_kl_div import FusedKLDivLoss, fused_kl_div_loss  # noqa: 
 __all__ += ["FusedKLDivLoss", "fused_kl_div_loss"]
 from fla.modules.fused_bitlinear import BitLinear, FusedBitLinear  # noqa: E402
 __all__ += ["BitLinear", "FusedBitLinear"]
+
+# issue 19: the peer's TokenShift, and its other import paths for these modules (norm/, causal_conv1d/, .ops, ...)
+from fla.modules.token_shift import TokenShift  # noqa: E402
+__all__ += ["TokenShift"]

@@ -94,3 +94,60 @@ def token_shift(
         raise ValueError(f"cache must be [N, D] = [{N}, {x.shape[-1]}] (got {getattr(cache, 'shape', cache)})")
     delta, last = _shift(x, cu_seqlens, cache)
     return (delta, last) if output_cache else delta
+
+
+class TokenShift(torch.autograd.Function):
+    """The peer library's autograd form of `token_shift`:
+    `TokenShift.apply(x, cu_seqlens=None, cache=None, output_cache=False, chunk_indices=None)` -> (delta, cache_out),
+    cache_out [N, D] with output_cache, else None. The math is `token_shift`'s; backward recomputes it (a shifted
+    copy, cheap) and differentiates that, so there is one implementation and x and the cache get their gradients."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, cu_seqlens: torch.Tensor | None = None, cache: torch.Tensor | None = None,
+                output_cache: bool = False, chunk_indices: torch.Tensor | None = None):
+        delta, last = token_shift(x, cu_seqlens, cache, output_cache=True)
+        ctx.save_for_backward(x, cache)
+        ctx.cu_seqlens = cu_seqlens
+        return delta, (last if output_cache else None)
+
+    @staticmethod
+    def backward(ctx, ddelta: torch.Tensor, dcache: torch.Tensor | None = None):
+        x, cache = ctx.saved_tensors
+        leaves = [x.detach().requires_grad_()]
+        if cache is not None:
+            leaves.append(cache.detach().requires_grad_())
+        with torch.enable_grad():
+            delta, last = token_shift(leaves[0], ctx.cu_seqlens, leaves[1] if cache is not None else None,
+                                      output_cache=True)
+            outputs, grads_out = [delta], [ddelta]
+            if dcache is not None:
+                outputs.append(last)
+                grads_out.append(dcache)
+            grads = torch.autograd.grad(outputs, leaves, grads_out, allow_unused=True)
+        dcache_in = grads[1] if cache is not None else None
+        if dcache_in is None and cache is not None:  # every sequence had tokens and no cache_out gradient came
+            dcache_in = torch.zeros_like(cache)
+        return grads[0], None, dcache_in, None, None
+
+
+def token_shift_ref(x: torch.Tensor, cu_seqlens: torch.Tensor | None = None) -> torch.Tensor:
+    """The peer library's reference (no cache): a plain per-sequence loop, x [B, T, D] (B = 1 with cu_seqlens)."""
+    bounds = [0, x.shape[1]] if cu_seqlens is None else cu_seqlens.tolist()
+    delta = torch.empty_like(x)
+    for bos, eos in zip(bounds[:-1], bounds[1:]):
+        seq = x[:, bos:eos]
+        delta[:, bos:eos] = torch.cat([torch.zeros_like(seq[:, :1]), seq[:, :-1]], 1)[:, :eos - bos] - seq
+    return delta
+
+
+def token_shift_fwd(x, cu_seqlens=None, cache=None, output_cache=False, chunk_indices=None):
+    """Not provided: the peer's forward launcher."""
+    from fla.modules._peer_internal import peer_internal
+    peer_internal("token_shift_fwd", "token_shift (or TokenShift.apply) from fla.modules.token_shift")
+
+
+def token_shift_bwd(dy, N, T, dcache=None, cu_seqlens=None, use_short_kernel=True, has_init_cache=False,
+                    chunk_indices=None):
+    """Not provided: the peer's backward launcher (autograd runs ours through token_shift)."""
+    from fla.modules._peer_internal import peer_internal
+    peer_internal("token_shift_bwd", "token_shift (or TokenShift.apply) from fla.modules.token_shift (autograd)")
