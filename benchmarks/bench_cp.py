@@ -17,9 +17,10 @@ fuse_linear_cross_entropy=false`) on one sequence of T global tokens, T / world 
 `fla.ops.cp.build_cp_context`). After `--warmup` steps, `--iters` forward + backward steps are timed with CUDA
 events on every rank; a step's time is the slowest rank's, tokens/s = T / the median step time; peak memory is
 `torch.cuda.max_memory_allocated` per rank (its max over the ranks, and every rank's). An out-of-memory point is
-reported as "OOM" (the longer ones as not run), an exception as "error" with its message, and the table is still
-written. `--speed --tiny` runs the same code on CPU with gloo (2 ranks, tiny shapes): its wall times are a loaded
-CPU's and mean nothing, and CPU memory is not measured. GPU figures: unmeasured so far (no GPU was lent).
+reported as "OOM" (the longer ones as not run), an exception as "error" with its message, a CP degree with more
+ranks than visible GPUs as "not run", and the table is still written. `--speed --tiny` runs the same code on CPU
+with gloo (2 ranks, tiny shapes): its wall times are a loaded CPU's and mean nothing, and CPU memory is not
+measured. GPU figures: unmeasured so far (no GPU was lent).
 
 Bytes mode (the default):
 
@@ -410,10 +411,13 @@ def speed_main(args) -> list[dict]:
             _write_speed(rows, paths, cfg, [world], merge=True)
         return rows
     worlds = [int(w) for w in args.worlds.split(",")]
-    if cfg["cuda"] and max(worlds) > torch.cuda.device_count():
-        raise SystemExit(f"--worlds {args.worlds} needs {max(worlds)} GPUs; {torch.cuda.device_count()} visible")
     rows = []
     for world in worlds:
+        if cfg["cuda"] and world > torch.cuda.device_count():  # NCCL takes one GPU per rank
+            rows += [dict(model=cfg["model"], world=world, T=T, tokens_per_rank=T // world, status="not run",
+                          device="cuda", dtype=cfg["dtype"],
+                          note=f"needs {world} GPUs, {torch.cuda.device_count()} visible") for T in cfg["lengths"]]
+            continue
         part = str(paths[0].parent / f".bench_cp_speed_{world}.jsonl")
         if os.path.exists(part):
             os.remove(part)

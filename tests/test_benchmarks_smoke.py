@@ -415,3 +415,14 @@ def test_bench_cp_speed_reports_oom_and_merges_torchrun_degrees(tmp_path, monkey
     part.write_text('{"model": "m", "world": 2, "T": 64, "status": "ok"}\n')
     cfg = dict(model="m", lengths=[64, 128], device_name="cpu", dtype="float32")
     assert [r["status"] for r in cp._read_part(str(part), cfg, 2)] == ["ok", "failed"]
+
+
+def test_bench_cp_speed_without_enough_gpus_says_so(tmp_path, monkeypatch):
+    cp = load("bench_cp")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a one-GPU box asked for CP 2
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(cp, "_spawn_speed", lambda *a: pytest.fail("no group may start"))
+    rows = cp.main(["--speed", "--worlds", "2", "--lengths", "8k", "--out", str(tmp_path)])
+    assert [(r["world"], r["T"], r["status"], r["note"]) for r in rows] == [
+        (2, 8192, "not run", "needs 2 GPUs, 1 visible")]
+    assert "needs 2 GPUs, 1 visible" in (tmp_path / "bench_cp_speed.md").read_text()
