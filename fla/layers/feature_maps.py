@@ -14,6 +14,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from fla.modules.activations import ACT2FN, elu_p1  # elu_p1: the "elu" map, here for its users
+# the modules live in fla.modules.feature_map (the peer's path); imported here for the registry and old imports
+from fla.modules.feature_map import DPFPFeatureMap, HadamardFeatureMap, HedgehogFeatureMap, T2RFeatureMap
 
 
 def sum_norm(x: torch.Tensor) -> torch.Tensor:
@@ -25,57 +27,6 @@ def sum_norm(x: torch.Tensor) -> torch.Tensor:
 ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     name: fn for name, fn in ACT2FN.items() if name != "bias_gelu"
 }
-
-
-class HedgehogFeatureMap(nn.Module):
-    """Hedgehog (Zhang et al., 2024): softmax over [2 W x, -2 W x], a learned linear W + bias; [.., D] -> [.., 2D]."""
-
-    def __init__(self, head_dim: int):
-        super().__init__()
-        self.layer = nn.Linear(head_dim, head_dim)
-        with torch.no_grad():  # identity first (the model's init redraws it as it does every linear layer)
-            nn.init.eye_(self.layer.weight)
-            nn.init.zeros_(self.layer.bias)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = 2 * self.layer(x)
-        return torch.cat([y, -y], dim=-1).softmax(-1)
-
-
-class T2RFeatureMap(nn.Module):
-    """T2R (Kasai et al., 2021): relu(W x), a learned linear map without bias."""
-
-    def __init__(self, head_dim: int):
-        super().__init__()
-        self.layer = nn.Linear(head_dim, head_dim, bias=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.layer(x).relu()
-
-
-class HadamardFeatureMap(nn.Module):
-    """The elementwise product (W1 x + b1) * (W2 x + b2) of two learned linear maps."""
-
-    def __init__(self, head_dim: int):
-        super().__init__()
-        self.layer1 = nn.Linear(head_dim, head_dim)
-        self.layer2 = nn.Linear(head_dim, head_dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.layer1(x) * self.layer2(x)
-
-
-class DPFPFeatureMap(nn.Module):
-    """DPFP (Schlag et al., 2021), nu = 4: r = [relu(x), relu(-x)] times its rolls by 1..nu; [.., D] -> [.., 2 nu D]."""
-
-    def __init__(self, head_dim: int, nu: int = 4):
-        super().__init__()
-        self.nu = nu
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        r = torch.cat([x.relu(), (-x).relu()], dim=-1)
-        rolled = torch.cat([r.roll(shifts=j, dims=-1) for j in range(1, self.nu + 1)], dim=-1)
-        return torch.cat([r] * self.nu, dim=-1) * rolled
 
 
 LINEAR_ATTN_FEATURE_MAPS: dict[str, Callable[[int], Callable[[torch.Tensor], torch.Tensor]]] = {

@@ -38,3 +38,5 @@ __all__ += ["BitLinear", "FusedBitLinear"]
 # issue 19: the peer's TokenShift, and its other import paths for these modules (norm/, causal_conv1d/, .ops, ...)
 from fla.modules.token_shift import TokenShift  # noqa: E402
 __all__ += ["TokenShift"]
+from fla.modules._peer_layout import _install  # noqa: E402
+_install(__name__)

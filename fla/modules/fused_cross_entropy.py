@@ -266,3 +266,25 @@ class FusedCrossEntropyLoss(nn.Module):
             input, target, self.ignore_index, self.label_smoothing, self.reduction, logit_scale=self.logit_scale,
             logit_softcapping=self.logit_softcapping, lse_square_scale=self.lse_square_scale,
             inplace_backward=self.inplace_backward, return_z_loss=self.return_z_loss)
+
+
+def cross_entropy_loss(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    label_smoothing: float = 0.0,
+    logit_scale: float = 1.0,
+    lse_square_scale: float = 0.0,
+    logit_softcapping: float | None = None,
+    ignore_index: int = -100,
+    inplace_backward: bool = False,
+    process_group=None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The peer library's unreduced form: (loss [N] float32, z-loss [N] float32), the z-loss (lse_square_scale *
+    lse^2, already inside loss) not differentiable; ignored rows give 0 in both. `fused_cross_entropy` with
+    reduction="none" and return_z_loss. process_group (a vocabulary split across ranks) is not supported."""
+    if process_group is not None:
+        raise ValueError("process_group (tensor-parallel vocabulary) is not supported by cross_entropy_loss; gather "
+                         "the logits, or pass None")
+    return fused_cross_entropy(logits, target, ignore_index, label_smoothing, "none", logit_scale=logit_scale,
+                               logit_softcapping=logit_softcapping, lse_square_scale=lse_square_scale,
+                               inplace_backward=inplace_backward, return_z_loss=True)

@@ -234,3 +234,43 @@ class FusedLinearCrossEntropyLoss(nn.Module):
             use_l2warp=self.use_l2warp, l2_penalty_factor=self.l2_penalty_factor,
             accumulate_grad_in_fp32=self.accumulate_grad_in_fp32,
         )
+
+
+def fused_linear_cross_entropy_fwd(
+    x: torch.Tensor,
+    target: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    ignore_index: int = -100,
+    label_smoothing: float = 0.0,
+    logit_scale: float = 1.0,
+    logit_softcapping: float | None = None,
+    num_chunks: int = 8,
+    reduction: str = "mean",
+    use_l2warp: bool = False,
+    l2_penalty_factor: float = 1e-4,
+    accumulate_grad_in_fp32: bool = True,
+    process_group=None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """The peer library's two-step form: (loss, dx, dw, db), the loss of `fused_linear_cross_entropy_loss` (same
+    arguments) and its gradients for an output gradient of 1 (db None without a bias); scale them by the real
+    output gradient with `fused_linear_cross_entropy_bwd`. Runs our fused forward, which computes them together."""
+    leaves = [t.detach().requires_grad_() for t in (x, weight) + ((bias,) if bias is not None else ())]
+    with torch.enable_grad():
+        loss = fused_linear_cross_entropy_loss(
+            leaves[0], target, leaves[1], leaves[2] if bias is not None else None, ignore_index, label_smoothing,
+            logit_scale, logit_softcapping, num_chunks, reduction, use_l2warp, l2_penalty_factor,
+            accumulate_grad_in_fp32, process_group)
+        grads = torch.autograd.grad(loss, leaves)
+    return loss.detach(), grads[0], grads[1], grads[2] if bias is not None else None
+
+
+def fused_linear_cross_entropy_bwd(
+    do: torch.Tensor, dx: torch.Tensor, dw: torch.Tensor | None, db: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """(dx, dw, db) of `fused_linear_cross_entropy_fwd` scaled by the output gradient `do` (a scalar), in place."""
+    return tuple(None if t is None else t.mul_(do.to(t.dtype)) for t in (dx, dw, db))
+
+
+fused_linear_cross_entropy_forward = fused_linear_cross_entropy_fwd  # the peer's older names
+fused_linear_cross_entropy_backward = fused_linear_cross_entropy_bwd

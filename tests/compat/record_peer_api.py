@@ -34,6 +34,11 @@ SUBMODULES.update({f"fla.ops.{f}.{sub}": f"fla.ops.{f}" for f in FAMILIES
                    for sub in ("chunk", "fused_recurrent", "fused_chunk", "parallel") if f != "attn"})
 MODULES += ["fla.modules.activations"] + list(SUBMODULES)
 MODULES += [f"fla.modules.{m}" for m in ("fused_bitlinear", "fused_kl_div", "long_conv")]  # added later
+# the peer's package layout for the modules (issue 19, added later)
+MODULES += [f"fla.modules.{m}" for m in (
+    "norm", "norm.layernorm", "norm.fused_norm_gate", "norm.l2norm", "norm.layernorm_gated", "norm.layernorm_quant",
+    "layernorm_gated", "causal_conv1d", "causal_conv1d.ops", "causal_conv1d.cp", "causal_conv1d.backends.cuda",
+    "token_shift", "token_shift_cp", "l2warp", "feature_map")]
 
 
 def describe(obj) -> list[list[str]] | None:
