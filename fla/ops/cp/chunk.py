@@ -56,10 +56,10 @@ def _fold(gathered: torch.Tensor, V: int, context: FLACPContext, diagonal: bool)
     diagonal M, K for a matrix one): S = 0; S <- M_j S + B_j for every earlier rank j. Every rank runs the same
     ops (masks, not branches: see comm.py)."""
     S = torch.zeros_like(gathered[0, ..., :V])
-    key = ("earlier_ranks", S.device)
-    if key not in context._memo:  # which ranks come before this one, on the device once (no copy per call)
-        context._memo[key] = (torch.arange(context.world_size) < context.rank).to(S.device, non_blocking=True)
-    earlier = context._memo[key]
+    # which ranks come before this one: made on the device (no host copy), and not memoized on the context: under
+    # torch.compile a memo lookup that misses on a batch's first layer and hits on the others recompiled this frame
+    # every call until dynamo's limit
+    earlier = torch.arange(context.world_size, device=S.device) < context.rank
     for j in range(context.world_size):
         B_j, M_j = gathered[j, ..., :V], gathered[j, ..., V:]
         moved = (M_j * S if diagonal else M_j @ S) + B_j

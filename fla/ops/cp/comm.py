@@ -25,7 +25,8 @@ _sent = {"bytes": 0, "calls": 0}
 
 
 def bytes_sent(reset: bool = False) -> dict:
-    """{'bytes', 'calls'}: what this rank's CP all-gathers sent (forward) since the last reset."""
+    """{'bytes', 'calls'}: what this rank's CP all-gathers sent (forward) since the last reset; calls made inside a
+    torch.compile'd region are not counted (benchmarks/bench_cp.py runs eagerly)."""
     out = dict(_sent)
     if reset:
         _sent.update(bytes=0, calls=0)
@@ -36,8 +37,9 @@ def all_gather_pieces(x: torch.Tensor, context: FLACPContext) -> torch.Tensor:
     """[*S] on every rank -> [world_size, *S], rank r's tensor at index r; differentiable (the gradient of every
     rank's copy is summed back onto its owner)."""
     world = context.world_size
-    _sent["bytes"] += x.numel() * x.element_size() * (world - 1)
-    _sent["calls"] += 1
+    if not torch.compiler.is_compiling():  # dynamo guards on a mutated global int: it recompiled on every call
+        _sent["bytes"] += x.numel() * x.element_size() * (world - 1)
+        _sent["calls"] += 1
     if world == 1:
         return x.unsqueeze(0)
     out = _gather(x.contiguous().view(1, *x.shape), 0, context.group)
