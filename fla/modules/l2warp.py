@@ -13,16 +13,18 @@ class L2Wrap(torch.autograd.Function):
     """`L2Wrap.apply(loss, logits, l2_penalty_factor=1e-4)` -> loss (the same value).
 
     Backward: d loss passes through; d logits is zero except at each row's argmax over the last dim, where it is
-    d loss * max * l2_penalty_factor / rows, rows = B * T for logits [B, T, V] (every leading position)."""
+    d loss * max * l2_penalty_factor / (shape[0] * shape[1]): B * T for the documented logits [B, T, V]. For 2-D
+    logits [N, V] that divisor is N * V, not N; it is kept so, as in the peer and in RWKV's trainers where the rule
+    comes from, so the same call gives the same gradient (pass [1, N, V] to divide by N)."""
 
     @staticmethod
     def forward(ctx, loss: torch.Tensor, logits: torch.Tensor, l2_penalty_factor: float = 1e-4) -> torch.Tensor:
         if logits.dim() < 2:
             raise ValueError(f"logits must be [..., V] with at least one leading dim (got {tuple(logits.shape)})")
         peak, where = logits.detach().max(-1, keepdim=True)
-        rows = logits.numel() // max(logits.shape[-1], 1)
+        divisor = logits.shape[0] * logits.shape[1]
         # only the scaled maxima and their positions are kept, not the logits
-        ctx.save_for_backward(peak * (l2_penalty_factor / max(rows, 1)), where)
+        ctx.save_for_backward(peak * (l2_penalty_factor / max(divisor, 1)), where)
         ctx.shape = logits.shape
         return loss
 

@@ -408,6 +408,12 @@ def test_l2warp():
     peak = logits.detach().amax(-1, keepdim=True)  # rows = B * T = 10
     want = want + torch.zeros_like(logits).scatter_(-1, logits.detach().argmax(-1, keepdim=True), 3 * peak * 1e-2 / 10)
     assert_close("dlogits", got, want, 1e-6)
+    # 2-D logits [N, V]: the peer's divisor is shape[0] * shape[1] = N * V (RWKV's rule), kept for the same result
+    flat = torch.randn(6, 11, requires_grad=True)
+    (got,) = torch.autograd.grad(l2_warp(flat.sum() * 0, flat, 1e-2), flat)
+    peak = flat.detach().amax(-1, keepdim=True)
+    assert_close("dlogits 2-D", got, torch.zeros_like(flat).scatter_(-1, flat.detach().argmax(-1, keepdim=True),
+                                                                     peak * 1e-2 / 66), 1e-6)
     with pytest.raises(ValueError, match="logits"):
         l2_warp(base, torch.randn(4), 1e-2)
 
