@@ -97,6 +97,27 @@ def _seq_bounds(i_blk, i_b, cu_q, cu_k, block_indices, T, TK, IS_VARLEN: tl.cons
 
 
 @triton.jit
+def _query_program(cu_seqlens, cu_seqlens_k, block_indices, T, TK, HQ: tl.constexpr, GROUP: tl.constexpr,
+                   IS_VARLEN: tl.constexpr, Q_OFFSET: tl.constexpr):
+    """The prologue of a query-block program (forward and dq), grid (query blocks, B * HQ) walked backwards so that
+    the last (heaviest, causal) blocks launch first and the tail of the grid is light. Returns (block index within
+    the sequence, query head, its key/value head, tq0, tk0, qbase, kbase, off = Lk - Lq, Lq, Lk)."""
+    i_m, i_bh = tl.num_programs(0) - 1 - tl.program_id(0), tl.program_id(1)
+    i_b, i_hq = i_bh // HQ, i_bh % HQ
+    i_h = i_hq // GROUP
+    i_m, tq0, tk0, bos, bos_k, Lq, L = _seq_bounds(i_m, i_b, cu_seqlens, cu_seqlens_k, block_indices, T, TK,
+                                                   IS_VARLEN, Q_OFFSET)
+    qbase = (i_b * HQ + i_hq).to(tl.int64) * T + bos
+    if Q_OFFSET:
+        off = L - Lq
+        kbase = (i_b * HQ + i_hq).to(tl.int64) * TK + bos_k
+    else:
+        off = 0
+        kbase = qbase
+    return i_m, i_hq, i_h, tq0, tk0, qbase, kbase, off, Lq, L
+
+
+@triton.jit
 def _key_range(q_start, L, W, BM: tl.constexpr, BN: tl.constexpr, HAS_WINDOW: tl.constexpr):
     """Key-block starts for the queries at positions [q_start, q_start + BM): masked [lo, m1), full [m1, m2), masked
     [m2, hi). A full block lies below the diagonal for the block's first query and inside the window of its last
@@ -180,19 +201,9 @@ def parallel_attn_fwd_kernel(
     USE_G: tl.constexpr, HAS_WINDOW: tl.constexpr, IS_VARLEN: tl.constexpr, PREC: tl.constexpr,
     USE_SINK: tl.constexpr, Q_OFFSET: tl.constexpr,
 ):
-    # grid: (query blocks, B * HQ); the last (heaviest, causal) blocks launch first, so the tail of the grid is light
-    i_m, i_bh = tl.num_programs(0) - 1 - tl.program_id(0), tl.program_id(1)
-    i_b, i_hq = i_bh // HQ, i_bh % HQ
-    i_h = i_hq // GROUP
-    i_m, tq0, tk0, bos, bos_k, Lq, L = _seq_bounds(i_m, i_b, cu_seqlens, cu_seqlens_k, block_indices, T, TK,
-                                                   IS_VARLEN, Q_OFFSET)
-    qbase = (i_b * HQ + i_hq).to(tl.int64) * T + bos
-    if Q_OFFSET:
-        off = L - Lq
-        kbase = (i_b * HQ + i_hq).to(tl.int64) * TK + bos_k
-    else:
-        off = 0
-        kbase = qbase
+    # grid: (query blocks, B * HQ), the heaviest blocks first (`_query_program`)
+    i_m, i_hq, i_h, tq0, tk0, qbase, kbase, off, Lq, L = _query_program(cu_seqlens, cu_seqlens_k, block_indices, T,
+                                                                        TK, HQ, GROUP, IS_VARLEN, Q_OFFSET)
 
     o_r = i_m * BM + tl.arange(0, BM)  # query rows of the sequence; their key positions are off + o_r
     o_i = off + o_r
@@ -290,18 +301,8 @@ def parallel_attn_bwd_dq_kernel(
 ):
     # grid: (query blocks, B * HQ), heaviest first as in the forward; dg receives rowsum(dS) at each query's key
     # position (the keys' positions without a query are left as they are: zeros from the launcher)
-    i_m, i_bh = tl.num_programs(0) - 1 - tl.program_id(0), tl.program_id(1)
-    i_b, i_hq = i_bh // HQ, i_bh % HQ
-    i_h = i_hq // GROUP
-    i_m, tq0, tk0, bos, bos_k, Lq, L = _seq_bounds(i_m, i_b, cu_seqlens, cu_seqlens_k, block_indices, T, TK,
-                                                   IS_VARLEN, Q_OFFSET)
-    qbase = (i_b * HQ + i_hq).to(tl.int64) * T + bos
-    if Q_OFFSET:
-        off = L - Lq
-        kbase = (i_b * HQ + i_hq).to(tl.int64) * TK + bos_k
-    else:
-        off = 0
-        kbase = qbase
+    i_m, i_hq, i_h, tq0, tk0, qbase, kbase, off, Lq, L = _query_program(cu_seqlens, cu_seqlens_k, block_indices, T,
+                                                                        TK, HQ, GROUP, IS_VARLEN, Q_OFFSET)
 
     o_r = i_m * BM + tl.arange(0, BM)
     o_i = off + o_r
