@@ -302,7 +302,7 @@ def _targets(c: Ctx, M: int) -> torch.Tensor:
 
 
 def family_cross_entropy(c: Ctx) -> Family:
-    from fla.modules import fused_cross_entropy
+    from fla.modules.fused_cross_entropy import fused_cross_entropy
     M = c.B * c.T
     return Family(inputs={"logits": 2 * c.randn(M, c.s.vocab)}, grad_names=["logits"],
                   reference=lambda x, e: {"loss": F.cross_entropy(x["logits"], e["target"])},
@@ -311,7 +311,7 @@ def family_cross_entropy(c: Ctx) -> Family:
 
 
 def family_linear_cross_entropy(c: Ctx) -> Family:
-    from fla.modules import fused_linear_cross_entropy
+    from fla.modules.fused_linear_cross_entropy import fused_linear_cross_entropy
     M, D = c.B * c.T, c.s.hidden
     return Family(inputs={"hidden": c.randn(M, D), "weight": c.randn(c.s.vocab, D) / D ** 0.5},
                   grad_names=["hidden", "weight"],

@@ -4,8 +4,10 @@ Each has a Triton kernel (forward and backward) and a PyTorch twin behind `fla.o
 compiled on a GPU, interpreted on CPU under TRITON_INTERPRET=1, and as plain PyTorch on a bare CPU.
 """
 from fla.modules.convolution import ShortConvolution
-from fla.modules.fused_cross_entropy import FusedCrossEntropyLoss, fused_cross_entropy
-from fla.modules.fused_linear_cross_entropy import FusedLinearCrossEntropyLoss, fused_linear_cross_entropy
+# the functions fused_cross_entropy / fused_linear_cross_entropy stay in their modules: here those names are the
+# submodules, as in the peer (`import fla.modules.fused_cross_entropy.ops` must find a package, not a function)
+from fla.modules.fused_cross_entropy import FusedCrossEntropyLoss
+from fla.modules.fused_linear_cross_entropy import FusedLinearCrossEntropyLoss
 from fla.modules.l2norm import L2Norm, l2_norm
 from fla.modules.fused_norm_gate import (
     FusedLayerNormGated, FusedLayerNormSwishGate, FusedLayerNormSwishGateLinear, FusedRMSNormSwishGate,
@@ -20,7 +22,7 @@ from fla.modules.rotary import RotaryEmbedding
 
 __all__ = [
     "FusedCrossEntropyLoss", "FusedLinearCrossEntropyLoss", "FusedRMSNormGated", "GatedMLP", "L2Norm", "RMSNorm",
-    "RotaryEmbedding", "ShortConvolution", "fused_cross_entropy", "fused_linear_cross_entropy", "l2_norm",
+    "RotaryEmbedding", "ShortConvolution", "l2_norm",
     "rms_norm", "rms_norm_gated", "swiglu",
     "FusedLayerNormGated", "FusedLayerNormSwishGate", "FusedLayerNormSwishGateLinear", "FusedRMSNormSwishGate",
     "FusedRMSNormSwishGateLinear", "GroupNorm", "GroupNormLinear", "LayerNorm", "LayerNormLinear", "RMSNormLinear",

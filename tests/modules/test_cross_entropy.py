@@ -7,7 +7,8 @@ import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-from fla.modules import FusedCrossEntropyLoss, FusedLinearCrossEntropyLoss, fused_linear_cross_entropy
+from fla.modules import FusedCrossEntropyLoss, FusedLinearCrossEntropyLoss
+from fla.modules.fused_linear_cross_entropy import fused_linear_cross_entropy
 from fla.ops.utils.dispatch import use_backend
 from tests.helpers import assert_close, poisoned_empty, seed
 
