@@ -154,6 +154,40 @@ def rotary_embedding_ref(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, 
     return torch.cat([rotated, x[..., 2 * R:]], -1)
 
 
+def rotary_embedding(
+    x: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    interleaved: bool = False,
+    inplace: bool = False,
+    seqlen_offsets: int | torch.Tensor = 0,
+    cu_seqlens: torch.Tensor | None = None,
+    chunk_indices: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The peer's table form: rotate x [B, T, H, D] by precomputed cos, sin [TR, R] (R = rotary dim / 2) read at each
+    token's position (t + seqlen_offsets, an int or one per sequence [N]; inside its document under cu_seqlens,
+    x [1, T_total, H, D]) -> the same shape and dtype; features past 2R pass through. `inplace` writes the result
+    into x (no autograd through x then, as an in-place op on a leaf). `chunk_indices` is accepted and unused (our
+    positions come from cu_seqlens directly).
+
+    PyTorch only: the gather and the rotation of `rotary_embedding_ref`, in float32. RotaryEmbedding (the module)
+    is the fused path: its kernel makes the angles from the positions and needs no table."""
+    if x.dim() != 4:
+        raise ValueError(f"x must be [B, T, H, D] (got {tuple(x.shape)})")
+    if cos.shape != sin.shape or cos.dim() != 2 or 2 * cos.shape[1] > x.shape[-1]:
+        raise ValueError(f"cos and sin must both be [TR, R] with 2R <= head dim {x.shape[-1]} (got "
+                         f"{tuple(cos.shape)} and {tuple(sin.shape)})")
+    B, T = x.shape[:2]
+    num_seqs = B if cu_seqlens is None else check_cu_seqlens(cu_seqlens, B, T)
+    _check_offset(seqlen_offsets, B, num_seqs)
+    pos = rotary_positions(B, T, seqlen_offsets, cu_seqlens, x.device).long()
+    if pos.numel() and int(pos.max()) >= cos.shape[0]:
+        raise ValueError(f"positions reach {int(pos.max())} but the cos/sin tables have {cos.shape[0]} rows: "
+                         "build them for the longest sequence plus its offset")
+    y = rotary_embedding_ref(x.float(), cos.float()[pos], sin.float()[pos], interleaved).to(x.dtype)
+    return x.copy_(y) if inplace else y
+
+
 class RotaryEmbedding(nn.Module):
     """`forward(q, k, seqlen_offset=0, cu_seqlens=None, max_seqlen=None) -> (q, k)` with q/k [B, T, H, D], D >= dim.
 

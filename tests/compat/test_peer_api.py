@@ -31,7 +31,6 @@ DELIBERATE = {
 
 # name -> the peer's parameters we lack (all of them after our last positional parameter, or keyword-only there)
 MISSING = {
-    "rotary_embedding": None,  # a different function under the same name: not compared
 }
 
 

@@ -130,3 +130,37 @@ def test_peer_reference_and_tables(interleaved):
         for b, o in enumerate(offsets.tolist()):
             want = rotary_embedding_ref(q[b:b + 1], cos[o:o + T], sin[o:o + T], interleaved)
             assert_close(f"row{b}", q_off[b:b + 1], want, 1e-6)
+
+
+@pytest.mark.parametrize("interleaved, offset, varlen", [(False, 0, False), (True, "per-seq", False),
+                                                         (False, "per-seq", True), (True, 3, True)])
+def test_rotary_embedding_from_tables_matches_reference(interleaved, offset, varlen):
+    """The peer's table form rotary_embedding(x, cos, sin, ...): cos/sin [TR, R] read at each token's position."""
+    from fla.modules.rotary import rotary_embedding
+    seed("tables", interleaved, offset, varlen)
+    D, dim, base, H = 40, 32, 500.0, 2
+    cu = torch.tensor([0, 17, 18, 50]) if varlen else None
+    B, T = (1, 50) if varlen else (2, 29)
+    N = 3 if varlen else B
+    offsets = torch.randint(0, 20, (N,)) if offset == "per-seq" else offset
+    inv_freq = 1.0 / base ** (torch.arange(0, dim, 2, dtype=torch.float64) / dim)
+    angles = torch.arange(80, dtype=torch.float64)[:, None] * inv_freq
+    cos, sin = angles.cos().float(), angles.sin().float()
+    x = torch.randn(B, T, H, D, requires_grad=True)
+    y = rotary_embedding(x, cos, sin, interleaved, False, offsets, cu)
+    if varlen:
+        starts = torch.repeat_interleave(cu[:-1], cu.diff())
+        doc = torch.repeat_interleave(torch.arange(N), cu.diff())
+        positions = (torch.arange(T) - starts + (offsets[doc] if torch.is_tensor(offsets) else offsets))[None]
+    else:
+        positions = torch.arange(T)[None] + (offsets[:, None] if torch.is_tensor(offsets) else offsets)
+    want = reference(x, positions, dim, base, interleaved)
+    assert_close("y", y, want, 1e-5)
+    dy = torch.randn_like(y)
+    (dx,) = torch.autograd.grad(y, x, dy)
+    (dx_ref,) = torch.autograd.grad(want, x, dy.double())
+    assert_close("dx", dx, dx_ref, 1e-5)
+    z = x.detach().clone()
+    assert rotary_embedding(z, cos, sin, interleaved, True, offsets, cu) is z and torch.equal(z, y.detach())
+    with pytest.raises(ValueError, match="tables have 10 rows"):
+        rotary_embedding(x, cos[:10], sin[:10], interleaved, False, offsets, cu)
