@@ -8,15 +8,10 @@ One spawn of 2 processes runs every case; the ops run their PyTorch path (the CP
 autograd function, the same on every backend). Failures are collected and raised after the last collective."""
 from __future__ import annotations
 
-import datetime
-import os
-import socket
-import tempfile
-import traceback
-
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
+
+from tests.cp_helpers import run_on_ranks
 
 T = 48
 GLOBAL_CU = [0, 5, 6, 24, 25, 40, 48]  # 6-24 ends at the boundary of 2 ranks; 25-40 and 40-48 on rank 1
@@ -109,38 +104,17 @@ def _check_refusals(ctx, failures):
             failures.append(f"cu_seqlens with cp_context: unclear error {e}")
 
 
-def _worker(rank, world, port, out_dir):
+def _check(rank, world, failures):
     from fla.ops.cp import build_cp_context
     from fla.ops.utils.dispatch import use_backend
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=120))
-    torch.set_num_threads(1)
-    failures = []
-    try:
-        with use_backend("torch"):
-            contexts = {"varlen": build_cp_context(torch.tensor(GLOBAL_CU), None),
-                        "crossing": build_cp_context(torch.tensor(CROSSING_CU), None),
-                        "fixed": build_cp_context(None, None)}
-            for family in FAMILIES:
-                _check_family(family, contexts, failures)
-            _check_refusals(contexts["varlen"], failures)
-    except Exception:
-        failures.append(traceback.format_exc())
-    with open(os.path.join(out_dir, f"rank{rank}.txt"), "w") as f:
-        f.write("\n".join(failures))
-    dist.destroy_process_group()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    with use_backend("torch"):
+        contexts = {"varlen": build_cp_context(torch.tensor(GLOBAL_CU), None),
+                    "crossing": build_cp_context(torch.tensor(CROSSING_CU), None),
+                    "fixed": build_cp_context(None, None)}
+        for family in FAMILIES:
+            _check_family(family, contexts, failures)
+        _check_refusals(contexts["varlen"], failures)
 
 
 def test_models_under_context_parallelism_match_single_rank():
-    world = 2
-    with tempfile.TemporaryDirectory() as out_dir:
-        mp.spawn(_worker, args=(world, _free_port(), out_dir), nprocs=world, join=True)
-        failures = [open(os.path.join(out_dir, f"rank{r}.txt")).read() for r in range(world)]
-    failures = [f for f in failures if f]
-    assert not failures, "\n".join(failures)
+    run_on_ranks(_check, 2)

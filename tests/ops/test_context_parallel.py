@@ -9,19 +9,13 @@ function, the same on every backend, and the interpreter would cost minutes here
 """
 from __future__ import annotations
 
-import datetime
-import os
-import socket
-import tempfile
-import traceback
-
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 import torch.nn.functional as F
 
 from fla.ops.cp import FLACPContext, split_cu_seqlens
+from tests.cp_helpers import run_on_ranks
 
 T = 128
 # documents 0-5, 5-6 (length 1), 6-70 (spans ranks 0, 1, 2 at world 4; crosses 64 at world 2), 70-96 (ends at
@@ -181,43 +175,22 @@ def _run_case(name, make, call, module, mode, contexts, failures):
                 failures.append(f"{name} {mode} world {world} rank {rank}: {what} rel err {err:.2e}")
 
 
-def _worker(rank, world, port, out_dir):
+def _check(rank, world, failures):
     from fla.ops.cp import build_cp_context
     from fla.ops.utils.dispatch import use_backend
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=120))
-    torch.set_num_threads(1)
     pairs = [dist.new_group([0, 1]), dist.new_group([2, 3])]  # two CP groups of 2, as in a 2 x 2 data x CP mesh
     groups = [dist.group.WORLD, pairs[rank // 2]]
-    failures = []
-    try:
-        with use_backend("torch"):
-            cu = torch.tensor(GLOBAL_CU)
-            contexts = {"fixed": [build_cp_context(None, g) for g in groups],
-                        "varlen": [build_cp_context(cu, g, conv1d_kernel_size=4) for g in groups]}
-            for name, (make, call, module) in _cases().items():
-                for mode in ("fixed", "varlen"):
-                    _run_case(name, make, call, module, mode, contexts[mode], failures)
-    except Exception:
-        failures.append(traceback.format_exc())
-    with open(os.path.join(out_dir, f"rank{rank}.txt"), "w") as f:
-        f.write("\n".join(failures))
-    dist.destroy_process_group()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    with use_backend("torch"):
+        cu = torch.tensor(GLOBAL_CU)
+        contexts = {"fixed": [build_cp_context(None, g) for g in groups],
+                    "varlen": [build_cp_context(cu, g, conv1d_kernel_size=4) for g in groups]}
+        for name, (make, call, module) in _cases().items():
+            for mode in ("fixed", "varlen"):
+                _run_case(name, make, call, module, mode, contexts[mode], failures)
 
 
 def test_ops_under_context_parallelism_match_single_rank():
-    world = 4
-    with tempfile.TemporaryDirectory() as out_dir:
-        mp.spawn(_worker, args=(world, _free_port(), out_dir), nprocs=world, join=True)
-        failures = [open(os.path.join(out_dir, f"rank{r}.txt")).read() for r in range(world)]
-    failures = [f for f in failures if f]
-    assert not failures, "\n".join(failures)
+    run_on_ranks(_check, 4)
 
 
 def test_split_cu_seqlens_describes_each_piece():
