@@ -244,6 +244,7 @@ def utils(x: Inputs):
 
 def modules(x: Inputs):
     import fla.modules as M
+    from fla.modules.fused_linear_cross_entropy import fused_linear_cross_entropy
 
     dt, D = x.dtype, 256
     a, b = x.x(D), x.x(D)
@@ -266,8 +267,8 @@ def modules(x: Inputs):
         else {}
     backward(M.FusedCrossEntropyLoss(**options)(logits, target))
     weight = torch.randn(100, D, dtype=dt, requires_grad=True)
-    backward(M.fused_linear_cross_entropy(a.reshape(-1, D), torch.randint(0, 100, (a.shape[0] * a.shape[1],)),
-                                          weight))
+    backward(fused_linear_cross_entropy(a.reshape(-1, D), torch.randint(0, 100, (a.shape[0] * a.shape[1],)),
+                                        weight))
     conv = M.ShortConvolution(D, 4, bias=x.gates, activation="silu" if x.gates else None).to(dt)
     cache = torch.zeros(x.N, D, 4, dtype=dt) if x.state else None
     backward(conv(a, cache=cache, cu_seqlens=x.cu_seqlens)[0])
